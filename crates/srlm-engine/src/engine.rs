@@ -1,0 +1,148 @@
+//! A loaded model: weights, tokenizer and chat template, from a GGUF file or a Hugging Face
+//! folder, ready to render prompts and generate.
+
+use crate::chat::ChatTemplate;
+use crate::error::{EngineError, Result};
+use crate::gguf::{GgufModel, WeightFormat};
+use crate::hf::{GenerationConfig, HfModel, TokenizerConfig};
+use crate::llama::{Llama, Ops};
+use crate::tokenizer::{tokenizer_from_file, tokenizer_from_gguf, Tokenizer};
+use candle_core::Device;
+use srlm_core::generation::{Message, PromptInput};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub format: WeightFormat,
+    pub ops: Ops,
+    /// Longest prompt + completion; capped by the model's max_position_embeddings.
+    pub context_length: usize,
+}
+
+impl Default for LoadOptions {
+    /// The sampling setup: Q8_0 blocks, fused kernels, a 4096-token context.
+    fn default() -> Self {
+        Self {
+            format: WeightFormat::Q8_0,
+            ops: Ops::Fused,
+            context_length: 4096,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// The reference setup: dense f32 weights and differentiable ops.
+    pub fn dense() -> Self {
+        Self {
+            format: WeightFormat::Dense,
+            ops: Ops::Differentiable,
+            ..Self::default()
+        }
+    }
+}
+
+pub struct Engine {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub chat: ChatTemplate,
+    pub path: PathBuf,
+}
+
+impl Engine {
+    /// Loads a GGUF file or a Hugging Face model folder.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let device = Device::Cpu;
+        if path.is_dir() {
+            Self::load_hf(path, opts, &device)
+        } else if path.exists() {
+            Self::load_gguf(path, opts, &device)
+        } else {
+            Err(EngineError::model(
+                path,
+                "no such file or folder",
+                "--model takes a GGUF file or a Hugging Face model folder",
+            ))
+        }
+    }
+
+    fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Self> {
+        let gguf = GgufModel::open(path, opts.format, device)?;
+        let cfg = gguf.config()?;
+        let info = tokenizer_from_gguf(&gguf)?;
+        let chat = match gguf.meta_str("tokenizer.chat_template") {
+            Some(src) => {
+                ChatTemplate::new(src, info.bos_token.as_deref(), info.eos_token.as_deref())?
+            }
+            None => ChatTemplate::chatml(),
+        };
+        let mut eos_ids = cfg.eos_token_ids.clone();
+        add_token(&mut eos_ids, &info.tokenizer, info.eos_token.as_deref());
+        let tokenizer = Tokenizer::new(info.tokenizer, cfg.bos_token_id, eos_ids);
+        let model = Llama::load(&gguf, &cfg, opts.ops, opts.context_length, device)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            chat,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn load_hf(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Self> {
+        let hf = HfModel::open(dir, opts.format, device)?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(EngineError::model(
+                dir,
+                "no tokenizer.json",
+                "srlm needs the fast-tokenizer file tokenizer.json in the model folder",
+            ));
+        }
+        let inner = tokenizer_from_file(&tok_path)?;
+        let tcfg = TokenizerConfig::read(dir)?;
+        let gen = GenerationConfig::read(dir)?;
+        let bos = tcfg.bos_token.as_ref().map(|t| t.content().to_string());
+        let eos = tcfg.eos_token.as_ref().map(|t| t.content().to_string());
+        let chat = match tcfg.template(dir)? {
+            Some(src) => ChatTemplate::new(&src, bos.as_deref(), eos.as_deref())?,
+            None => ChatTemplate::chatml(),
+        };
+        let mut eos_ids = gen
+            .eos_token_id
+            .map(|e| e.to_vec())
+            .unwrap_or_else(|| hf.config.eos_token_ids.clone());
+        add_token(&mut eos_ids, &inner, eos.as_deref());
+        let bos_id = gen.bos_token_id.or(hf.config.bos_token_id);
+        let model = Llama::load(&hf, &hf.config, opts.ops, opts.context_length, device)?;
+        Ok(Self {
+            model,
+            tokenizer: Tokenizer::new(inner, bos_id, eos_ids),
+            chat,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// The text a prompt becomes: a chat through the template (with the generation prompt),
+    /// raw text as it is.
+    pub fn render(&self, input: &PromptInput) -> Result<String> {
+        match input {
+            PromptInput::Chat(messages) => self.chat.render(messages, true),
+            PromptInput::Raw(text) => Ok(text.clone()),
+        }
+    }
+
+    pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
+        self.chat.render(messages, true)
+    }
+
+    pub fn encode_prompt(&self, input: &PromptInput) -> Result<Vec<u32>> {
+        self.tokenizer.encode(&self.render(input)?)
+    }
+}
+
+fn add_token(ids: &mut Vec<u32>, tok: &tokenizers::Tokenizer, token: Option<&str>) {
+    if let Some(id) = token.and_then(|t| tok.token_to_id(t)) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+}

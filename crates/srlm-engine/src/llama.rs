@@ -1,0 +1,552 @@
+//! The Llama-family decoder: Llama 2/3, SmolLM/SmolLM2, Mistral and Qwen2 (q/k/v biases).
+//!
+//! Follows transformers' `modeling_llama.py`: pre-norm blocks, grouped-query attention with
+//! rotate-half rope (Q/K weights in the Hugging Face layout), SwiGLU MLP, RMSNorm.
+//!
+//! One architecture, two weight paths: dense f32 tensors (differentiable: training uses
+//! `Ops::Differentiable`, whose every op has a backward) and quantized GGUF blocks through
+//! `QMatMul` for fast sampling (`Ops::Fused`, candle's fused softmax/rms_norm/rope kernels).
+//!
+//! `forward` returns logits for every position, `(b, t, vocab)`. `forward_segments` is the
+//! generation path: any number of sequences, each with its own KV cache and any number of new
+//! tokens, share the projections and MLP matmuls; only the last position's logits are computed.
+
+use crate::config::LlamaConfig;
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+/// Which kernels the non-matmul ops use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ops {
+    /// Composed from primitive ops that all have a backward pass (training, reference checks).
+    Differentiable,
+    /// candle's fused CPU kernels, which have no backward (sampling).
+    Fused,
+}
+
+/// A projection `y = x Wᵀ + b` over dense or quantized weights.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Dense { w: Tensor, b: Option<Tensor> },
+    Quant { w: QMatMul, b: Option<Tensor> },
+}
+
+impl Linear {
+    /// `x`: (n, in) -> (n, out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (y, b) = match self {
+            Linear::Dense { w, b } => (x.matmul(&w.t()?)?, b),
+            Linear::Quant { w, b } => (w.forward(x)?, b),
+        };
+        match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Where a model's weights come from, by Hugging Face state-dict name
+/// (`model.layers.0.self_attn.q_proj.weight`). Q/K projections come in the HF layout.
+pub trait WeightSource {
+    /// A dense f32 tensor (norms, embeddings, biases).
+    fn dense(&self, name: &str) -> crate::Result<Tensor>;
+    /// A projection's weight, dense or quantized as the source chooses.
+    fn linear(&self, name: &str) -> crate::Result<Linear>;
+    fn contains(&self, name: &str) -> bool;
+}
+
+/// cos/sin tables for rotate-half rope, `(max_pos, head_dim / 2)`.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// The inverse frequencies of rope, with Llama 3's scaling when configured.
+pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let base: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64))
+        .collect();
+    let Some(s) = &cfg.rope_scaling else {
+        return base.into_iter().map(|f| f as f32).collect();
+    };
+    let old = s.original_max_position_embeddings as f64;
+    let low_wavelen = old / s.low_freq_factor;
+    let high_wavelen = old / s.high_freq_factor;
+    base.into_iter()
+        .map(|freq| {
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let f = if wavelen < high_wavelen {
+                freq
+            } else if wavelen > low_wavelen {
+                freq / s.factor
+            } else {
+                let smooth =
+                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * freq / s.factor + smooth * freq
+            };
+            f as f32
+        })
+        .collect()
+}
+
+impl Rope {
+    fn new(cfg: &LlamaConfig, max_pos: usize, device: &Device) -> Result<Self> {
+        let inv_freq = rope_inv_freq(cfg);
+        let half = inv_freq.len();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let t = Tensor::arange(0u32, max_pos as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_pos, 1))?;
+        let freqs = t.broadcast_mul(&inv_freq)?; // (max_pos, d/2)
+        Ok(Self {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+        })
+    }
+
+    /// `x`: (n, heads, d) at absolute `positions` (n,) -> (n, heads, d)
+    fn apply(&self, x: &Tensor, positions: &Tensor, ops: Ops) -> Result<Tensor> {
+        let cos = self.cos.index_select(positions, 0)?; // (n, d/2)
+        let sin = self.sin.index_select(positions, 0)?;
+        match ops {
+            Ops::Fused => {
+                let (n, h, d) = x.dims3()?;
+                let x = x.contiguous()?.reshape((1, n, h, d))?; // (1, n, h, d): "thd" layout
+                candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?.reshape((n, h, d))
+            }
+            Ops::Differentiable => {
+                let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?.unsqueeze(1)?; // (n, 1, d)
+                let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?.unsqueeze(1)?;
+                let half = x.dim(D::Minus1)? / 2;
+                let x1 = x.narrow(D::Minus1, 0, half)?;
+                let x2 = x.narrow(D::Minus1, half, half)?;
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // rotate_half(x)
+                x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+            }
+        }
+    }
+}
+
+/// RMSNorm over the last dim: `x / sqrt(mean(x²) + eps) * w`.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {
+    match ops {
+        Ops::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32),
+        Ops::Differentiable => {
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+        }
+    }
+}
+
+/// Softmax over the last dim.
+fn softmax(x: &Tensor, ops: Ops) -> Result<Tensor> {
+    match ops {
+        Ops::Fused => candle_nn::ops::softmax_last_dim(&x.contiguous()?),
+        Ops::Differentiable => {
+            let max = x.max_keepdim(D::Minus1)?.detach(); // a constant shift: no gradient needed
+            let e = x.broadcast_sub(&max)?.exp()?;
+            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+        }
+    }
+}
+
+/// One sequence's keys and values for every layer, grown in chunks so decoding appends in place.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>, // per layer: k, v buffers, each (kv_heads, capacity, d)
+    len: usize,
+}
+
+const CACHE_CHUNK: usize = 256;
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tokens the cache holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `k`, `v` (kv_heads, t, d) for `layer` and returns the whole (kv_heads, len + t, d).
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.layers.len() <= layer {
+            self.layers.resize(layer + 1, None);
+        }
+        let (kvh, t, d) = k.dims3()?;
+        let len = self.len;
+        let need = len + t;
+        let slot = &mut self.layers[layer];
+        let cap = slot.as_ref().map(|(k, _)| k.dims()[1]).unwrap_or(0);
+        if need > cap {
+            let new_cap = need.div_ceil(CACHE_CHUNK) * CACHE_CHUNK;
+            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((kvh, new_cap, d), k.dtype(), k.device())?;
+                if let Some(old) = old {
+                    buf.slice_set(&old.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+                }
+                Ok(buf)
+            };
+            let kb = grow(slot.as_ref().map(|(k, _)| k))?;
+            let vb = grow(slot.as_ref().map(|(_, v)| v))?;
+            *slot = Some((kb, vb));
+        }
+        let (kb, vb) = slot.as_ref().expect("allocated above");
+        kb.slice_set(&k.contiguous()?, 1, len)?;
+        vb.slice_set(&v.contiguous()?, 1, len)?;
+        Ok((kb.narrow(1, 0, need)?, vb.narrow(1, 0, need)?))
+    }
+
+    /// Called once per forward, after every layer appended its `t` new tokens.
+    fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Causal attention with grouped-query heads.
+/// `q`: (b, h, t, d), `k`, `v`: (b, kvh, T, d) where the t queries sit at positions T-t..T.
+/// Returns (b, h, t, d).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, n_kv_heads: usize, ops: Ops) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let total = k.dim(2)?;
+    let past = total - t;
+    let rep = h / n_kv_heads;
+    // Fold each group of `rep` query heads onto its kv head instead of copying K and V `rep` times.
+    let q = q.reshape((b, n_kv_heads, rep * t, d))?; // (b, kvh, rep*t, d)
+    let scale = 1.0 / (d as f64).sqrt();
+    let att = (q.matmul(&k.transpose(2, 3)?)? * scale)?; // (b, kvh, rep*t, T)
+    let att = if t > 1 {
+        // Query row (r, i) sits at position past + i and sees keys 0..=past + i.
+        let mask: Vec<f32> = (0..rep * t)
+            .flat_map(|row| {
+                let i = row % t;
+                (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (rep * t, total), q.device())?;
+        att.broadcast_add(&mask)?
+    } else {
+        att
+    };
+    let p = softmax(&att, ops)?;
+    p.matmul(&v.contiguous()?)?.reshape((b, h, t, d)) // (b, kvh, rep*t, d) -> (b, h, t, d)
+}
+
+impl Attention {
+    fn load(src: &dyn WeightSource, prefix: &str, cfg: &LlamaConfig) -> crate::Result<Self> {
+        Ok(Self {
+            q_proj: load_linear(src, &format!("{prefix}.q_proj"), cfg.attention_bias)?,
+            k_proj: load_linear(src, &format!("{prefix}.k_proj"), cfg.attention_bias)?,
+            v_proj: load_linear(src, &format!("{prefix}.v_proj"), cfg.attention_bias)?,
+            o_proj: load_linear(src, &format!("{prefix}.o_proj"), false)?,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// Projections and rope for n flattened tokens. `x`: (n, hidden) ->
+    /// q (n, h, d), k (n, kvh, d), v (n, kvh, d)
+    fn qkv(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        ops: Ops,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let n = x.dim(0)?;
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((n, self.n_heads, self.head_dim))?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((n, self.n_kv_heads, self.head_dim))?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((n, self.n_kv_heads, self.head_dim))?;
+        let q = rope.apply(&q, positions, ops)?;
+        let k = rope.apply(&k, positions, ops)?;
+        Ok((q, k, v))
+    }
+
+    /// Full causal attention over a right-padded batch without cache. `x`: (b*t, hidden).
+    fn forward_batch(
+        &self,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        rope: &Rope,
+        positions: &Tensor,
+        ops: Ops,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x, rope, positions, ops)?;
+        let q = q
+            .reshape((b, t, self.n_heads, self.head_dim))?
+            .transpose(1, 2)?; // (b, h, t, d)
+        let k = k
+            .reshape((b, t, self.n_kv_heads, self.head_dim))?
+            .transpose(1, 2)?; // (b, kvh, t, d)
+        let v = v
+            .reshape((b, t, self.n_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let y = attend(&q.contiguous()?, &k.contiguous()?, &v, self.n_kv_heads, ops)?; // (b, h, t, d)
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b * t, self.n_heads * self.head_dim))?; // (b*t, h*d)
+        self.o_proj.forward(&y)
+    }
+
+    /// Attention for flattened segments, each with its own cache. `x`: (n, hidden), where
+    /// segment i owns rows `spans[i]`.
+    fn forward_segments(
+        &self,
+        x: &Tensor,
+        spans: &[(usize, usize)],
+        caches: &mut [&mut KvCache],
+        layer: usize,
+        rope: &Rope,
+        positions: &Tensor,
+        ops: Ops,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x, rope, positions, ops)?;
+        let mut outs = Vec::with_capacity(spans.len());
+        for (&(start, len), cache) in spans.iter().zip(caches.iter_mut()) {
+            let q = q.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?; // (h, t, d)
+            let k = k.narrow(0, start, len)?.transpose(0, 1)?; // (kvh, t, d)
+            let v = v.narrow(0, start, len)?.transpose(0, 1)?;
+            let (k, v) = cache.append(layer, &k, &v)?; // (kvh, T, d)
+            let y = attend(
+                &q.unsqueeze(0)?,
+                &k.unsqueeze(0)?,
+                &v.unsqueeze(0)?,
+                self.n_kv_heads,
+                ops,
+            )?; // (1, h, t, d)
+            outs.push(
+                y.squeeze(0)?
+                    .transpose(0, 1)?
+                    .reshape((len, self.n_heads * self.head_dim))?,
+            ); // (t, h*d)
+        }
+        let y = if outs.len() == 1 {
+            outs.pop().expect("one")
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        self.o_proj.forward(&y)
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    /// `x`: (n, hidden) -> (n, hidden)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+struct Block {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+}
+
+fn load_linear(src: &dyn WeightSource, prefix: &str, bias: bool) -> crate::Result<Linear> {
+    let lin = src.linear(&format!("{prefix}.weight"))?;
+    if !bias {
+        return Ok(lin);
+    }
+    let b = Some(src.dense(&format!("{prefix}.bias"))?);
+    Ok(match lin {
+        Linear::Dense { w, .. } => Linear::Dense { w, b },
+        Linear::Quant { w, .. } => Linear::Quant { w, b },
+    })
+}
+
+/// The decoder with its LM head.
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed_tokens: Tensor, // (vocab, hidden)
+    layers: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    rope: Rope,
+    ops: Ops,
+    device: Device,
+    max_positions: usize,
+}
+
+impl Llama {
+    /// Builds the model from `src`. `max_positions` bounds the rope table (the usable context).
+    pub fn load(
+        src: &dyn WeightSource,
+        cfg: &LlamaConfig,
+        ops: Ops,
+        max_positions: usize,
+        device: &Device,
+    ) -> crate::Result<Self> {
+        cfg.validate()?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Block {
+                input_layernorm: src.dense(&format!("{p}.input_layernorm.weight"))?,
+                self_attn: Attention::load(src, &format!("{p}.self_attn"), cfg)?,
+                post_attention_layernorm: src
+                    .dense(&format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate_proj: load_linear(src, &format!("{p}.mlp.gate_proj"), false)?,
+                    up_proj: load_linear(src, &format!("{p}.mlp.up_proj"), false)?,
+                    down_proj: load_linear(src, &format!("{p}.mlp.down_proj"), false)?,
+                },
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings || !src.contains("lm_head.weight") {
+            src.linear("model.embed_tokens.weight")?
+        } else {
+            src.linear("lm_head.weight")?
+        };
+        let max_positions = max_positions.min(cfg.max_position_embeddings).max(1);
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens: src.dense("model.embed_tokens.weight")?,
+            layers,
+            norm: src.dense("model.norm.weight")?,
+            lm_head,
+            rope: Rope::new(cfg, max_positions, device)?,
+            ops,
+            device: device.clone(),
+            max_positions,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The longest sequence (prompt plus completion) this model instance accepts.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    pub fn ops(&self) -> Ops {
+        self.ops
+    }
+
+    /// Logits for every position of a right-padded batch. `ids`: (b, t) -> (b, t, vocab)
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t > self.max_positions {
+            candle_core::bail!(
+                "sequence of {t} tokens exceeds the context of {}",
+                self.max_positions
+            );
+        }
+        let positions = Tensor::arange(0u32, t as u32, &self.device)?.repeat(b)?; // (b*t,)
+        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?; // (b*t, hidden)
+        for block in &self.layers {
+            let h = rms_norm(&x, &block.input_layernorm, self.cfg.rms_norm_eps, self.ops)?;
+            x = (x + block
+                .self_attn
+                .forward_batch(&h, b, t, &self.rope, &positions, self.ops)?)?;
+            let h = rms_norm(
+                &x,
+                &block.post_attention_layernorm,
+                self.cfg.rms_norm_eps,
+                self.ops,
+            )?;
+            x = (x + block.mlp.forward(&h)?)?;
+        }
+        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.ops)?;
+        self.lm_head
+            .forward(&x)?
+            .reshape((b, t, self.cfg.vocab_size))
+    }
+
+    /// Feeds `tokens[i]` to the sequence whose cache is `caches[i]`, all in one pass, and returns
+    /// the logits after each sequence's last new token: (segments, vocab).
+    pub fn forward_segments(
+        &self,
+        tokens: &[&[u32]],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        assert_eq!(tokens.len(), caches.len(), "one cache per segment");
+        let mut flat = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(tokens.len());
+        for (toks, cache) in tokens.iter().zip(caches.iter()) {
+            if toks.is_empty() {
+                candle_core::bail!("a segment has no tokens");
+            }
+            let past = cache.len();
+            if past + toks.len() > self.max_positions {
+                candle_core::bail!(
+                    "sequence of {} tokens exceeds the context of {}",
+                    past + toks.len(),
+                    self.max_positions
+                );
+            }
+            spans.push((flat.len(), toks.len()));
+            positions.extend((past..past + toks.len()).map(|p| p as u32));
+            flat.extend_from_slice(toks);
+        }
+        let n = flat.len();
+        let ids = Tensor::from_vec(flat, n, &self.device)?;
+        let positions = Tensor::from_vec(positions, n, &self.device)?;
+        let mut x = self.embed_tokens.index_select(&ids, 0)?; // (n, hidden)
+        for (l, block) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &block.input_layernorm, self.cfg.rms_norm_eps, self.ops)?;
+            let a = block
+                .self_attn
+                .forward_segments(&h, &spans, caches, l, &self.rope, &positions, self.ops)?;
+            x = (x + a)?;
+            let h = rms_norm(
+                &x,
+                &block.post_attention_layernorm,
+                self.cfg.rms_norm_eps,
+                self.ops,
+            )?;
+            x = (x + block.mlp.forward(&h)?)?;
+        }
+        for (cache, toks) in caches.iter_mut().zip(tokens) {
+            cache.advance(toks.len());
+        }
+        // Only the last position of each segment needs the (large) LM head.
+        let last: Vec<u32> = spans.iter().map(|&(s, l)| (s + l - 1) as u32).collect();
+        let last = Tensor::from_vec(last, spans.len(), &self.device)?;
+        let x = x.index_select(&last, 0)?; // (segments, hidden)
+        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.ops)?;
+        self.lm_head.forward(&x)
+    }
+}

@@ -1,0 +1,212 @@
+//! The architecture against transformers on tiny random Hugging Face folders (goldens from
+//! scripts/make_engine_goldens.py), and the equivalences generation relies on.
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use srlm_engine::generate::{Generator, Request};
+use srlm_engine::gguf::WeightFormat;
+use srlm_engine::llama::{KvCache, Ops};
+use srlm_engine::sampling::SamplingParams;
+use srlm_engine::{Engine, LoadOptions};
+use std::path::PathBuf;
+
+fn golden_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/goldens")
+        .join(name)
+}
+
+fn load(name: &str, format: WeightFormat, ops: Ops) -> Engine {
+    let opts = LoadOptions {
+        format,
+        ops,
+        context_length: 256,
+    };
+    Engine::load(&golden_dir(name), &opts).unwrap()
+}
+
+fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    diff / scale
+}
+
+fn check_against_transformers(name: &str, ops: Ops) {
+    let engine = load(name, WeightFormat::Dense, ops);
+    let g = candle_core::safetensors::load(
+        golden_dir(name).join("expected_logits.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids = g["ids"].to_dtype(DType::U32).unwrap();
+    let want = &g["logits"];
+    let got = engine.model.forward(&ids).unwrap();
+    assert_eq!(got.dims(), want.dims());
+    let err = max_rel_err(&got, want);
+    assert!(err < 1e-4, "{name} {ops:?}: max relative error {err}");
+}
+
+#[test]
+fn tiny_llama_logits_equal_transformers() {
+    // untied head, GQA 4/2, Llama 3 rope scaling
+    check_against_transformers("tiny-llama", Ops::Differentiable);
+    check_against_transformers("tiny-llama", Ops::Fused);
+}
+
+#[test]
+fn tiny_qwen2_logits_equal_transformers() {
+    // tied embeddings, q/k/v biases
+    check_against_transformers("tiny-qwen2", Ops::Differentiable);
+    check_against_transformers("tiny-qwen2", Ops::Fused);
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_recomputation() {
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let ids: Vec<u32> = vec![5, 17, 42, 99, 7, 250, 3, 64, 128, 11, 200, 33];
+    let full = engine
+        .model
+        .forward(
+            &Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+        )
+        .unwrap();
+    // Prefill 5 tokens, then 3 chunks: 1, 4, 2 tokens.
+    let mut cache = KvCache::new();
+    let mut at = 0;
+    for n in [5, 1, 4, 2] {
+        let last = engine
+            .model
+            .forward_segments(&[&ids[at..at + n]], &mut [&mut cache])
+            .unwrap();
+        at += n;
+        let want = full.i((0, at - 1)).unwrap();
+        let err = max_rel_err(&last.i(0).unwrap(), &want);
+        assert!(err < 1e-5, "after {at} tokens: {err}");
+    }
+    assert_eq!(cache.len(), ids.len());
+}
+
+#[test]
+fn segments_of_different_lengths_equal_one_by_one() {
+    let engine = load("tiny-qwen2", WeightFormat::Dense, Ops::Fused);
+    let seqs: Vec<Vec<u32>> = vec![
+        vec![5, 17, 42],
+        vec![200, 1, 33, 4, 180, 77, 9],
+        vec![260],
+        vec![8, 9, 10, 11, 12],
+    ];
+    let mut caches: Vec<KvCache> = seqs.iter().map(|_| KvCache::new()).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let mut cache_refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+    let batched = engine
+        .model
+        .forward_segments(&refs, &mut cache_refs)
+        .unwrap();
+    for (i, s) in seqs.iter().enumerate() {
+        let mut c = KvCache::new();
+        let alone = engine
+            .model
+            .forward_segments(&[s.as_slice()], &mut [&mut c])
+            .unwrap();
+        let err = max_rel_err(&batched.i(i).unwrap(), &alone.i(0).unwrap());
+        assert!(err < 1e-5, "segment {i}: {err}");
+    }
+}
+
+fn greedy_requests(n: usize) -> Vec<Request> {
+    (0..n)
+        .map(|i| Request {
+            id: format!("r{i}"),
+            prompt_ids: (0..(3 + i * 2) as u32)
+                .map(|t| (t * 37 + i as u32 * 11) % 290 + 3)
+                .collect(),
+            params: SamplingParams::greedy(12),
+        })
+        .collect()
+}
+
+fn run(engine: &Engine, reqs: Vec<Request>, max_batch: usize) -> Vec<(String, Vec<u32>)> {
+    let mut gen = Generator::new(&engine.model, &engine.tokenizer);
+    gen.max_batch = max_batch;
+    let mut out = Vec::new();
+    gen.run(reqs, |ev| {
+        if let srlm_engine::generate::Event::Done(c) = ev {
+            out.push((c.id, c.token_ids));
+        }
+        Ok(())
+    })
+    .unwrap();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_batch_of_8_equals_one_by_one_greedy() {
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let batched = run(&engine, greedy_requests(8), 8);
+    let single = run(&engine, greedy_requests(8), 1);
+    assert_eq!(batched.len(), 8);
+    assert_eq!(batched, single);
+}
+
+#[test]
+fn sampling_with_a_seed_is_reproducible_and_independent_of_batching() {
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let reqs = |seed| {
+        let mut r = greedy_requests(4);
+        for (i, q) in r.iter_mut().enumerate() {
+            q.params = SamplingParams {
+                temperature: 1.0,
+                top_p: 0.9,
+                top_k: 50,
+                max_new_tokens: 10,
+                seed: seed + i as u64,
+                ..Default::default()
+            };
+        }
+        r
+    };
+    let a = run(&engine, reqs(1), 4);
+    let b = run(&engine, reqs(1), 1);
+    let c = run(&engine, reqs(100), 4);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn q8_0_weights_stay_close_to_dense() {
+    let dense = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let q8 = load("tiny-llama", WeightFormat::Q8_0, Ops::Fused);
+    let ids = Tensor::new(&[[5u32, 17, 42, 99, 7, 250, 3, 64]], &Device::Cpu).unwrap();
+    let a = dense.model.forward(&ids).unwrap();
+    let b = q8.model.forward(&ids).unwrap();
+    let err = max_rel_err(&b, &a);
+    assert!(err < 0.05, "{err}");
+}
+
+#[test]
+fn chat_template_and_special_tokens_come_from_the_folder() {
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let msgs = vec![srlm_core::generation::Message::new("user", "hello")];
+    assert_eq!(
+        engine.render_chat(&msgs).unwrap(),
+        "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let im_end = engine.tokenizer.token_id("<|im_end|>").unwrap();
+    assert!(engine.tokenizer.eos_ids.contains(&im_end));
+}
