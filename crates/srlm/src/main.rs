@@ -1,1 +1,62 @@
-fn main() {}
+//! `srlm`: Self-Rewarding Language Models on your own machine.
+
+mod bench;
+mod chat;
+mod generate;
+mod model_args;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "srlm",
+    version,
+    about = "Self-Rewarding Language Models: generate, judge, train, repeat"
+)]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, global = true, default_value = "warn", env = "SRLM_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat with a model in the terminal; tokens stream as they come.
+    Chat(chat::ChatArgs),
+    /// Generate completions for a JSONL file of prompts (resumable).
+    Generate(generate::GenerateArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Fetch the default model (SmolLM2-135M-Instruct) into SRLM_HOME and print its path.
+    Fetch,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Chat(a) => chat::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Bench(b) => bench::run(b),
+        Command::Fetch => {
+            println!("{}", srlm_engine::fetch::default_model()?.display());
+            Ok(())
+        }
+    }
+}

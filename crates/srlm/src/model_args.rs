@@ -1,0 +1,84 @@
+//! Options every model-using command shares: which model, how its weights are held, sampling.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use srlm_engine::gguf::WeightFormat;
+use srlm_engine::llama::Ops;
+use srlm_engine::sampling::SamplingParams;
+use srlm_engine::{Engine, LoadOptions};
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file or a Hugging Face model folder. Default: SmolLM2-135M-Instruct, fetched on first use.
+    #[arg(long, env = "SRLM_MODEL")]
+    pub model: Option<PathBuf>,
+    /// How weights are held for sampling: q8_0 (requantized, fastest on CPU), native (as stored), dense (f32).
+    #[arg(long, default_value = "q8_0")]
+    pub weights: WeightFormat,
+    /// Longest prompt plus completion, in tokens (at most the model's own context).
+    #[arg(long, default_value_t = 4096)]
+    pub context_length: usize,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Engine> {
+        if let Some(t) = self.threads {
+            // candle's CPU kernels size their pools from this variable at first use.
+            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        }
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => srlm_engine::fetch::default_model()?,
+        };
+        let opts = LoadOptions {
+            format: self.weights,
+            ops: if self.weights == WeightFormat::Dense {
+                Ops::Differentiable
+            } else {
+                Ops::Fused
+            },
+            context_length: self.context_length,
+        };
+        Engine::load(&path, &opts).with_context(|| format!("loading model {}", path.display()))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// 0 keeps every token.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// 1.0 is off.
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// End a completion before this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            max_new_tokens: self.max_new_tokens,
+            stop: self.stop.clone(),
+            seed: self.seed,
+        }
+    }
+}
