@@ -57,4 +57,14 @@ impl EngineError {
     }
 }
 
+/// candle's message without the backtrace it appends when RUST_BACKTRACE is set.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    let s = e.to_string();
+    s.split("\n   0: ")
+        .next()
+        .unwrap_or(&s)
+        .trim_end()
+        .to_string()
+}
+
 pub type Result<T> = std::result::Result<T, EngineError>;

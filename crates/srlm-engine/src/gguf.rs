@@ -110,7 +110,7 @@ impl GgufModel {
         let bad = |e: candle_core::Error| {
             EngineError::model(
                 path,
-                format!("cannot read GGUF: {e}"),
+                format!("cannot read GGUF: {}", crate::error::candle_message(&e)),
                 "the file is missing, truncated or not GGUF; delete it and fetch it again",
             )
         };

@@ -179,7 +179,10 @@ impl HfModel {
         let weights = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
             EngineError::model(
                 dir,
-                format!("cannot read safetensors: {e}"),
+                format!(
+                    "cannot read safetensors: {}",
+                    crate::error::candle_message(&e)
+                ),
                 "a weight file is truncated or corrupt",
             )
         })?;
@@ -198,7 +201,7 @@ impl WeightSource for HfModel {
         let t = self.weights.load(name, &self.device).map_err(|e| {
             EngineError::model(
                 &self.dir,
-                format!("tensor `{name}`: {e}"),
+                format!("tensor `{name}`: {}", crate::error::candle_message(&e)),
                 "the checkpoint does not match config.json",
             )
         })?;
