@@ -20,10 +20,11 @@ pub struct LoadOptions {
 }
 
 impl Default for LoadOptions {
-    /// The sampling setup: Q8_0 blocks, fused kernels, a 4096-token context.
+    /// The sampling setup: Q8_0 blocks for decoding and f32 for prefill, fused kernels, a
+    /// 4096-token context.
     fn default() -> Self {
         Self {
-            format: WeightFormat::Q8_0,
+            format: WeightFormat::Mixed,
             ops: Ops::Fused,
             context_length: 4096,
         }

@@ -216,7 +216,12 @@ impl WeightSource for HfModel {
                 w: QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
                 b: None,
             }),
-            WeightFormat::Q8_0 => Ok(Linear::Dense { w, b: None }),
+            WeightFormat::Mixed if w.dim(1)? % 32 == 0 => Ok(Linear::Mixed {
+                q: QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
+                dense: w,
+                b: None,
+            }),
+            WeightFormat::Q8_0 | WeightFormat::Mixed => Ok(Linear::Dense { w, b: None }),
         }
     }
 

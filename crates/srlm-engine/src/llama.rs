@@ -27,9 +27,26 @@ pub enum Ops {
 /// A projection `y = x Wᵀ + b` over dense or quantized weights.
 #[derive(Debug, Clone)]
 pub enum Linear {
-    Dense { w: Tensor, b: Option<Tensor> },
-    Quant { w: QMatMul, b: Option<Tensor> },
+    Dense {
+        w: Tensor,
+        b: Option<Tensor>,
+    },
+    Quant {
+        w: QMatMul,
+        b: Option<Tensor>,
+    },
+    /// Both forms of the same weight: quantized blocks for a few rows (decoding is bound by
+    /// memory traffic), dense f32 for many (prefill is bound by arithmetic, where the f32 GEMM
+    /// beats candle's quantized kernels).
+    Mixed {
+        q: QMatMul,
+        dense: Tensor,
+        b: Option<Tensor>,
+    },
 }
+
+/// Rows at and above which `Linear::Mixed` uses its dense weight.
+pub const MIXED_DENSE_ROWS: usize = 8;
 
 impl Linear {
     /// `x`: (n, in) -> (n, out)
@@ -37,6 +54,13 @@ impl Linear {
         let (y, b) = match self {
             Linear::Dense { w, b } => (x.matmul(&w.t()?)?, b),
             Linear::Quant { w, b } => (w.forward(x)?, b),
+            Linear::Mixed { q, dense, b } => {
+                if x.dim(0)? >= MIXED_DENSE_ROWS {
+                    (x.matmul(&dense.t()?)?, b)
+                } else {
+                    (q.forward(x)?, b)
+                }
+            }
         };
         match b {
             Some(b) => y.broadcast_add(b),
@@ -387,6 +411,7 @@ fn load_linear(src: &dyn WeightSource, prefix: &str, bias: bool) -> crate::Resul
     Ok(match lin {
         Linear::Dense { w, .. } => Linear::Dense { w, b },
         Linear::Quant { w, .. } => Linear::Quant { w, b },
+        Linear::Mixed { q, dense, .. } => Linear::Mixed { q, dense, b },
     })
 }
 

@@ -210,3 +210,23 @@ fn chat_template_and_special_tokens_come_from_the_folder() {
     let im_end = engine.tokenizer.token_id("<|im_end|>").unwrap();
     assert!(engine.tokenizer.eos_ids.contains(&im_end));
 }
+
+#[test]
+fn mixed_weights_prefill_dense_and_decode_quantized() {
+    let dense = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let mixed = load("tiny-llama", WeightFormat::Mixed, Ops::Fused);
+    let q8 = load("tiny-llama", WeightFormat::Q8_0, Ops::Fused);
+    // 10 rows >= MIXED_DENSE_ROWS: the dense weights, so dense results.
+    let ids = Tensor::new(&[[5u32, 17, 42, 99, 7, 250, 3, 64, 128, 11]], &Device::Cpu).unwrap();
+    let err = max_rel_err(
+        &mixed.model.forward(&ids).unwrap(),
+        &dense.model.forward(&ids).unwrap(),
+    );
+    assert!(err < 1e-6, "prefill: {err}");
+    // 2 rows: the Q8_0 blocks, so exactly the Q8_0 model's results.
+    let ids = Tensor::new(&[[5u32, 17]], &Device::Cpu).unwrap();
+    let a = mixed.model.forward(&ids).unwrap();
+    let b = q8.model.forward(&ids).unwrap();
+    assert_eq!(a.to_vec3::<f32>().unwrap(), b.to_vec3::<f32>().unwrap());
+    assert!(max_rel_err(&a, &dense.model.forward(&ids).unwrap()) > 0.0);
+}

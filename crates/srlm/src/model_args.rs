@@ -13,8 +13,9 @@ pub struct ModelArgs {
     /// A GGUF file or a Hugging Face model folder. Default: SmolLM2-135M-Instruct, fetched on first use.
     #[arg(long, env = "SRLM_MODEL")]
     pub model: Option<PathBuf>,
-    /// How weights are held for sampling: q8_0 (requantized, fastest on CPU), native (as stored), dense (f32).
-    #[arg(long, default_value = "q8_0")]
+    /// How weights are held: mixed (Q8_0 to decode, f32 to prefill: fastest, ~5x Q8_0's memory),
+    /// q8_0 (requantized), native (as stored in the file), dense (f32 throughout).
+    #[arg(long, default_value = "mixed")]
     pub weights: WeightFormat,
     /// Longest prompt plus completion, in tokens (at most the model's own context).
     #[arg(long, default_value_t = 4096)]
