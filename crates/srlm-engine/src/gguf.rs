@@ -6,7 +6,8 @@
 
 use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
-use crate::llama::{Linear, WeightSource};
+use crate::llama::{Linear, Quantized, WeightSource};
+use crate::q4_1::Q41Matrix;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Tensor};
@@ -273,6 +274,11 @@ impl GgufModel {
     }
 }
 
+fn copy_qtensor(q: &QTensor, device: &Device) -> Result<QTensor> {
+    let storage = QStorage::from_data(Cow::Owned(q.data()?.into_owned()), device, q.dtype())?;
+    Ok(QTensor::new(storage, q.shape().clone())?)
+}
+
 impl WeightSource for GgufModel {
     fn dense(&self, name: &str) -> Result<Tensor> {
         Ok(self.qtensor(name)?.dequantize(&self.device)?)
@@ -281,49 +287,59 @@ impl WeightSource for GgufModel {
     fn linear(&self, name: &str) -> Result<Linear> {
         let q = self.qtensor(name)?;
         let is_float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        let w = match self.format {
-            WeightFormat::Dense => {
-                return Ok(Linear::Dense {
-                    w: q.dequantize(&self.device)?,
-                    b: None,
-                })
-            }
-            _ if is_float => {
-                return Ok(Linear::Dense {
-                    w: q.dequantize(&self.device)?,
-                    b: None,
-                })
-            }
-            WeightFormat::Native => {
-                let storage = QStorage::from_data(
-                    Cow::Owned(q.data()?.into_owned()),
-                    &self.device,
-                    q.dtype(),
-                )?;
-                QTensor::new(storage, q.shape().clone())?
-            }
-            WeightFormat::Q8_0 if q.dtype() == GgmlDType::Q8_0 => {
-                let storage = QStorage::from_data(
-                    Cow::Owned(q.data()?.into_owned()),
-                    &self.device,
-                    q.dtype(),
-                )?;
-                QTensor::new(storage, q.shape().clone())?
-            }
-            WeightFormat::Q8_0 => QTensor::quantize(&q.dequantize(&self.device)?, GgmlDType::Q8_0)?,
-            WeightFormat::Mixed => {
-                let dense = q.dequantize(&self.device)?;
-                let q8 = QTensor::quantize(&dense, GgmlDType::Q8_0)?;
-                return Ok(Linear::Mixed {
-                    q: QMatMul::from_qtensor(q8)?,
-                    dense,
-                    b: None,
-                });
-            }
+        let dense = || q.dequantize(&self.device);
+        let q8_0 = || -> Result<Quantized> {
+            let t = if q.dtype() == GgmlDType::Q8_0 {
+                copy_qtensor(q, &self.device)?
+            } else {
+                QTensor::quantize(&dense()?, GgmlDType::Q8_0)?
+            };
+            Ok(Quantized::Candle(QMatMul::from_qtensor(t)?))
         };
-        Ok(Linear::Quant {
-            w: QMatMul::from_qtensor(w)?,
-            b: None,
+        // The file's own Q4_1 blocks through srlm's SIMD kernel; anything else through candle's.
+        let native = || -> Result<Quantized> {
+            if q.dtype() == GgmlDType::Q4_1 {
+                let (n, k) = q.shape().dims2()?;
+                return Ok(Quantized::Q41(Q41Matrix::new(
+                    q.data()?.into_owned(),
+                    n,
+                    k,
+                )?));
+            }
+            Ok(Quantized::Candle(QMatMul::from_qtensor(copy_qtensor(
+                q,
+                &self.device,
+            )?)?))
+        };
+        Ok(match self.format {
+            WeightFormat::Dense => Linear::Dense {
+                w: dense()?,
+                b: None,
+            },
+            _ if is_float => Linear::Dense {
+                w: dense()?,
+                b: None,
+            },
+            WeightFormat::Native => Linear::Quant {
+                w: native()?,
+                b: None,
+            },
+            WeightFormat::Q8_0 => Linear::Quant {
+                w: q8_0()?,
+                b: None,
+            },
+            WeightFormat::Mixed => {
+                let small = if q.dtype() == GgmlDType::Q4_1 {
+                    native()?
+                } else {
+                    q8_0()?
+                };
+                Linear::Mixed {
+                    q: small,
+                    dense: dense()?,
+                    b: None,
+                }
+            }
         })
     }
 

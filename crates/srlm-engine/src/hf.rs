@@ -4,7 +4,7 @@
 use crate::config::{HfConfig, LlamaConfig, OneOrMany};
 use crate::error::{EngineError, Result};
 use crate::gguf::WeightFormat;
-use crate::llama::{Linear, WeightSource};
+use crate::llama::{Linear, Quantized, WeightSource};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -213,11 +213,17 @@ impl WeightSource for HfModel {
         match self.format {
             WeightFormat::Dense | WeightFormat::Native => Ok(Linear::Dense { w, b: None }),
             WeightFormat::Q8_0 if w.dim(1)? % 32 == 0 => Ok(Linear::Quant {
-                w: QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
+                w: Quantized::Candle(QMatMul::from_qtensor(QTensor::quantize(
+                    &w,
+                    GgmlDType::Q8_0,
+                )?)?),
                 b: None,
             }),
             WeightFormat::Mixed if w.dim(1)? % 32 == 0 => Ok(Linear::Mixed {
-                q: QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
+                q: Quantized::Candle(QMatMul::from_qtensor(QTensor::quantize(
+                    &w,
+                    GgmlDType::Q8_0,
+                )?)?),
                 dense: w,
                 b: None,
             }),

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+pub mod q4_1;
 pub mod sampling;
 pub mod tokenizer;
 

@@ -24,6 +24,23 @@ pub enum Ops {
     Fused,
 }
 
+/// Quantized weights with a fast matmul: candle's kernels, or ours for Q4_1.
+#[derive(Debug, Clone)]
+pub enum Quantized {
+    Candle(QMatMul),
+    Q41(crate::q4_1::Q41Matrix),
+}
+
+impl Quantized {
+    /// `x`: (n, in) -> (n, out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Quantized::Candle(w) => w.forward(x),
+            Quantized::Q41(w) => w.forward(x),
+        }
+    }
+}
+
 /// A projection `y = x Wᵀ + b` over dense or quantized weights.
 #[derive(Debug, Clone)]
 pub enum Linear {
@@ -32,21 +49,21 @@ pub enum Linear {
         b: Option<Tensor>,
     },
     Quant {
-        w: QMatMul,
+        w: Quantized,
         b: Option<Tensor>,
     },
     /// Both forms of the same weight: quantized blocks for a few rows (decoding is bound by
     /// memory traffic), dense f32 for many (prefill is bound by arithmetic, where the f32 GEMM
     /// beats candle's quantized kernels).
     Mixed {
-        q: QMatMul,
+        q: Quantized,
         dense: Tensor,
         b: Option<Tensor>,
     },
 }
 
 /// Rows at and above which `Linear::Mixed` uses its dense weight.
-pub const MIXED_DENSE_ROWS: usize = 8;
+pub const MIXED_DENSE_ROWS: usize = 32;
 
 impl Linear {
     /// `x`: (n, in) -> (n, out)

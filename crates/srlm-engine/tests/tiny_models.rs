@@ -216,8 +216,10 @@ fn mixed_weights_prefill_dense_and_decode_quantized() {
     let dense = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
     let mixed = load("tiny-llama", WeightFormat::Mixed, Ops::Fused);
     let q8 = load("tiny-llama", WeightFormat::Q8_0, Ops::Fused);
-    // 10 rows >= MIXED_DENSE_ROWS: the dense weights, so dense results.
-    let ids = Tensor::new(&[[5u32, 17, 42, 99, 7, 250, 3, 64, 128, 11]], &Device::Cpu).unwrap();
+    // MIXED_DENSE_ROWS rows: the dense weights, so dense results.
+    let n = srlm_engine::llama::MIXED_DENSE_ROWS;
+    let row: Vec<u32> = (0..n as u32).map(|i| (i * 37 + 5) % 290).collect();
+    let ids = Tensor::new(row.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let err = max_rel_err(
         &mixed.model.forward(&ids).unwrap(),
         &dense.model.forward(&ids).unwrap(),
