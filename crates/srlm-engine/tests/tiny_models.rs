@@ -219,7 +219,10 @@ fn mixed_weights_prefill_dense_and_decode_quantized() {
     // MIXED_DENSE_ROWS rows: the dense weights, so dense results.
     let n = srlm_engine::llama::MIXED_DENSE_ROWS;
     let row: Vec<u32> = (0..n as u32).map(|i| (i * 37 + 5) % 290).collect();
-    let ids = Tensor::new(row.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let ids = Tensor::new(row.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let err = max_rel_err(
         &mixed.model.forward(&ids).unwrap(),
         &dense.model.forward(&ids).unwrap(),

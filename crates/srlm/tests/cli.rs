@@ -243,3 +243,41 @@ fn bad_model_files_are_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn chat_answers_each_line_and_survives_reset() {
+    use std::io::Write;
+    let model = tiny();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args([
+            "chat",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            "dense",
+            "--max-new-tokens",
+            "5",
+            "--temperature",
+            "0",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello world\n/reset\nhello world\n/exit\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // Two replies, each followed by a newline. Greedy, and the conversation was reset: the same
+    // question gets the same reply, so the output is one reply twice.
+    let (first, second) = out.split_at(out.len() / 2);
+    assert!(out.len() > 2 && out.len() % 2 == 0, "{out:?}");
+    assert_eq!(first, second, "{out:?}");
+    assert!(first.ends_with('\n'), "{out:?}");
+}
