@@ -71,47 +71,23 @@ fn dot_scalar(row: &[u8], x: &[XBlock]) -> f32 {
     acc
 }
 
+/// Activation rows handled per pass over a weight row (accumulators live in registers/stack).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(row: &[u8], x: &[XBlock]) -> f32 {
-    use std::arch::x86_64::*;
-    let mask = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for (b, xb) in row.chunks_exact(BLOCK_BYTES).zip(x) {
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            u16::from_le_bytes([b[0], b[1]]) as i32,
-        )));
-        let m = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            u16::from_le_bytes([b[2], b[3]]) as i32,
-        )));
-        let codes = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
-        let lo = _mm_and_si128(codes, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(codes, 4), mask);
-        let w = _mm256_set_m128i(hi, lo); // elements 0..16, then 16..32
-        let xq = _mm256_loadu_si256(xb.q.as_ptr() as *const __m256i);
-        let p16 = _mm256_maddubs_epi16(w, xq); // |15 * 127 * 2| fits i16
-        let p32 = _mm256_madd_epi16(p16, ones);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p32), acc);
-        mins += m * xb.s;
-    }
-    let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s) + mins
-}
+const ROWS_PER_PASS: usize = 8;
 
-/// One weight row against several activation rows: each block's codes are unpacked once.
+/// One weight row against up to `ROWS_PER_PASS` activation rows: each block's codes are
+/// unpacked once for all of them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2(row: &[u8], xs: &[Vec<XBlock>], out: &mut [f32]) {
+/// `N` is a constant so the accumulators stay in registers (N = 1 for the decode of one sequence).
+unsafe fn dot_rows_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let mask = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    let m = xs.len();
-    let mut acc = vec![_mm256_setzero_ps(); m];
-    let mut mins = vec![0f32; m];
+    let m = N;
+    debug_assert!(xs.len() == N && out.len() == N);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut mins = [0f32; N];
     for (bi, b) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
             u16::from_le_bytes([b[0], b[1]]) as i32,
@@ -154,14 +130,28 @@ fn has_avx2() -> bool {
     }
 }
 
-fn dot(row: &[u8], x: &[XBlock], simd: bool) -> f32 {
+/// Dot products of one weight row with every activation row, into `out` (m,).
+fn dot_rows(row: &[u8], xs: &[Vec<XBlock>], out: &mut [f32], simd: bool) {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is true only when the CPU reports avx2, fma and f16c.
-        return unsafe { dot_avx2(row, x) };
+        // SAFETY (both calls): `simd` is true only when the CPU reports avx2, fma and f16c;
+        // every activation row has as many blocks as the weight row; slice lengths equal N.
+        let full = xs.len() / ROWS_PER_PASS * ROWS_PER_PASS;
+        for (x, o) in xs[..full]
+            .chunks(ROWS_PER_PASS)
+            .zip(out[..full].chunks_mut(ROWS_PER_PASS))
+        {
+            unsafe { dot_rows_avx2::<ROWS_PER_PASS>(row, x, o) };
+        }
+        for (x, o) in xs[full..].chunks(1).zip(out[full..].chunks_mut(1)) {
+            unsafe { dot_rows_avx2::<1>(row, x, o) };
+        }
+        return;
     }
     let _ = simd;
-    dot_scalar(row, x)
+    for (o, x) in out.iter_mut().zip(xs) {
+        *o = dot_scalar(row, x);
+    }
 }
 
 impl Q41Matrix {
@@ -199,16 +189,7 @@ impl Q41Matrix {
                 // SAFETY: ranges of rows are disjoint across tasks, so each (row, ..) slice of
                 // `out_t` is written by exactly one thread; `out_t` outlives the call.
                 let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * m), m) };
-                #[cfg(target_arch = "x86_64")]
-                if simd && m > 1 {
-                    // SAFETY: `simd` is true only when the CPU reports avx2, fma and f16c; every
-                    // activation row has k / 32 blocks, as many as the weight row.
-                    unsafe { dot_rows_avx2(w, &xq, out) };
-                    continue;
-                }
-                for (o, xr) in out.iter_mut().zip(&xq) {
-                    *o = dot(w, xr, simd);
-                }
+                dot_rows(w, &xq, out, simd);
             }
         });
         // (n, m) -> (m, n)
@@ -265,7 +246,7 @@ mod tests {
     #[test]
     fn simd_and_scalar_equal_the_dequantized_product() {
         let dev = Device::Cpu;
-        let (n, k, m) = (40, 96, 3);
+        let (n, k, m) = (40, 96, 11); // 11 rows: a full pass of 8, then 3
         let w = Tensor::from_vec(values(n * k, 1), (n, k), &dev).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
         let wd = q.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
