@@ -2,7 +2,9 @@
 //! transformers loading the same file. Goldens: scripts/make_engine_goldens.py. The model is
 //! fetched into SRLM_HOME on first use, as `srlm` does.
 
+mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::{goldens, max_rel_err};
 use srlm_engine::generate::{Event, Generator, Request};
 use srlm_engine::gguf::WeightFormat;
 use srlm_engine::llama::Ops;
@@ -10,10 +12,6 @@ use srlm_engine::sampling::SamplingParams;
 use srlm_engine::{Engine, LoadOptions};
 use std::path::PathBuf;
 use std::sync::OnceLock;
-
-fn goldens() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goldens")
-}
 
 fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -102,24 +100,6 @@ fn logits_meta() -> LogitsMeta {
     serde_json::from_str(&std::fs::read_to_string(goldens().join("logits.json")).unwrap()).unwrap()
 }
 
-fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn dense_logits_equal_transformers_at_every_position() {
     let meta = logits_meta();
@@ -147,7 +127,7 @@ fn dense_logits_equal_transformers_at_every_position() {
                 1,
             )
             .unwrap();
-        let err = rel_err(&strided, &g[&format!("p{i}.strided")]);
+        let err = max_rel_err(&strided, &g[&format!("p{i}.strided")]);
         assert!(
             err < 1e-3,
             "prompt {i}: strided logits relative error {err}"
@@ -155,7 +135,7 @@ fn dense_logits_equal_transformers_at_every_position() {
         // The top 16 at every position.
         let top_ids = g[&format!("p{i}.top_ids")].to_dtype(DType::U32).unwrap();
         let top = logits.gather(&top_ids, 1).unwrap();
-        let err = rel_err(&top, &g[&format!("p{i}.top_logits")]);
+        let err = max_rel_err(&top, &g[&format!("p{i}.top_logits")]);
         assert!(err < 1e-3, "prompt {i}: top-16 logits relative error {err}");
         // The whole row through its log-sum-exp.
         let max = logits.max_keepdim(1).unwrap();
@@ -172,7 +152,7 @@ fn dense_logits_equal_transformers_at_every_position() {
             .unwrap()
             .squeeze(1)
             .unwrap();
-        let err = rel_err(&lse, &g[&format!("p{i}.lse")]);
+        let err = max_rel_err(&lse, &g[&format!("p{i}.lse")]);
         assert!(err < 1e-3, "prompt {i}: log-sum-exp relative error {err}");
         assert_eq!(lse.dim(0).unwrap(), t);
     }

@@ -1,7 +1,9 @@
 //! The architecture against transformers on tiny random Hugging Face folders (goldens from
 //! scripts/make_engine_goldens.py), and the equivalences generation relies on.
 
+mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::{goldens, max_rel_err};
 use srlm_engine::generate::{Generator, Request};
 use srlm_engine::gguf::WeightFormat;
 use srlm_engine::llama::{KvCache, Ops};
@@ -10,9 +12,7 @@ use srlm_engine::{Engine, LoadOptions};
 use std::path::PathBuf;
 
 fn golden_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/goldens")
-        .join(name)
+    goldens().join(name)
 }
 
 fn load(name: &str, format: WeightFormat, ops: Ops) -> Engine {
@@ -22,25 +22,6 @@ fn load(name: &str, format: WeightFormat, ops: Ops) -> Engine {
         context_length: 256,
     };
     Engine::load(&golden_dir(name), &opts).unwrap()
-}
-
-fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / scale
 }
 
 fn check_against_transformers(name: &str, ops: Ops) {
