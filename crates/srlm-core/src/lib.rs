@@ -5,5 +5,6 @@
 
 pub mod generation;
 pub mod jsonl;
+pub mod train_data;
 
 pub use jsonl::{JsonlError, JsonlWriter};

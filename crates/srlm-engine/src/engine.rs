@@ -2,10 +2,11 @@
 //! folder, ready to render prompts and generate.
 
 use crate::chat::ChatTemplate;
+use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgufModel, WeightFormat};
 use crate::hf::{GenerationConfig, HfModel, TokenizerConfig};
-use crate::llama::{Llama, Ops};
+use crate::llama::{Llama, Ops, WeightSource};
 use crate::tokenizer::{tokenizer_from_file, tokenizer_from_gguf, Tokenizer};
 use candle_core::Device;
 use srlm_core::generation::{Message, PromptInput};
@@ -47,16 +48,32 @@ pub struct Engine {
     pub tokenizer: Tokenizer,
     pub chat: ChatTemplate,
     pub path: PathBuf,
+    /// The special tokens' text, for the tokenizer_config.json of a checkpoint.
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
 }
+
+/// Builds the model from a weight source: `Llama::load` for sampling, or a trainer's wrapper
+/// that turns weights into variables or adds adapters.
+pub type BuildModel<'a> = dyn FnMut(&dyn WeightSource, &LlamaConfig) -> Result<Llama> + 'a;
 
 impl Engine {
     /// Loads a GGUF file or a Hugging Face model folder.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let device = Device::Cpu;
+        let mut build = |src: &dyn WeightSource, cfg: &LlamaConfig| {
+            Llama::load(src, cfg, opts.ops, opts.context_length, &device)
+        };
+        Self::load_with(path, opts, &mut build)
+    }
+
+    /// Loads tokenizer and template as `load` does, and the model through `build`.
+    pub fn load_with(path: &Path, opts: &LoadOptions, build: &mut BuildModel) -> Result<Self> {
+        let device = Device::Cpu;
         if path.is_dir() {
-            Self::load_hf(path, opts, &device)
+            Self::load_hf(path, opts, &device, build)
         } else if path.exists() {
-            Self::load_gguf(path, opts, &device)
+            Self::load_gguf(path, opts, &device, build)
         } else {
             Err(EngineError::model(
                 path,
@@ -66,7 +83,12 @@ impl Engine {
         }
     }
 
-    fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Self> {
+    fn load_gguf(
+        path: &Path,
+        opts: &LoadOptions,
+        device: &Device,
+        build: &mut BuildModel,
+    ) -> Result<Self> {
         let gguf = GgufModel::open(path, opts.format, device)?;
         let cfg = gguf.config()?;
         let info = tokenizer_from_gguf(&gguf)?;
@@ -79,16 +101,23 @@ impl Engine {
         let mut eos_ids = cfg.eos_token_ids.clone();
         add_token(&mut eos_ids, &info.tokenizer, info.eos_token.as_deref());
         let tokenizer = Tokenizer::new(info.tokenizer, cfg.bos_token_id, eos_ids);
-        let model = Llama::load(&gguf, &cfg, opts.ops, opts.context_length, device)?;
+        let model = build(&gguf, &cfg)?;
         Ok(Self {
             model,
             tokenizer,
             chat,
             path: path.to_path_buf(),
+            bos_token: info.bos_token,
+            eos_token: info.eos_token,
         })
     }
 
-    fn load_hf(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Self> {
+    fn load_hf(
+        dir: &Path,
+        opts: &LoadOptions,
+        device: &Device,
+        build: &mut BuildModel,
+    ) -> Result<Self> {
         let hf = HfModel::open(dir, opts.format, device)?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
@@ -113,12 +142,14 @@ impl Engine {
             .unwrap_or_else(|| hf.config.eos_token_ids.clone());
         add_token(&mut eos_ids, &inner, eos.as_deref());
         let bos_id = gen.bos_token_id.or(hf.config.bos_token_id);
-        let model = Llama::load(&hf, &hf.config, opts.ops, opts.context_length, device)?;
+        let model = build(&hf, &hf.config)?;
         Ok(Self {
             model,
             tokenizer: Tokenizer::new(inner, bos_id, eos_ids),
             chat,
             path: dir.to_path_buf(),
+            bos_token: bos,
+            eos_token: eos,
         })
     }
 

@@ -14,6 +14,10 @@
 use crate::config::LlamaConfig;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Which kernels the non-matmul ops use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,65 @@ pub enum Linear {
         dense: Tensor,
         b: Option<Tensor>,
     },
+    /// A frozen base plus a low-rank update: `y = base(x) + scale · (dropout(x) Aᵀ) Bᵀ`
+    /// (PEFT's LoRA). `a`: (r, in), `b`: (out, r).
+    Lora {
+        base: Box<Linear>,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+        dropout: Option<Arc<Dropout>>,
+    },
+}
+
+/// Inverted dropout with its own seeded generator, so a resumed run draws the same masks.
+/// Inactive (the identity) unless training switches it on.
+#[derive(Debug)]
+pub struct Dropout {
+    p: f32,
+    rng: Mutex<StdRng>,
+    active: AtomicBool,
+}
+
+impl Dropout {
+    pub fn new(p: f32, seed: u64) -> Arc<Self> {
+        Arc::new(Self {
+            p,
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            active: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_active(&self, on: bool) {
+        self.active.store(on, Ordering::Relaxed);
+    }
+
+    /// Restarts the mask stream: the trainer reseeds from (seed, step, micro-batch).
+    pub fn reseed(&self, seed: u64) {
+        *self.rng.lock().expect("dropout rng") = StdRng::seed_from_u64(seed);
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.p <= 0.0 || !self.active.load(Ordering::Relaxed) {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 / (1.0 - self.p);
+        let n = x.elem_count();
+        let mask: Vec<f32> = {
+            let mut rng = self.rng.lock().expect("dropout rng");
+            (0..n)
+                .map(|_| {
+                    if rng.random::<f32>() < self.p {
+                        0.0
+                    } else {
+                        keep
+                    }
+                })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
 }
 
 /// Rows at and above which `Linear::Mixed` uses its dense weight.
@@ -68,6 +131,22 @@ pub const MIXED_DENSE_ROWS: usize = 32;
 impl Linear {
     /// `x`: (n, in) -> (n, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Linear::Lora {
+            base,
+            a,
+            b,
+            scale,
+            dropout,
+        } = self
+        {
+            let y = base.forward(x)?;
+            let h = match dropout {
+                Some(d) => d.forward(x)?,
+                None => x.clone(),
+            };
+            let delta = h.matmul(&a.t()?)?.matmul(&b.t()?)?; // (n, r) -> (n, out)
+            return y + (delta * *scale)?;
+        }
         let (y, b) = match self {
             Linear::Dense { w, b } => (x.matmul(&w.t()?)?, b),
             Linear::Quant { w, b } => (w.forward(x)?, b),
@@ -78,6 +157,7 @@ impl Linear {
                     (q.forward(x)?, b)
                 }
             }
+            Linear::Lora { .. } => unreachable!("handled above"),
         };
         match b {
             Some(b) => y.broadcast_add(b),
@@ -264,7 +344,14 @@ struct Attention {
 /// Causal attention with grouped-query heads.
 /// `q`: (b, h, t, d), `k`, `v`: (b, kvh, T, d) where the t queries sit at positions T-t..T.
 /// Returns (b, h, t, d).
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, n_kv_heads: usize, ops: Ops) -> Result<Tensor> {
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_kv_heads: usize,
+    ops: Ops,
+    dropout: Option<&Dropout>,
+) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let total = k.dim(2)?;
     let past = total - t;
@@ -287,6 +374,10 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, n_kv_heads: usize, ops: Ops) -> Re
         att
     };
     let p = softmax(&att, ops)?;
+    let p = match dropout {
+        Some(d) => d.forward(&p)?,
+        None => p,
+    };
     p.matmul(&v.contiguous()?)?.reshape((b, h, t, d)) // (b, kvh, rep*t, d) -> (b, h, t, d)
 }
 
@@ -339,6 +430,7 @@ impl Attention {
         rope: &Rope,
         positions: &Tensor,
         ops: Ops,
+        dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, rope, positions, ops)?;
         let q = q
@@ -350,7 +442,14 @@ impl Attention {
         let v = v
             .reshape((b, t, self.n_kv_heads, self.head_dim))?
             .transpose(1, 2)?;
-        let y = attend(&q.contiguous()?, &k.contiguous()?, &v, self.n_kv_heads, ops)?; // (b, h, t, d)
+        let y = attend(
+            &q.contiguous()?,
+            &k.contiguous()?,
+            &v,
+            self.n_kv_heads,
+            ops,
+            dropout,
+        )?; // (b, h, t, d)
         let y = y
             .transpose(1, 2)?
             .reshape((b * t, self.n_heads * self.head_dim))?; // (b*t, h*d)
@@ -382,6 +481,7 @@ impl Attention {
                 &v.unsqueeze(0)?,
                 self.n_kv_heads,
                 ops,
+                None,
             )?; // (1, h, t, d)
             outs.push(
                 y.squeeze(0)?
@@ -429,6 +529,22 @@ fn load_linear(src: &dyn WeightSource, prefix: &str, bias: bool) -> crate::Resul
         Linear::Dense { w, .. } => Linear::Dense { w, b },
         Linear::Quant { w, .. } => Linear::Quant { w, b },
         Linear::Mixed { q, dense, .. } => Linear::Mixed { q, dense, b },
+        Linear::Lora {
+            base,
+            a,
+            b: lb,
+            scale,
+            dropout,
+        } => Linear::Lora {
+            base: Box::new(match *base {
+                Linear::Dense { w, .. } => Linear::Dense { w, b },
+                other => other,
+            }),
+            a,
+            b: lb,
+            scale,
+            dropout,
+        },
     })
 }
 
@@ -443,6 +559,8 @@ pub struct Llama {
     ops: Ops,
     device: Device,
     max_positions: usize,
+    /// Dropout on attention probabilities (transformers' `attention_dropout`), training only.
+    attention_dropout: Option<Arc<Dropout>>,
 }
 
 impl Llama {
@@ -486,6 +604,7 @@ impl Llama {
             ops,
             device: device.clone(),
             max_positions,
+            attention_dropout: None,
         })
     }
 
@@ -506,8 +625,27 @@ impl Llama {
         self.ops
     }
 
+    pub fn set_attention_dropout(&mut self, dropout: Option<Arc<Dropout>>) {
+        self.attention_dropout = dropout;
+    }
+
     /// Logits for every position of a right-padded batch. `ids`: (b, t) -> (b, t, vocab)
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self.trunk(ids)?; // (b*t, hidden)
+        self.head(&x)?.reshape((b, t, self.cfg.vocab_size))
+    }
+
+    /// Logits at chosen positions only, so the LM head (the largest activation in training)
+    /// runs where a loss needs it. `ids`: (b, t), `rows`: (n,) flat indices into b*t ->
+    /// (n, vocab)
+    pub fn forward_rows(&self, ids: &Tensor, rows: &Tensor) -> Result<Tensor> {
+        let x = self.trunk(ids)?; // (b*t, hidden)
+        self.head(&x.index_select(rows, 0)?)
+    }
+
+    /// The decoder blocks over a right-padded batch. `ids`: (b, t) -> (b*t, hidden)
+    fn trunk(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if t > self.max_positions {
             candle_core::bail!(
@@ -517,11 +655,12 @@ impl Llama {
         }
         let positions = Tensor::arange(0u32, t as u32, &self.device)?.repeat(b)?; // (b*t,)
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?; // (b*t, hidden)
+        let dropout = self.attention_dropout.as_deref();
         for block in &self.layers {
             let h = rms_norm(&x, &block.input_layernorm, self.cfg.rms_norm_eps, self.ops)?;
             x = (x + block
                 .self_attn
-                .forward_batch(&h, b, t, &self.rope, &positions, self.ops)?)?;
+                .forward_batch(&h, b, t, &self.rope, &positions, self.ops, dropout)?)?;
             let h = rms_norm(
                 &x,
                 &block.post_attention_layernorm,
@@ -530,10 +669,13 @@ impl Llama {
             )?;
             x = (x + block.mlp.forward(&h)?)?;
         }
-        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.ops)?;
-        self.lm_head
-            .forward(&x)?
-            .reshape((b, t, self.cfg.vocab_size))
+        Ok(x)
+    }
+
+    /// Final norm and LM head. `x`: (n, hidden) -> (n, vocab)
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = rms_norm(x, &self.norm, self.cfg.rms_norm_eps, self.ops)?;
+        self.lm_head.forward(&x)
     }
 
     /// Feeds `tokens[i]` to the sequence whose cache is `caches[i]`, all in one pass, and returns
@@ -587,8 +729,6 @@ impl Llama {
         // Only the last position of each segment needs the (large) LM head.
         let last: Vec<u32> = spans.iter().map(|&(s, l)| (s + l - 1) as u32).collect();
         let last = Tensor::from_vec(last, spans.len(), &self.device)?;
-        let x = x.index_select(&last, 0)?; // (segments, hidden)
-        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.ops)?;
-        self.lm_head.forward(&x)
+        self.head(&x.index_select(&last, 0)?) // (segments, vocab)
     }
 }

@@ -1,0 +1,254 @@
+//! What training writes: Hugging Face model folders (config.json, model.safetensors, tokenizer
+//! files, generation_config.json) that transformers and vLLM load, PEFT adapter folders, and the
+//! resume state (trainable weights, optimizer moments, step) of an interrupted run.
+//!
+//! Every file is written to a temporary name and renamed into place; a model folder's
+//! config.json is written last, so a folder that has one is whole. The resume state is a folder
+//! swapped in by rename, so a crash leaves either the old state or the new one.
+
+use crate::error::{Result, TrainError};
+use crate::params::LoraConfig;
+use candle_core::{DType, Device, Tensor, Var};
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::json;
+use srlm_engine::config::LlamaConfig;
+use srlm_engine::Engine;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_name(path);
+    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
+    sync_file(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| TrainError::io(path, e))
+}
+
+/// Writes f32 tensors as safetensors (with transformers' `format: pt` metadata), atomically.
+pub fn write_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        data.push((name.clone(), t.dims().to_vec(), bytes));
+    }
+    let mut views = BTreeMap::new();
+    for (name, shape, bytes) in &data {
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| TrainError::Checkpoint(format!("{name}: {e}")))?;
+        views.insert(name.clone(), view);
+    }
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let tmp = tmp_name(path);
+    safetensors::serialize_to_file(views, Some(meta), &tmp)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", tmp.display())))?;
+    sync_file(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Reads a safetensors file into f32 tensors.
+pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        TrainError::Checkpoint(format!(
+            "{}: {}",
+            path.display(),
+            srlm_engine::error::candle_message(&e)
+        ))
+    })
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("JSON values serialize");
+    write_atomic(path, text.as_bytes())
+}
+
+/// Writes the tokenizer files: copied from a Hugging Face source folder, or (for a GGUF source)
+/// the tokenizer built from its metadata with the chat template and special tokens.
+fn write_tokenizer(engine: &Engine, dir: &Path) -> Result<()> {
+    if engine.path.is_dir() {
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+        ] {
+            let src = engine.path.join(name);
+            if src.exists() {
+                let bytes = std::fs::read(&src).map_err(|e| TrainError::io(&src, e))?;
+                write_atomic(&dir.join(name), &bytes)?;
+            }
+        }
+        return Ok(());
+    }
+    let tok_json = engine
+        .tokenizer
+        .inner()
+        .to_string(false)
+        .map_err(|e| TrainError::Checkpoint(format!("tokenizer: {e}")))?;
+    write_atomic(&dir.join("tokenizer.json"), tok_json.as_bytes())?;
+    let mut cfg = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": engine.chat.source,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": engine.model.config().max_position_embeddings,
+    });
+    if let Some(b) = &engine.bos_token {
+        cfg["bos_token"] = json!(b);
+    }
+    if let Some(e) = &engine.eos_token {
+        cfg["eos_token"] = json!(e);
+        cfg["pad_token"] = json!(e);
+    }
+    write_json(&dir.join("tokenizer_config.json"), &cfg)
+}
+
+/// Writes a whole Hugging Face model folder; config.json comes last and marks it complete.
+pub fn save_model(
+    engine: &Engine,
+    cfg: &LlamaConfig,
+    state: &BTreeMap<String, Tensor>,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let config = dir.join("config.json");
+    if config.exists() {
+        // Whoever reads the folder while it is rewritten must not take it for whole.
+        std::fs::remove_file(&config).map_err(|e| TrainError::io(&config, e))?;
+    }
+    write_safetensors(state, &dir.join("model.safetensors"))?;
+    write_tokenizer(engine, dir)?;
+    let mut gen = json!({ "_from_model_config": true });
+    if let Some(b) = engine.tokenizer.bos_id {
+        gen["bos_token_id"] = json!(b);
+    }
+    match engine.tokenizer.eos_ids.as_slice() {
+        [] => {}
+        [one] => gen["eos_token_id"] = json!(one),
+        many => gen["eos_token_id"] = json!(many),
+    }
+    write_json(&dir.join("generation_config.json"), &gen)?;
+    write_json(&config, &cfg.to_hf_json())
+}
+
+/// Writes a PEFT adapter folder (adapter_config.json last).
+pub fn save_adapter(
+    lora: &LoraConfig,
+    state: &BTreeMap<String, Tensor>,
+    base_model: &str,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    write_safetensors(state, &dir.join("adapter_model.safetensors"))?;
+    let cfg = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": lora.target_modules,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+    });
+    write_json(&dir.join("adapter_config.json"), &cfg)
+}
+
+/// The resume state's bookkeeping.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResumeInfo {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// A fingerprint of the data and settings; resuming with others is refused.
+    pub fingerprint: String,
+}
+
+const STATE_DIR: &str = "resume";
+
+/// Saves the trainable weights, the optimizer moments and `info` under `out/resume`.
+pub fn save_resume(
+    out: &Path,
+    vars: &[(String, Var)],
+    optimizer: &crate::optim::AdamW,
+    info: &ResumeInfo,
+) -> Result<()> {
+    let final_dir = out.join(STATE_DIR);
+    let tmp = out.join(format!(".{STATE_DIR}.tmp-{}", std::process::id()));
+    let old = out.join(format!(".{STATE_DIR}.old"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let weights: BTreeMap<String, Tensor> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    write_safetensors(&weights, &tmp.join("weights.safetensors"))?;
+    optimizer.save(&tmp.join("optimizer.safetensors"))?;
+    write_json(
+        &tmp.join("state.json"),
+        &serde_json::to_value(info).expect("serializes"),
+    )?;
+    // Swap: new state in, old state out. Between the renames only `.resume.old` holds a state,
+    // and `load_resume` looks there too.
+    if final_dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+        }
+        std::fs::rename(&final_dir, &old).map_err(|e| TrainError::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// Loads the resume state into `vars` and `optimizer`, if `out` has one. Returns its info.
+pub fn load_resume(
+    out: &Path,
+    vars: &[(String, Var)],
+    optimizer: &mut crate::optim::AdamW,
+) -> Result<Option<ResumeInfo>> {
+    let mut dir = out.join(STATE_DIR);
+    if !dir.join("state.json").exists() {
+        dir = out.join(format!(".{STATE_DIR}.old"));
+        if !dir.join("state.json").exists() {
+            return Ok(None);
+        }
+    }
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    let info: ResumeInfo = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?;
+    let weights = read_safetensors(&dir.join("weights.safetensors"))?;
+    for (name, var) in vars {
+        let t = weights.get(name).ok_or_else(|| {
+            TrainError::Checkpoint(format!(
+                "{}: no `{name}`; the resume state belongs to another model or method",
+                dir.display()
+            ))
+        })?;
+        var.set(t)?;
+    }
+    optimizer.load(&dir.join("optimizer.safetensors"), info.step)?;
+    Ok(Some(info))
+}

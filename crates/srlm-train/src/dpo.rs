@@ -1,0 +1,224 @@
+//! Direct Preference Optimization over pairs whose reference log-probabilities were computed
+//! once, before training, by the starting model (the reference, M_t), so no second model sits
+//! in memory. Losses and metrics as TRL's DPOTrainer computes them.
+
+use crate::data::{Batch, PairSequences, Sequence};
+use crate::error::{Result, TrainError};
+use crate::loss::{
+    dpo_loss, dpo_metrics, per_sequence_sum, token_logps, DpoConfig, DpoLossType, PairLogps,
+};
+use crate::trainer::{MicroOutput, Normalizers, Objective};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use srlm_core::jsonl::recover_jsonl;
+use srlm_core::JsonlWriter;
+use srlm_engine::llama::Llama;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub struct Dpo {
+    pub pairs: Vec<PairSequences>,
+    /// Summed reference log-probabilities (chosen, rejected) per pair.
+    pub reference: Vec<(f64, f64)>,
+    pub cfg: DpoConfig,
+    pub pad_id: u32,
+}
+
+/// Summed log-probabilities of each sequence's targets under `model`: (sequences,).
+fn sequence_logps(
+    model: &Llama,
+    seqs: &[&Sequence],
+    pad_id: u32,
+) -> Result<(Tensor, Tensor, Batch)> {
+    let batch = Batch::new(seqs, pad_id, model.device())?;
+    let logits = model.forward_rows(&batch.ids, &batch.rows)?; // (n, vocab)
+    let tok = token_logps(&logits, &batch.targets)?; // (n,)
+    let sums = per_sequence_sum(&tok, &batch.owner, batch.sequences)?; // (S,)
+    Ok((sums, tok, batch))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RefLine {
+    index: usize,
+    ref_chosen_logps: f64,
+    ref_rejected_logps: f64,
+}
+
+/// The reference log-probabilities of every pair: taken from the records where they carry them,
+/// otherwise computed with `model` (no gradient) and appended to `cache` as they come, so an
+/// interrupted run does not compute them twice.
+pub fn reference_logps(
+    model: &Llama,
+    pairs: &[PairSequences],
+    pad_id: u32,
+    micro_batch: usize,
+    cache: &Path,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<(f64, f64)>> {
+    let mut out: Vec<Option<(f64, f64)>> = pairs.iter().map(|p| p.ref_logps).collect();
+    for line in recover_jsonl::<RefLine>(cache)? {
+        if line.index < out.len() {
+            out[line.index] = Some((line.ref_chosen_logps, line.ref_rejected_logps));
+        }
+    }
+    let todo: Vec<usize> = (0..pairs.len()).filter(|&i| out[i].is_none()).collect();
+    if !todo.is_empty() {
+        let mut writer = JsonlWriter::append(cache)?;
+        let mut done = pairs.len() - todo.len();
+        for chunk in todo.chunks(micro_batch.max(1)) {
+            let mut seqs: Vec<&Sequence> = chunk.iter().map(|&i| &pairs[i].chosen).collect();
+            seqs.extend(chunk.iter().map(|&i| &pairs[i].rejected));
+            let (sums, _, _) = sequence_logps(model, &seqs, pad_id)?;
+            let v = sums.detach().to_vec1::<f32>()?;
+            let m = chunk.len();
+            for (k, &i) in chunk.iter().enumerate() {
+                let (c, r) = (v[k] as f64, v[m + k] as f64);
+                if !c.is_finite() || !r.is_finite() {
+                    return Err(TrainError::Config(format!(
+                        "pair {i}: reference log-probability is not finite"
+                    )));
+                }
+                writer.write(&RefLine {
+                    index: i,
+                    ref_chosen_logps: c,
+                    ref_rejected_logps: r,
+                })?;
+                out[i] = Some((c, r));
+            }
+            done += m;
+            on_progress(done, pairs.len());
+        }
+    }
+    Ok(out.into_iter().map(|x| x.expect("filled above")).collect())
+}
+
+impl Dpo {
+    fn lengths(&self, examples: &[usize]) -> (Vec<f64>, Vec<f64>) {
+        examples
+            .iter()
+            .map(|&i| {
+                let p = &self.pairs[i];
+                (
+                    p.chosen.target_count() as f64,
+                    p.rejected.target_count() as f64,
+                )
+            })
+            .unzip()
+    }
+}
+
+impl Objective for Dpo {
+    fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    fn normalizers(&self, examples: &[usize]) -> Normalizers {
+        let chosen: usize = examples
+            .iter()
+            .map(|&i| self.pairs[i].chosen.target_count())
+            .sum();
+        Normalizers {
+            targets: 0.0,
+            examples: examples.len().max(1) as f64,
+            chosen_targets: chosen.max(1) as f64,
+        }
+    }
+
+    fn micro_batch(
+        &self,
+        model: &Llama,
+        examples: &[usize],
+        norm: &Normalizers,
+    ) -> Result<MicroOutput> {
+        let m = examples.len();
+        let mut seqs: Vec<&Sequence> = examples.iter().map(|&i| &self.pairs[i].chosen).collect();
+        seqs.extend(examples.iter().map(|&i| &self.pairs[i].rejected));
+        let (sums, _, _) = sequence_logps(model, &seqs, self.pad_id)?; // (2m,)
+        let dev = model.device();
+        let chosen_sum = sums.narrow(0, 0, m)?;
+        let rejected_sum = sums.narrow(0, m, m)?;
+        let (ref_c, ref_r): (Vec<f64>, Vec<f64>) =
+            examples.iter().map(|&i| self.reference[i]).unzip();
+        let (len_c, len_r) = self.lengths(examples);
+        // IPO compares per-token averages; TRL averages the reference the same way.
+        let (chosen, rejected, ref_c, ref_r) = match self.cfg.loss_type {
+            DpoLossType::Sigmoid => (chosen_sum.clone(), rejected_sum, ref_c, ref_r),
+            DpoLossType::Ipo => {
+                let lc = Tensor::from_vec(len_c.iter().map(|&x| x as f32).collect(), m, dev)?;
+                let lr = Tensor::from_vec(len_r.iter().map(|&x| x as f32).collect(), m, dev)?;
+                (
+                    (&chosen_sum / &lc)?,
+                    (rejected_sum / lr)?,
+                    ref_c.iter().zip(&len_c).map(|(a, b)| a / b).collect(),
+                    ref_r.iter().zip(&len_r).map(|(a, b)| a / b).collect(),
+                )
+            }
+        };
+        let to_t =
+            |v: &[f64]| Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), m, dev);
+        let (ref_ct, ref_rt) = (to_t(&ref_c)?, to_t(&ref_r)?);
+        let nll = match self.cfg.rpo_alpha {
+            Some(_) => Some((chosen_sum.sum_all()?.neg()? / norm.chosen_targets)?),
+            None => None,
+        };
+        let loss = dpo_loss(
+            &PairLogps {
+                chosen: &chosen,
+                rejected: &rejected,
+                ref_chosen: &ref_ct,
+                ref_rejected: &ref_rt,
+            },
+            &self.cfg,
+            norm.examples,
+            nll.as_ref(),
+        )?;
+        let pc: Vec<f64> = chosen
+            .detach()
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let pr: Vec<f64> = rejected
+            .detach()
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let met = dpo_metrics(self.cfg.beta, &pc, &pr, &ref_c, &ref_r);
+        let mut sums = metric_sums(&met, m as f64);
+        if let Some(nll) = nll {
+            sums.insert("nll_loss".into(), nll.to_scalar::<f32>()? as f64);
+        }
+        Ok(MicroOutput { loss, sums })
+    }
+
+    fn metrics(&self, sums: &BTreeMap<String, f64>, examples: &[usize]) -> BTreeMap<String, f64> {
+        let n = examples.len().max(1) as f64;
+        sums.iter()
+            .map(|(k, v)| {
+                if k == "nll_loss" {
+                    (k.clone(), *v)
+                } else {
+                    (k.clone(), v / n)
+                }
+            })
+            .collect()
+    }
+
+    fn tokens(&self, examples: &[usize]) -> usize {
+        examples
+            .iter()
+            .map(|&i| self.pairs[i].chosen.ids.len() + self.pairs[i].rejected.ids.len())
+            .sum()
+    }
+}
+
+/// The metrics of `m` pairs as sums, so micro-batches add up.
+fn metric_sums(met: &crate::loss::DpoMetrics, m: f64) -> BTreeMap<String, f64> {
+    let v = serde_json::to_value(met).expect("metrics serialize");
+    v.as_object()
+        .expect("a struct")
+        .iter()
+        .map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(0.0) * m))
+        .collect()
+}

@@ -1,0 +1,61 @@
+//! Supervised fine-tuning: the negative log-likelihood of the assistant's tokens, averaged over
+//! every target token of the optimizer batch (prompt and padding masked).
+
+use crate::data::{Batch, Sequence};
+use crate::error::Result;
+use crate::loss::{sft_loss, token_logps};
+use crate::trainer::{MicroOutput, Normalizers, Objective};
+use srlm_engine::llama::Llama;
+use std::collections::BTreeMap;
+
+pub struct Sft {
+    pub sequences: Vec<Sequence>,
+    pub pad_id: u32,
+}
+
+impl Objective for Sft {
+    fn len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    fn normalizers(&self, examples: &[usize]) -> Normalizers {
+        let targets: usize = examples
+            .iter()
+            .map(|&i| self.sequences[i].target_count())
+            .sum();
+        Normalizers {
+            targets: targets.max(1) as f64,
+            examples: examples.len().max(1) as f64,
+            chosen_targets: 0.0,
+        }
+    }
+
+    fn micro_batch(
+        &self,
+        model: &Llama,
+        examples: &[usize],
+        norm: &Normalizers,
+    ) -> Result<MicroOutput> {
+        let seqs: Vec<&Sequence> = examples.iter().map(|&i| &self.sequences[i]).collect();
+        let batch = Batch::new(&seqs, self.pad_id, model.device())?;
+        let logits = model.forward_rows(&batch.ids, &batch.rows)?; // (n, vocab)
+        let logps = token_logps(&logits, &batch.targets)?; // (n,)
+        let loss = sft_loss(&logps, norm.targets)?;
+        let nll = -(logps.sum_all()?.to_scalar::<f32>()? as f64);
+        Ok(MicroOutput {
+            loss,
+            sums: BTreeMap::from([
+                ("nll".to_string(), nll),
+                ("targets".to_string(), batch.target_count() as f64),
+            ]),
+        })
+    }
+
+    fn metrics(&self, _sums: &BTreeMap<String, f64>, _examples: &[usize]) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
+
+    fn tokens(&self, examples: &[usize]) -> usize {
+        examples.iter().map(|&i| self.sequences[i].ids.len()).sum()
+    }
+}

@@ -1,0 +1,482 @@
+//! The training loop shared by SFT and DPO: data order, gradient accumulation, clipping, AdamW,
+//! the schedule, held-out evaluation, metrics, resume and the final checkpoint.
+//!
+//! An objective (SFT or DPO) turns a micro-batch of examples into a loss; the loop does the rest.
+//! The data order of epoch e is a permutation seeded by (seed, e), so a resumed run sees the
+//! examples a run without interruption would have seen, and ends with the same weights.
+
+use crate::checkpoint::{self, ResumeInfo};
+use crate::error::{Result, TrainError};
+use crate::optim::{clip_factor, global_norm, AdamW, AdamWConfig};
+use crate::params::{fnv1a, Method, ParamStore};
+use crate::schedule::Schedule;
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use srlm_core::JsonlWriter;
+use srlm_engine::gguf::WeightFormat;
+use srlm_engine::llama::{Dropout, Llama, Ops};
+use srlm_engine::{Engine, LoadOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub method: Method,
+    pub lr: f64,
+    /// The floor the cosine decays to.
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (overrides epochs).
+    pub max_steps: Option<u64>,
+    /// Sequences (SFT) or pairs (DPO) per forward pass.
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub max_grad_norm: Option<f64>,
+    pub adamw: AdamWConfig,
+    pub seed: u64,
+    /// Longest sequence in tokens; longer ones are cut from the right.
+    pub max_len: usize,
+    /// Dropout on attention probabilities (the paper's 0.1); 0 is off.
+    pub attention_dropout: f32,
+    /// Evaluate the held-out set every this many steps (and at the end); 0: only at the end.
+    pub eval_every: u64,
+    /// Save the resume state every this many steps; 0: never mid-run.
+    pub save_every: u64,
+}
+
+impl Default for TrainConfig {
+    /// The paper's SFT settings where they apply to a small CPU run.
+    fn default() -> Self {
+        Self {
+            method: Method::Full,
+            lr: 5.5e-6,
+            min_lr: 1.1e-6,
+            warmup_steps: 0,
+            epochs: 1,
+            max_steps: None,
+            micro_batch: 4,
+            grad_accum: 4,
+            max_grad_norm: Some(1.0),
+            adamw: AdamWConfig::default(),
+            seed: 42,
+            max_len: 1024,
+            attention_dropout: 0.0,
+            eval_every: 0,
+            save_every: 50,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.micro_batch == 0 || self.grad_accum == 0 {
+            return Err(TrainError::Config(
+                "--micro-batch and --grad-accum must be at least 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.attention_dropout) {
+            return Err(TrainError::Config("--dropout must be in [0, 1)".into()));
+        }
+        if self.lr < 0.0 || self.min_lr < 0.0 || self.min_lr > self.lr {
+            return Err(TrainError::Config("need 0 <= --min-lr <= --lr".into()));
+        }
+        if self.max_len < 2 {
+            return Err(TrainError::Config("--max-len must be at least 2".into()));
+        }
+        Ok(())
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.micro_batch * self.grad_accum
+    }
+}
+
+/// What a micro-batch contributes: its loss (already divided by the step's normaliser) and
+/// named sums that the objective turns into metrics.
+pub struct MicroOutput {
+    pub loss: Tensor,
+    pub sums: BTreeMap<String, f64>,
+}
+
+/// SFT or DPO: how examples become losses.
+pub trait Objective {
+    fn len(&self) -> usize;
+    /// Normalisers for a set of examples (token or pair counts) that make the sum of the
+    /// micro-batch losses the loss of the whole set.
+    fn normalizers(&self, examples: &[usize]) -> Normalizers;
+    fn micro_batch(
+        &self,
+        model: &Llama,
+        examples: &[usize],
+        norm: &Normalizers,
+    ) -> Result<MicroOutput>;
+    /// Metrics from the summed `sums` of a set of examples.
+    fn metrics(&self, sums: &BTreeMap<String, f64>, examples: &[usize]) -> BTreeMap<String, f64>;
+    /// Tokens the examples hold (for tokens/s).
+    fn tokens(&self, examples: &[usize]) -> usize;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalizers {
+    pub targets: f64,
+    pub examples: f64,
+    pub chosen_targets: f64,
+}
+
+/// One line of the metrics log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: u64,
+    pub epoch: f64,
+    pub lr: f64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Where a training run stands, for a progress display.
+pub struct Progress<'a> {
+    pub step: u64,
+    pub total_steps: u64,
+    pub log: Option<&'a StepLog>,
+    pub eval: Option<&'a BTreeMap<String, f64>>,
+}
+
+pub struct Trainer {
+    pub engine: Engine,
+    pub store: ParamStore,
+    pub cfg: TrainConfig,
+    pub out: PathBuf,
+    attention_dropout: Option<Arc<Dropout>>,
+}
+
+/// The outcome of `Trainer::run`.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub steps: u64,
+    pub resumed_from: Option<u64>,
+    pub final_eval: Option<BTreeMap<String, f64>>,
+    pub model_dir: PathBuf,
+}
+
+impl Trainer {
+    /// Loads `model` (GGUF or HF folder) with dense f32 weights and differentiable ops, its
+    /// trainable parameters registered in the store.
+    pub fn load(model: &Path, cfg: TrainConfig, out: &Path) -> Result<Self> {
+        cfg.validate()?;
+        let store = ParamStore::new(cfg.method.clone(), cfg.seed)?;
+        let opts = LoadOptions {
+            format: WeightFormat::Dense,
+            ops: Ops::Differentiable,
+            context_length: cfg.max_len,
+        };
+        let device = Device::Cpu;
+        let mut build = |src: &dyn srlm_engine::llama::WeightSource,
+                         mcfg: &srlm_engine::config::LlamaConfig| {
+            let wrapped = store.wrap(src);
+            Llama::load(&wrapped, mcfg, Ops::Differentiable, cfg.max_len, &device)
+        };
+        let mut engine = Engine::load_with(model, &opts, &mut build)?;
+        let attention_dropout = (cfg.attention_dropout > 0.0)
+            .then(|| Dropout::new(cfg.attention_dropout, cfg.seed ^ 0xa77e));
+        engine
+            .model
+            .set_attention_dropout(attention_dropout.clone());
+        Ok(Self {
+            engine,
+            store,
+            cfg,
+            out: out.to_path_buf(),
+            attention_dropout,
+        })
+    }
+
+    fn dropouts(&self) -> impl Iterator<Item = &Arc<Dropout>> {
+        self.attention_dropout
+            .iter()
+            .chain(self.store.lora_dropout())
+    }
+
+    fn set_training(&self, on: bool) {
+        for d in self.dropouts() {
+            d.set_active(on);
+        }
+    }
+
+    pub fn steps_per_epoch(&self, n: usize) -> u64 {
+        n.div_ceil(self.cfg.batch_size()) as u64
+    }
+
+    pub fn total_steps(&self, n: usize) -> u64 {
+        self.cfg
+            .max_steps
+            .unwrap_or(self.steps_per_epoch(n) * self.cfg.epochs as u64)
+    }
+
+    /// The examples of optimizer step `step`.
+    pub fn step_examples(&self, n: usize, step: u64) -> Vec<usize> {
+        let spe = self.steps_per_epoch(n).max(1);
+        let epoch = step / spe;
+        let within = (step % spe) as usize;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(
+            self.cfg.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ));
+        let b = self.cfg.batch_size();
+        order[within * b..((within + 1) * b).min(n)].to_vec()
+    }
+
+    /// Forward and backward over `examples` in micro-batches; returns the summed loss, the sums
+    /// of the objective's statistics, and the accumulated gradients (one per parameter).
+    pub fn accumulate(
+        &self,
+        objective: &dyn Objective,
+        examples: &[usize],
+        step: u64,
+    ) -> Result<(f64, BTreeMap<String, f64>, Vec<Tensor>)> {
+        let vars = self.store.vars();
+        let norm = objective.normalizers(examples);
+        let mut grads: Option<Vec<Tensor>> = None;
+        let mut loss_sum = 0.0;
+        let mut sums = BTreeMap::new();
+        for (mi, chunk) in examples.chunks(self.cfg.micro_batch).enumerate() {
+            for d in self.dropouts() {
+                d.reseed(
+                    self.cfg.seed
+                        ^ fnv1a(&[step.to_le_bytes(), (mi as u64).to_le_bytes()].concat()),
+                );
+            }
+            let out = objective.micro_batch(&self.engine.model, chunk, &norm)?;
+            let loss = out.loss.to_scalar::<f32>()? as f64;
+            if !loss.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    step: step + 1,
+                    value: loss,
+                });
+            }
+            loss_sum += loss;
+            for (k, v) in out.sums {
+                *sums.entry(k).or_insert(0.0) += v;
+            }
+            let g = out.loss.backward()?;
+            let mut these = Vec::with_capacity(vars.len());
+            for (_, v) in &vars {
+                these.push(match g.get(v.as_tensor()) {
+                    Some(t) => t.clone(),
+                    None => v.as_tensor().zeros_like()?,
+                });
+            }
+            drop(g);
+            grads = Some(match grads {
+                None => these,
+                Some(acc) => acc
+                    .iter()
+                    .zip(&these)
+                    .map(|(a, b)| a + b)
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+            });
+        }
+        Ok((loss_sum, sums, grads.unwrap_or_default()))
+    }
+
+    /// Loss and metrics over `examples` without updating anything.
+    pub fn evaluate(
+        &self,
+        objective: &dyn Objective,
+        examples: &[usize],
+    ) -> Result<BTreeMap<String, f64>> {
+        self.set_training(false);
+        let norm = objective.normalizers(examples);
+        let mut loss = 0.0;
+        let mut sums = BTreeMap::new();
+        for chunk in examples.chunks(self.cfg.micro_batch) {
+            let out = objective.micro_batch(&self.engine.model, chunk, &norm)?;
+            loss += out.loss.to_scalar::<f32>()? as f64;
+            for (k, v) in out.sums {
+                *sums.entry(k).or_insert(0.0) += v;
+            }
+        }
+        let mut m: BTreeMap<String, f64> = objective
+            .metrics(&sums, examples)
+            .into_iter()
+            .map(|(k, v)| (format!("eval/{k}"), v))
+            .collect();
+        m.insert("eval/loss".into(), loss);
+        Ok(m)
+    }
+
+    /// Trains to the end, resuming from `out/resume` if an earlier run left one, then writes the
+    /// model to `out` (and, for LoRA, the adapter to `out/adapter`).
+    pub fn run(
+        &mut self,
+        objective: &dyn Objective,
+        eval: Option<&dyn Objective>,
+        fingerprint: &str,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<RunSummary> {
+        std::fs::create_dir_all(&self.out).map_err(|e| TrainError::io(&self.out, e))?;
+        let n = objective.len();
+        let total = self.total_steps(n);
+        let schedule = Schedule {
+            peak_lr: self.cfg.lr,
+            min_lr: self.cfg.min_lr,
+            warmup_steps: self.cfg.warmup_steps,
+            total_steps: total,
+        };
+        let vars = self.store.vars();
+        let mut opt = AdamW::new(vars.clone(), self.cfg.adamw);
+        let resumed = checkpoint::load_resume(&self.out, &vars, &mut opt)?;
+        if let Some(info) = &resumed {
+            if info.fingerprint != fingerprint {
+                return Err(TrainError::Checkpoint(format!(
+                    "{} holds the state of a run with other data or settings\n  hint: use a new --out, or delete {} to start over",
+                    self.out.display(),
+                    self.out.join("resume").display()
+                )));
+            }
+            tracing::info!("resuming at step {} of {total}", info.step);
+        }
+        let log_path = self.out.join("metrics.jsonl");
+        let start = resumed.as_ref().map(|i| i.step).unwrap_or(0);
+        trim_log(&log_path, start)?;
+        let mut log = JsonlWriter::append(&log_path)?;
+        let eval_examples: Vec<usize> = eval.map(|e| (0..e.len()).collect()).unwrap_or_default();
+        let mut final_eval = None;
+        on_progress(&Progress {
+            step: start,
+            total_steps: total,
+            log: None,
+            eval: None,
+        });
+        for step in start..total {
+            let t0 = Instant::now();
+            let examples = self.step_examples(n, step);
+            self.set_training(true);
+            let (loss, sums, grads) = self.accumulate(objective, &examples, step)?;
+            self.set_training(false);
+            let grad_refs: Vec<&Tensor> = grads.iter().collect();
+            let norm = global_norm(&grad_refs)?;
+            if !norm.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    step: step + 1,
+                    value: norm,
+                });
+            }
+            let lr = schedule.lr(step);
+            opt.step(&grads, lr, clip_factor(norm, self.cfg.max_grad_norm))?;
+            drop(grads);
+            let tokens = objective.tokens(&examples);
+            let secs = t0.elapsed().as_secs_f64();
+            let mut entry = StepLog {
+                step: step + 1,
+                epoch: (step + 1) as f64 / self.steps_per_epoch(n).max(1) as f64,
+                lr,
+                loss,
+                grad_norm: norm,
+                tokens,
+                tokens_per_s: tokens as f64 / secs,
+                metrics: objective.metrics(&sums, &examples),
+            };
+            let done = step + 1;
+            let eval_now = eval.is_some()
+                && (done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0));
+            let mut eval_metrics = None;
+            if eval_now {
+                let m = self.evaluate(eval.expect("checked"), &eval_examples)?;
+                entry.metrics.extend(m.clone());
+                eval_metrics = Some(m);
+            }
+            log.write(&entry)?;
+            if self.cfg.save_every > 0 && done % self.cfg.save_every == 0 && done < total {
+                let info = ResumeInfo {
+                    step: done,
+                    fingerprint: fingerprint.to_string(),
+                };
+                checkpoint::save_resume(&self.out, &vars, &opt, &info)?;
+            }
+            on_progress(&Progress {
+                step: done,
+                total_steps: total,
+                log: Some(&entry),
+                eval: eval_metrics.as_ref(),
+            });
+            if done == total {
+                final_eval = eval_metrics;
+            }
+        }
+        self.save_final()?;
+        // The run is complete: keep its state so running the command again is a no-op resume.
+        let info = ResumeInfo {
+            step: total,
+            fingerprint: fingerprint.to_string(),
+        };
+        checkpoint::save_resume(&self.out, &vars, &opt, &info)?;
+        Ok(RunSummary {
+            steps: total,
+            resumed_from: resumed.map(|i| i.step),
+            final_eval,
+            model_dir: self.out.clone(),
+        })
+    }
+
+    /// Writes the trained model as a Hugging Face folder at `out` (adapters merged), and for
+    /// LoRA the PEFT adapter at `out/adapter`.
+    pub fn save_final(&self) -> Result<()> {
+        let state = self.store.merged_state()?;
+        checkpoint::save_model(&self.engine, self.engine.model.config(), &state, &self.out)?;
+        if let Method::Lora(l) = self.store.method() {
+            checkpoint::save_adapter(
+                l,
+                &self.store.adapter_state(),
+                &self.engine.path.display().to_string(),
+                &self.out.join("adapter"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Drops log lines past `step` (written after the state a run resumes from), so the log holds
+/// each step once.
+fn trim_log(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let mut kept = String::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue; // a torn last line
+        };
+        if v.get("step")
+            .and_then(|s| s.as_u64())
+            .is_some_and(|s| s <= step)
+        {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    if kept.len() != text.len() {
+        checkpoint::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A fingerprint of the inputs that decide a run's result.
+pub fn fingerprint(parts: &[&[u8]]) -> String {
+    let mut h = 0u64;
+    for p in parts {
+        h = h.rotate_left(7) ^ fnv1a(p);
+    }
+    format!("{h:016x}")
+}
