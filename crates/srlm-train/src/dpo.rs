@@ -92,21 +92,6 @@ pub fn reference_logps(
     Ok(out.into_iter().map(|x| x.expect("filled above")).collect())
 }
 
-impl Dpo {
-    fn lengths(&self, examples: &[usize]) -> (Vec<f64>, Vec<f64>) {
-        examples
-            .iter()
-            .map(|&i| {
-                let p = &self.pairs[i];
-                (
-                    p.chosen.target_count() as f64,
-                    p.rejected.target_count() as f64,
-                )
-            })
-            .unzip()
-    }
-}
-
 impl Objective for Dpo {
     fn len(&self) -> usize {
         self.pairs.len()
@@ -124,72 +109,14 @@ impl Objective for Dpo {
         }
     }
 
-    fn micro_batch(
-        &self,
-        model: &Llama,
-        examples: &[usize],
-        norm: &Normalizers,
-    ) -> Result<MicroOutput> {
-        let m = examples.len();
+    fn micro_batch(&self, model: &Llama, examples: &[usize], norm: &Normalizers) -> Result<MicroOutput> {
         let mut seqs: Vec<&Sequence> = examples.iter().map(|&i| &self.pairs[i].chosen).collect();
         seqs.extend(examples.iter().map(|&i| &self.pairs[i].rejected));
-        let (sums, _, _) = sequence_logps(model, &seqs, self.pad_id)?; // (2m,)
-        let dev = model.device();
-        let chosen_sum = sums.narrow(0, 0, m)?;
-        let rejected_sum = sums.narrow(0, m, m)?;
-        let (ref_c, ref_r): (Vec<f64>, Vec<f64>) =
-            examples.iter().map(|&i| self.reference[i]).unzip();
-        let (len_c, len_r) = self.lengths(examples);
-        // IPO compares per-token averages; TRL averages the reference the same way.
-        let (chosen, rejected, ref_c, ref_r) = match self.cfg.loss_type {
-            DpoLossType::Sigmoid => (chosen_sum.clone(), rejected_sum, ref_c, ref_r),
-            DpoLossType::Ipo => {
-                let lc = Tensor::from_vec(len_c.iter().map(|&x| x as f32).collect(), m, dev)?;
-                let lr = Tensor::from_vec(len_r.iter().map(|&x| x as f32).collect(), m, dev)?;
-                (
-                    (&chosen_sum / &lc)?,
-                    (rejected_sum / lr)?,
-                    ref_c.iter().zip(&len_c).map(|(a, b)| a / b).collect(),
-                    ref_r.iter().zip(&len_r).map(|(a, b)| a / b).collect(),
-                )
-            }
-        };
-        let to_t =
-            |v: &[f64]| Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), m, dev);
-        let (ref_ct, ref_rt) = (to_t(&ref_c)?, to_t(&ref_r)?);
-        let nll = match self.cfg.rpo_alpha {
-            Some(_) => Some((chosen_sum.sum_all()?.neg()? / norm.chosen_targets)?),
-            None => None,
-        };
-        let loss = dpo_loss(
-            &PairLogps {
-                chosen: &chosen,
-                rejected: &rejected,
-                ref_chosen: &ref_ct,
-                ref_rejected: &ref_rt,
-            },
-            &self.cfg,
-            norm.examples,
-            nll.as_ref(),
-        )?;
-        let pc: Vec<f64> = chosen
-            .detach()
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
-        let pr: Vec<f64> = rejected
-            .detach()
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
-        let met = dpo_metrics(self.cfg.beta, &pc, &pr, &ref_c, &ref_r);
-        let mut sums = metric_sums(&met, m as f64);
-        if let Some(nll) = nll {
-            sums.insert("nll_loss".into(), nll.to_scalar::<f32>()? as f64);
-        }
-        Ok(MicroOutput { loss, sums })
+        let batch = Batch::new(&seqs, self.pad_id, model.device())?;
+        let logits = model.forward_rows(&batch.ids, &batch.rows)?; // (n, vocab)
+        let tok = token_logps(&logits, &batch.targets)?; // (n,)
+        let reference: Vec<(f64, f64)> = examples.iter().map(|&i| self.reference[i]).collect();
+        pair_loss(&tok, &batch.owner, &reference, &self.cfg, norm)
     }
 
     fn metrics(&self, sums: &BTreeMap<String, f64>, examples: &[usize]) -> BTreeMap<String, f64> {
@@ -211,6 +138,59 @@ impl Objective for Dpo {
             .map(|&i| self.pairs[i].chosen.ids.len() + self.pairs[i].rejected.ids.len())
             .sum()
     }
+}
+
+/// The DPO loss and metric sums of m pairs from their per-token log-probabilities.
+/// `tok`: (n,) target log-probs; `owner[i]` is the sequence of row i, sequences 0..m being the
+/// chosen replies and m..2m the rejected ones; `reference`: summed reference log-probs per pair.
+pub fn pair_loss(
+    tok: &Tensor,
+    owner: &[u32],
+    reference: &[(f64, f64)],
+    cfg: &DpoConfig,
+    norm: &Normalizers,
+) -> Result<MicroOutput> {
+    let m = reference.len();
+    let dev = tok.device();
+    let sums = per_sequence_sum(tok, owner, 2 * m)?; // (2m,)
+    let chosen = sums.narrow(0, 0, m)?;
+    let rejected = sums.narrow(0, m, m)?;
+    let (ref_c, ref_r): (Vec<f64>, Vec<f64>) = reference.iter().copied().unzip();
+    let to_t = |v: &[f64]| Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), m, dev);
+    let (ref_ct, ref_rt) = (to_t(&ref_c)?, to_t(&ref_r)?);
+    // The NLL of the chosen replies over the batch's chosen tokens (TRL's "sft" loss term).
+    let nll = match cfg.rpo_alpha {
+        Some(_) => Some((chosen.sum_all()?.neg()? / norm.chosen_targets)?),
+        None => None,
+    };
+    let lp = match cfg.loss_type {
+        DpoLossType::Sigmoid => (chosen.clone(), rejected.clone(), ref_ct, ref_rt),
+        DpoLossType::Ipo => {
+            // IPO compares per-token averages: each log-ratio over its reply's length.
+            let mut len = vec![0f64; 2 * m];
+            for &o in owner {
+                len[o as usize] += 1.0;
+            }
+            let len: Vec<f64> = len.into_iter().map(|l| l.max(1.0)).collect();
+            let (lc, lr) = (to_t(&len[..m])?, to_t(&len[m..])?);
+            ((&chosen / &lc)?, (&rejected / &lr)?, (ref_ct / &lc)?, (ref_rt / &lr)?)
+        }
+    };
+    let loss = dpo_loss(
+        &PairLogps { chosen: &lp.0, rejected: &lp.1, ref_chosen: &lp.2, ref_rejected: &lp.3 },
+        cfg,
+        norm.examples,
+        nll.as_ref(),
+    )?;
+    // Metrics as TRL logs them: rewards from the summed log-ratios, whatever the loss.
+    let pc: Vec<f64> = chosen.detach().to_vec1::<f32>()?.iter().map(|&x| x as f64).collect();
+    let pr: Vec<f64> = rejected.detach().to_vec1::<f32>()?.iter().map(|&x| x as f64).collect();
+    let met = dpo_metrics(cfg.beta, &pc, &pr, &ref_c, &ref_r);
+    let mut out = metric_sums(&met, m as f64);
+    if let Some(nll) = nll {
+        out.insert("nll_loss".into(), nll.to_scalar::<f32>()? as f64);
+    }
+    Ok(MicroOutput { loss, sums: out })
 }
 
 /// The metrics of `m` pairs as sums, so micro-batches add up.

@@ -12,6 +12,30 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Prefill tok/s, decode tok/s at batch 1 and in total across many sequences, peak memory.
     Generate(BenchGenerateArgs),
+    /// Tokens/s and peak memory of full fine-tuning steps (SFT and DPO), phase by phase.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    /// A GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
+    #[arg(long, env = "SRLM_MODEL")]
+    pub model: Option<std::path::PathBuf>,
+    /// Sequences per step (DPO: pairs x 2).
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Measured steps after one warm-up step; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Train LoRA adapters of this rank instead of every weight (0: full fine-tuning).
+    #[arg(long, default_value_t = 0)]
+    pub lora_rank: usize,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -35,6 +59,7 @@ pub struct BenchGenerateArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Generate(a) => bench_generate(a),
+        BenchCommand::Train(a) => bench_train(a),
     }
 }
 
@@ -121,4 +146,149 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     });
     println!("{json}");
     Ok(())
+}
+
+/// Seconds of each phase of one optimizer step.
+#[derive(Debug, Clone, Copy)]
+struct StepTimes {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
+impl StepTimes {
+    fn total(&self) -> f64 {
+        self.forward + self.backward + self.optimizer
+    }
+}
+
+fn bench_train(a: BenchTrainArgs) -> Result<()> {
+    use srlm_train::data::Sequence;
+    use srlm_train::dpo::Dpo;
+    use srlm_train::loss::DpoConfig;
+    use srlm_train::optim::{clip_factor, global_norm, AdamW};
+    use srlm_train::params::{LoraConfig, Method, ALL_LINEAR};
+    use srlm_train::sft::Sft;
+    use srlm_train::trainer::{Objective, TrainConfig, Trainer};
+
+    if let Some(t) = a.threads {
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let path = match &a.model {
+        Some(p) => p.clone(),
+        None => srlm_engine::fetch::default_model()?,
+    };
+    let method = if a.lora_rank > 0 {
+        Method::Lora(LoraConfig {
+            rank: a.lora_rank,
+            alpha: 2.0 * a.lora_rank as f64,
+            dropout: 0.0,
+            target_modules: ALL_LINEAR.iter().map(|s| s.to_string()).collect(),
+        })
+    } else {
+        Method::Full
+    };
+    let cfg = TrainConfig {
+        method,
+        max_len: a.seq_len + 1,
+        micro_batch: a.batch,
+        grad_accum: 1,
+        ..TrainConfig::default()
+    };
+    let out = tempfile_dir()?;
+    let trainer = Trainer::load(&path, cfg.clone(), &out)?;
+    let vocab = trainer.engine.model.config().vocab_size as u32;
+    // Text-like ids: a real paragraph's tokens, repeated; every position is a target.
+    let text = "The self-rewarding loop writes new prompts, samples four answers per prompt, judges each answer three times and trains on the best and worst. ";
+    let base = trainer.engine.tokenizer.encode(&text.repeat(1 + a.seq_len / 20))?;
+    let seq = |offset: usize| Sequence {
+        ids: base.iter().copied().cycle().skip(offset).take(a.seq_len).map(|t| t % vocab).collect(),
+        train: vec![true; a.seq_len],
+    };
+    let sft = Sft { sequences: (0..a.batch).map(seq).collect(), pad_id: 0 };
+    let pairs = (0..a.batch / 2)
+        .map(|i| srlm_train::data::PairSequences { chosen: seq(2 * i), rejected: seq(2 * i + 1), ref_logps: None })
+        .collect::<Vec<_>>();
+    let dpo = Dpo { reference: vec![(-500.0, -510.0); pairs.len()], pairs, cfg: DpoConfig::default(), pad_id: 0 };
+
+    let vars = trainer.store.vars();
+    let mut opt = AdamW::new(vars.clone(), cfg.adamw);
+    let mut step = |obj: &dyn Objective| -> Result<StepTimes> {
+        let examples: Vec<usize> = (0..obj.len()).collect();
+        let norm = obj.normalizers(&examples);
+        let t0 = Instant::now();
+        let out = obj.micro_batch(&trainer.engine.model, &examples, &norm)?;
+        let _ = out.loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let g = out.loss.backward()?;
+        let grads = vars
+            .iter()
+            .map(|(_, v)| g.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        drop(g);
+        let t2 = Instant::now();
+        let refs: Vec<&candle_core::Tensor> = grads.iter().collect();
+        let n = global_norm(&refs)?;
+        opt.step(&grads, 1e-6, clip_factor(n, Some(1.0)))?;
+        let t3 = Instant::now();
+        Ok(StepTimes {
+            forward: (t1 - t0).as_secs_f64(),
+            backward: (t2 - t1).as_secs_f64(),
+            optimizer: (t3 - t2).as_secs_f64(),
+        })
+    };
+    let mut measure = |obj: &dyn Objective| -> Result<StepTimes> {
+        step(obj)?; // warm-up: allocations, thread pools
+        let mut best: Option<StepTimes> = None;
+        for _ in 0..a.steps.max(1) {
+            let t = step(obj)?;
+            if best.is_none_or(|b| t.total() < b.total()) {
+                best = Some(t);
+            }
+        }
+        Ok(best.expect("at least one step"))
+    };
+    let s = measure(&sft)?;
+    let d = if a.batch >= 2 { Some(measure(&dpo)?) } else { None };
+    let peak = peak_rss_mib().unwrap_or(f64::NAN);
+    let tokens = (a.batch * a.seq_len) as f64;
+    let threads = candle_core::utils::get_num_threads();
+    println!("model        {}", trainer.engine.path.display());
+    println!(
+        "setup        {}, {} trainable parameters, batch {} x {} tokens, {threads} threads",
+        if a.lora_rank > 0 { format!("LoRA r={}", a.lora_rank) } else { "full fine-tuning".into() },
+        trainer.store.trainable_count(),
+        a.batch,
+        a.seq_len
+    );
+    let line = |name: &str, t: &StepTimes| {
+        println!(
+            "{name:<12} {:8.1} tok/s  (forward {:.2} s, backward {:.2} s, optimizer {:.2} s)",
+            tokens / t.total(),
+            t.forward,
+            t.backward,
+            t.optimizer
+        )
+    };
+    line("sft step", &s);
+    if let Some(d) = &d {
+        line("dpo step", d);
+    }
+    println!("peak memory  {peak:8.1} MiB");
+    let json = serde_json::json!({
+        "bench": "train", "model": trainer.engine.path.display().to_string(), "threads": threads,
+        "lora_rank": a.lora_rank, "batch": a.batch, "seq_len": a.seq_len,
+        "sft_tok_s": tokens / s.total(), "sft_forward_s": s.forward, "sft_backward_s": s.backward, "sft_optimizer_s": s.optimizer,
+        "dpo_tok_s": d.map(|d| tokens / d.total()), "peak_rss_mib": peak,
+    });
+    println!("{json}");
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}
+
+/// A scratch output folder for the trainer (the benchmark writes nothing into it).
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("srlm-bench-train-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
 }

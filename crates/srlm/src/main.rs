@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod generate;
 mod model_args;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +29,10 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Generate completions for a JSONL file of prompts (resumable).
     Generate(generate::GenerateArgs),
+    /// Supervised fine-tuning on {"messages"} or {"prompt", "response"} JSONL (resumable).
+    Sft(train::SftArgs),
+    /// Direct Preference Optimization on {"prompt", "chosen", "rejected"} JSONL (resumable).
+    Dpo(train::DpoArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -53,6 +58,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Chat(a) => chat::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Sft(a) => train::run_sft(a),
+        Command::Dpo(a) => train::run_dpo(a),
         Command::Bench(b) => bench::run(b),
         Command::Fetch => {
             println!("{}", srlm_engine::fetch::default_model()?.display());

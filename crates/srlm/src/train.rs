@@ -1,0 +1,339 @@
+//! `srlm sft` and `srlm dpo`: train a model on a JSONL file and write a Hugging Face folder.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use srlm_train::data::{load_pairs, load_sft};
+use srlm_train::dpo::{reference_logps, Dpo};
+use srlm_train::loss::{DpoConfig, DpoLossType};
+use srlm_train::optim::AdamWConfig;
+use srlm_train::params::{LoraConfig, Method, ALL_LINEAR};
+use srlm_train::sft::Sft;
+use srlm_train::trainer::{fingerprint, Progress, RunSummary, TrainConfig, Trainer};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// The model to start from: a GGUF file (dequantized to f32) or a Hugging Face folder.
+    /// Default: SmolLM2-135M-Instruct, fetched on first use.
+    #[arg(long, env = "SRLM_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Output folder: the trained model (a Hugging Face folder), metrics.jsonl, and the resume
+    /// state. Running the same command again resumes an interrupted run.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Held-out file in the same format; its loss is logged as eval/loss.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Peak learning rate (the paper: 5.5e-6 for SFT, 1e-6 for DPO).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// The floor the cosine schedule decays to (the paper: 1.1e-6 for SFT).
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step (batch = micro-batch x accumulation; the paper: 16).
+    #[arg(long, default_value_t = 4)]
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this; 0 is off.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f64,
+    /// Dropout on attention probabilities (the paper: 0.1).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f32,
+    /// Longest sequence in tokens; longer ones are cut from the right.
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Evaluate the held-out set every N steps (and at the end); 0: only at the end.
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Save the resume state every N steps.
+    #[arg(long, default_value_t = 25)]
+    pub save_every: u64,
+    /// Train low-rank adapters of this rank instead of every weight (0: full fine-tuning).
+    #[arg(long, default_value_t = 0)]
+    pub lora_rank: usize,
+    /// LoRA's alpha (scale = alpha / rank); default 2 x rank.
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f32,
+    /// Modules that get adapters, comma-separated, or all-linear.
+    #[arg(long, default_value = "all-linear")]
+    pub lora_targets: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct SftArgs {
+    /// Training data: {"messages": [...]} or {"prompt", "response"} JSONL.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DpoArgs {
+    /// Preference pairs: {"prompt", "chosen", "rejected"} JSONL (TRL's format).
+    #[arg(long)]
+    pub pairs: PathBuf,
+    /// DPO's beta.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// sigmoid (DPO) or ipo.
+    #[arg(long, default_value = "sigmoid")]
+    pub loss: DpoLossType,
+    /// Label smoothing of the sigmoid loss (conservative DPO).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Weight of an NLL term on the chosen reply (Iterative RPO); 0 is off.
+    #[arg(long, default_value_t = 0.0)]
+    pub rpo_alpha: f64,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+impl TrainArgs {
+    fn method(&self) -> Result<Method> {
+        if self.lora_rank == 0 {
+            return Ok(Method::Full);
+        }
+        let targets: Vec<String> = if self.lora_targets == "all-linear" {
+            ALL_LINEAR.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.lora_targets
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect()
+        };
+        Ok(Method::Lora(LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha.unwrap_or(2.0 * self.lora_rank as f64),
+            dropout: self.lora_dropout,
+            target_modules: targets,
+        }))
+    }
+
+    pub fn config(&self, default_lr: f64, default_min_lr: f64) -> Result<TrainConfig> {
+        Ok(TrainConfig {
+            method: self.method()?,
+            lr: self.lr.unwrap_or(default_lr),
+            min_lr: self.min_lr.unwrap_or(default_min_lr.min(self.lr.unwrap_or(default_lr))),
+            warmup_steps: self.warmup_steps,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            micro_batch: self.micro_batch,
+            grad_accum: self.grad_accum,
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            adamw: AdamWConfig {
+                beta1: self.adam_beta1,
+                beta2: self.adam_beta2,
+                eps: self.adam_eps,
+                weight_decay: self.weight_decay,
+            },
+            seed: self.seed,
+            max_len: self.max_len,
+            attention_dropout: self.dropout,
+            eval_every: self.eval_every,
+            save_every: self.save_every,
+        })
+    }
+
+    pub fn load(&self, cfg: TrainConfig) -> Result<Trainer> {
+        if let Some(t) = self.threads {
+            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        }
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => srlm_engine::fetch::default_model()?,
+        };
+        Trainer::load(&path, cfg, &self.out)
+            .with_context(|| format!("loading model {} for training", path.display()))
+    }
+}
+
+/// A progress bar fed by the trainer: step, loss, tokens/s, ETA.
+fn progress_bar() -> impl FnMut(&Progress) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:30}] {msg} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    move |p: &Progress| {
+        bar.set_length(p.total_steps);
+        bar.set_position(p.step);
+        if let Some(l) = p.log {
+            let mut msg = format!("loss {:.4} | {:.0} tok/s", l.loss, l.tokens_per_s);
+            if let Some(e) = p.eval.and_then(|e| e.get("eval/loss")) {
+                msg.push_str(&format!(" | eval {e:.4}"));
+            }
+            bar.set_message(msg);
+        }
+        if p.step == p.total_steps {
+            bar.finish();
+        }
+    }
+}
+
+fn file_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn report(summary: &RunSummary, trainer: &Trainer) {
+    if let Some(from) = summary.resumed_from {
+        eprintln!("resumed from step {from}");
+    }
+    if let Some(e) = &summary.final_eval {
+        for (k, v) in e {
+            eprintln!("{k}: {v:.4}");
+        }
+    }
+    eprintln!(
+        "trained {} parameters for {} steps; model written to {}",
+        trainer.store.trainable_count(),
+        summary.steps,
+        summary.model_dir.display()
+    );
+}
+
+pub fn run_sft(a: SftArgs) -> Result<()> {
+    let cfg = a.train.config(5.5e-6, 1.1e-6)?;
+    let mut trainer = a.train.load(cfg.clone())?;
+    let pad = pad_id(&trainer);
+    let data = load_sft(&trainer.engine, &a.data, cfg.max_len)?;
+    let eval = match &a.train.eval_data {
+        Some(p) => Some(Sft {
+            sequences: load_sft(&trainer.engine, p, cfg.max_len)?,
+            pad_id: pad,
+        }),
+        None => None,
+    };
+    let fp = fingerprint(&[
+        b"sft",
+        &file_bytes(&a.data)?,
+        serde_json::to_string(&cfg)?.as_bytes(),
+    ]);
+    let sft = Sft {
+        sequences: data,
+        pad_id: pad,
+    };
+    eprintln!(
+        "SFT on {} examples ({} steps of {} examples)",
+        sft.sequences.len(),
+        trainer.total_steps(sft.sequences.len()),
+        cfg.batch_size()
+    );
+    let summary = trainer.run(
+        &sft,
+        eval.as_ref().map(|e| e as &dyn srlm_train::trainer::Objective),
+        &fp,
+        &mut progress_bar(),
+    )?;
+    report(&summary, &trainer);
+    Ok(())
+}
+
+pub fn run_dpo(a: DpoArgs) -> Result<()> {
+    let cfg = a.train.config(1e-6, 1e-6)?;
+    let dpo_cfg = DpoConfig {
+        beta: a.beta,
+        loss_type: a.loss,
+        label_smoothing: a.label_smoothing,
+        rpo_alpha: (a.rpo_alpha > 0.0).then_some(a.rpo_alpha),
+    };
+    if !(0.0..0.5).contains(&dpo_cfg.label_smoothing) {
+        anyhow::bail!("--label-smoothing must be in [0, 0.5)");
+    }
+    let mut trainer = a.train.load(cfg.clone())?;
+    std::fs::create_dir_all(&a.train.out)
+        .with_context(|| format!("creating {}", a.train.out.display()))?;
+    let pad = pad_id(&trainer);
+    let pairs = load_pairs(&trainer.engine, &a.pairs, cfg.max_len)?;
+    let bar = ProgressBar::new(pairs.len() as u64);
+    bar.set_message("reference log-probs");
+    let reference = reference_logps(
+        &trainer.engine.model,
+        &pairs,
+        pad,
+        cfg.micro_batch,
+        &a.train.out.join("reference_logps.jsonl"),
+        &mut |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    let eval = match &a.train.eval_data {
+        Some(p) => {
+            let ep = load_pairs(&trainer.engine, p, cfg.max_len)?;
+            let er = reference_logps(
+                &trainer.engine.model,
+                &ep,
+                pad,
+                cfg.micro_batch,
+                &a.train.out.join("reference_logps.eval.jsonl"),
+                &mut |_, _| {},
+            )?;
+            Some(Dpo {
+                pairs: ep,
+                reference: er,
+                cfg: dpo_cfg,
+                pad_id: pad,
+            })
+        }
+        None => None,
+    };
+    let fp = fingerprint(&[
+        b"dpo",
+        &file_bytes(&a.pairs)?,
+        serde_json::to_string(&cfg)?.as_bytes(),
+        serde_json::to_string(&dpo_cfg)?.as_bytes(),
+    ]);
+    let dpo = Dpo {
+        pairs,
+        reference,
+        cfg: dpo_cfg,
+        pad_id: pad,
+    };
+    eprintln!(
+        "DPO on {} pairs ({} steps of {} pairs)",
+        dpo.pairs.len(),
+        trainer.total_steps(dpo.pairs.len()),
+        cfg.batch_size()
+    );
+    let summary = trainer.run(
+        &dpo,
+        eval.as_ref().map(|e| e as &dyn srlm_train::trainer::Objective),
+        &fp,
+        &mut progress_bar(),
+    )?;
+    report(&summary, &trainer);
+    Ok(())
+}
+
+/// Padding is never attended to nor trained on; any id works. The EOS id keeps it in vocabulary.
+fn pad_id(trainer: &Trainer) -> u32 {
+    trainer.engine.tokenizer.eos_ids.first().copied().unwrap_or(0)
+}
