@@ -109,7 +109,12 @@ impl Objective for Dpo {
         }
     }
 
-    fn micro_batch(&self, model: &Llama, examples: &[usize], norm: &Normalizers) -> Result<MicroOutput> {
+    fn micro_batch(
+        &self,
+        model: &Llama,
+        examples: &[usize],
+        norm: &Normalizers,
+    ) -> Result<MicroOutput> {
         let mut seqs: Vec<&Sequence> = examples.iter().map(|&i| &self.pairs[i].chosen).collect();
         seqs.extend(examples.iter().map(|&i| &self.pairs[i].rejected));
         let batch = Batch::new(&seqs, self.pad_id, model.device())?;
@@ -156,7 +161,8 @@ pub fn pair_loss(
     let chosen = sums.narrow(0, 0, m)?;
     let rejected = sums.narrow(0, m, m)?;
     let (ref_c, ref_r): (Vec<f64>, Vec<f64>) = reference.iter().copied().unzip();
-    let to_t = |v: &[f64]| Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), m, dev);
+    let to_t =
+        |v: &[f64]| Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), m, dev);
     let (ref_ct, ref_rt) = (to_t(&ref_c)?, to_t(&ref_r)?);
     // The NLL of the chosen replies over the batch's chosen tokens (TRL's "sft" loss term).
     let nll = match cfg.rpo_alpha {
@@ -173,18 +179,38 @@ pub fn pair_loss(
             }
             let len: Vec<f64> = len.into_iter().map(|l| l.max(1.0)).collect();
             let (lc, lr) = (to_t(&len[..m])?, to_t(&len[m..])?);
-            ((&chosen / &lc)?, (&rejected / &lr)?, (ref_ct / &lc)?, (ref_rt / &lr)?)
+            (
+                (&chosen / &lc)?,
+                (&rejected / &lr)?,
+                (ref_ct / &lc)?,
+                (ref_rt / &lr)?,
+            )
         }
     };
     let loss = dpo_loss(
-        &PairLogps { chosen: &lp.0, rejected: &lp.1, ref_chosen: &lp.2, ref_rejected: &lp.3 },
+        &PairLogps {
+            chosen: &lp.0,
+            rejected: &lp.1,
+            ref_chosen: &lp.2,
+            ref_rejected: &lp.3,
+        },
         cfg,
         norm.examples,
         nll.as_ref(),
     )?;
     // Metrics as TRL logs them: rewards from the summed log-ratios, whatever the loss.
-    let pc: Vec<f64> = chosen.detach().to_vec1::<f32>()?.iter().map(|&x| x as f64).collect();
-    let pr: Vec<f64> = rejected.detach().to_vec1::<f32>()?.iter().map(|&x| x as f64).collect();
+    let pc: Vec<f64> = chosen
+        .detach()
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let pr: Vec<f64> = rejected
+        .detach()
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
     let met = dpo_metrics(cfg.beta, &pc, &pr, &ref_c, &ref_r);
     let mut out = metric_sums(&met, m as f64);
     if let Some(nll) = nll {

@@ -41,16 +41,27 @@ struct StepGolden {
 
 /// ‖got - want‖ / ‖want‖
 fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
-    let n = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt() as f64;
+    let n = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt() as f64
+    };
     n(&(got - want).unwrap()) / n(want)
 }
 
 #[test]
 fn one_sft_step_equals_pytorch() {
-    let g: StepGolden =
-        serde_json::from_str(&std::fs::read_to_string(goldens().join("smollm2_step.json")).unwrap()).unwrap();
+    let g: StepGolden = serde_json::from_str(
+        &std::fs::read_to_string(goldens().join("smollm2_step.json")).unwrap(),
+    )
+    .unwrap();
     let want: HashMap<String, Tensor> =
-        candle_core::safetensors::load(goldens().join("smollm2_step.safetensors"), &Device::Cpu).unwrap();
+        candle_core::safetensors::load(goldens().join("smollm2_step.safetensors"), &Device::Cpu)
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
         max_len: 512,
@@ -67,14 +78,28 @@ fn one_sft_step_equals_pytorch() {
         assert_eq!(&seq.ids, ids, "token ids");
         let m: Vec<bool> = mask.iter().map(|&x| x == 1).collect();
         assert_eq!(seq.train, m, "loss mask");
-        sequences.push(Sequence { ids: ids.clone(), train: m });
+        sequences.push(Sequence {
+            ids: ids.clone(),
+            train: m,
+        });
     }
-    let sft = Sft { sequences, pad_id: 0 };
+    let sft = Sft {
+        sequences,
+        pad_id: 0,
+    };
     let (loss, _, grads) = trainer.accumulate(&sft, &[0, 1], 0).unwrap();
-    assert!((loss - g.loss).abs() / g.loss < 1e-4, "loss {loss} vs PyTorch {}", g.loss);
+    assert!(
+        (loss - g.loss).abs() / g.loss < 1e-4,
+        "loss {loss} vs PyTorch {}",
+        g.loss
+    );
 
     let vars = trainer.store.vars();
-    let index: HashMap<&str, usize> = vars.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = vars
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.as_str(), i))
+        .collect();
     let rows_of = |t: &Tensor, rows: Option<usize>| match rows {
         Some(r) => t.i(..r).unwrap(),
         None => t.clone(),
@@ -88,17 +113,28 @@ fn one_sft_step_equals_pytorch() {
     }
     let got = grads[emb].index_select(&emb_rows, 0).unwrap();
     let err = rel_l2(&got, &want["grad/embed_rows"]);
-    assert!(err < 2e-3, "gradient of the tied embedding rows: relative error {err}");
+    assert!(
+        err < 2e-3,
+        "gradient of the tied embedding rows: relative error {err}"
+    );
 
     let refs: Vec<&Tensor> = grads.iter().collect();
     let norm = global_norm(&refs).unwrap();
-    assert!((norm - g.grad_norm).abs() / g.grad_norm < 1e-3, "grad norm {norm} vs {}", g.grad_norm);
+    assert!(
+        (norm - g.grad_norm).abs() / g.grad_norm < 1e-3,
+        "grad norm {norm} vs {}",
+        g.grad_norm
+    );
 
     let mut opt = AdamW::new(
         vars.clone(),
-        AdamWConfig { weight_decay: g.weight_decay, ..AdamWConfig::default() },
+        AdamWConfig {
+            weight_decay: g.weight_decay,
+            ..AdamWConfig::default()
+        },
     );
-    opt.step(&grads, g.lr, clip_factor(norm, Some(g.max_grad_norm))).unwrap();
+    opt.step(&grads, g.lr, clip_factor(norm, Some(g.max_grad_norm)))
+        .unwrap();
     // Compare the update itself (after - before): the weights alone hide it under their scale.
     let check = |name: &str, got_after: Tensor| {
         let before = &want[&format!("before/{name}")];
@@ -110,15 +146,23 @@ fn one_sft_step_equals_pytorch() {
         assert!(err < 2e-2, "AdamW update of {name}: relative error {err}");
     };
     for s in &g.slices {
-        check(&s.name, rows_of(vars[index[s.name.as_str()]].1.as_tensor(), s.rows));
+        check(
+            &s.name,
+            rows_of(vars[index[s.name.as_str()]].1.as_tensor(), s.rows),
+        );
     }
-    check("embed_rows", vars[emb].1.as_tensor().index_select(&emb_rows, 0).unwrap());
+    check(
+        "embed_rows",
+        vars[emb].1.as_tensor().index_select(&emb_rows, 0).unwrap(),
+    );
 }
 
 /// Self-Instruct seed tasks (../shared/data) as SFT records: instruction (+ input) -> output.
 fn seed_tasks(skip: usize, take: usize, path: &std::path::Path) {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/self-instruct/seed_tasks.jsonl");
-    let text = std::fs::read_to_string(&src).expect("../shared/data/self-instruct/seed_tasks.jsonl");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/self-instruct/seed_tasks.jsonl");
+    let text =
+        std::fs::read_to_string(&src).expect("../shared/data/self-instruct/seed_tasks.jsonl");
     let mut out = String::new();
     for line in text.lines().skip(skip).take(take) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -138,7 +182,10 @@ fn seed_tasks(skip: usize, take: usize, path: &std::path::Path) {
 #[test]
 fn sft_on_real_data_lowers_held_out_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, held) = (dir.path().join("train.jsonl"), dir.path().join("held.jsonl"));
+    let (train, held) = (
+        dir.path().join("train.jsonl"),
+        dir.path().join("held.jsonl"),
+    );
     seed_tasks(0, 24, &train);
     seed_tasks(150, 12, &held);
     let cfg = TrainConfig {
@@ -154,8 +201,14 @@ fn sft_on_real_data_lowers_held_out_loss() {
     let out = dir.path().join("out");
     let mut trainer = Trainer::load(&model_path(), cfg.clone(), &out).unwrap();
     let load = |p: &PathBuf| srlm_train::data::load_sft(&trainer.engine, p, cfg.max_len).unwrap();
-    let sft = Sft { sequences: load(&train), pad_id: 0 };
-    let eval = Sft { sequences: load(&held), pad_id: 0 };
+    let sft = Sft {
+        sequences: load(&train),
+        pad_id: 0,
+    };
+    let eval = Sft {
+        sequences: load(&held),
+        pad_id: 0,
+    };
     let all: Vec<usize> = (0..eval.sequences.len()).collect();
     let before = trainer.evaluate(&eval, &all).unwrap()["eval/loss"];
     let mut last = None;

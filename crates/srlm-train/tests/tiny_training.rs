@@ -42,13 +42,30 @@ fn cfg(lr: f64, steps: u64) -> TrainConfig {
 
 fn load(cfg: TrainConfig, out: &Path) -> (Trainer, Sft) {
     let trainer = Trainer::load(&tiny_model(), cfg.clone(), out).unwrap();
-    let sequences = load_sft(&trainer.engine, &fixtures().join("tiny_sft.jsonl"), cfg.max_len).unwrap();
-    (trainer, Sft { sequences, pad_id: 0 })
+    let sequences = load_sft(
+        &trainer.engine,
+        &fixtures().join("tiny_sft.jsonl"),
+        cfg.max_len,
+    )
+    .unwrap();
+    (
+        trainer,
+        Sft {
+            sequences,
+            pad_id: 0,
+        },
+    )
 }
 
 fn snapshot(vars: &[(String, Var)]) -> Vec<Vec<f32>> {
     vars.iter()
-        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -69,10 +86,22 @@ fn one_step_gives_every_parameter_a_gradient_and_changes_it() {
     let (mut trainer, sft) = load(cfg(1e-3, 1), dir.path());
     let vars = trainer.store.vars();
     // 2 layers x (2 norms + 7 projections) + embedding (tied head) + final norm
-    assert_eq!(vars.len(), 2 * 9 + 2 + 1, "untied head: lm_head is its own parameter");
-    let (_, _, grads) = trainer.accumulate(&sft, &(0..8).collect::<Vec<_>>(), 0).unwrap();
+    assert_eq!(
+        vars.len(),
+        2 * 9 + 2 + 1,
+        "untied head: lm_head is its own parameter"
+    );
+    let (_, _, grads) = trainer
+        .accumulate(&sft, &(0..8).collect::<Vec<_>>(), 0)
+        .unwrap();
     for ((name, _), g) in vars.iter().zip(&grads) {
-        let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let n = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(n > 0.0, "{name} has no gradient");
     }
     let before = snapshot(&vars);
@@ -80,8 +109,16 @@ fn one_step_gives_every_parameter_a_gradient_and_changes_it() {
     for (((name, _), b), a) in vars.iter().zip(&before).zip(snapshot(&vars)) {
         let changed = b.iter().zip(&a).filter(|(x, y)| x != y).count();
         // Embedding rows of tokens absent from the batch get a zero gradient; all else moves.
-        let enough = if name.contains("embed_tokens") { changed > 0 } else { changed * 2 > b.len() };
-        assert!(enough, "{name}: only {changed}/{} elements changed", b.len());
+        let enough = if name.contains("embed_tokens") {
+            changed > 0
+        } else {
+            changed * 2 > b.len()
+        };
+        assert!(
+            enough,
+            "{name}: only {changed}/{} elements changed",
+            b.len()
+        );
     }
 }
 
@@ -96,7 +133,9 @@ fn gradients_equal_finite_differences() {
         let norm = sft.normalizers(&examples);
         let mut l = 0.0;
         for chunk in examples.chunks(2) {
-            let out = sft.micro_batch(&trainer.engine.model, chunk, &norm).unwrap();
+            let out = sft
+                .micro_batch(&trainer.engine.model, chunk, &norm)
+                .unwrap();
             l += out.loss.to_scalar::<f32>().unwrap() as f64;
         }
         l
@@ -110,18 +149,28 @@ fn gradients_equal_finite_differences() {
             .enumerate()
             .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
             .unwrap();
-        let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let orig = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let eps = 1e-2f32;
         let probe = |delta: f32| {
             let mut w = orig.clone();
             w[idx] += delta;
-            var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
             loss_at()
         };
         let fd = (probe(eps) - probe(-eps)) / (2.0 * eps as f64);
-        var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
         let rel = (fd - gi as f64).abs() / (gi.abs() as f64).max(1e-3);
-        assert!(rel < 2e-2, "{name}[{idx}]: analytic {gi} vs finite difference {fd}");
+        assert!(
+            rel < 2e-2,
+            "{name}[{idx}]: analytic {gi} vs finite difference {fd}"
+        );
         checked += 1;
     }
     assert_eq!(checked, vars.len());
@@ -145,11 +194,21 @@ fn micro_batch_1x8_equals_8x1() {
     let (loss_a, w_a) = run_with(8, 1);
     let (loss_b, w_b) = run_with(1, 8);
     for (a, b) in loss_a.iter().zip(&loss_b) {
-        assert!((a - b).abs() / a.abs() < 1e-5, "losses {loss_a:?} vs {loss_b:?}");
+        assert!(
+            (a - b).abs() / a.abs() < 1e-5,
+            "losses {loss_a:?} vs {loss_b:?}"
+        );
     }
-    assert!(loss_a[2] < loss_a[0], "training lowers the loss: {loss_a:?}");
+    assert!(
+        loss_a[2] < loss_a[0],
+        "training lowers the loss: {loss_a:?}"
+    );
     for (a, b) in w_a.iter().zip(&w_b) {
-        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-4, "weights differ by {d} (lr 3e-3)");
     }
 }
@@ -185,7 +244,11 @@ fn lora_trains_only_adapters_and_merges_exactly() {
     };
     let (mut trainer, sft) = load(c, dir.path());
     let vars = trainer.store.vars();
-    assert_eq!(vars.len(), 2 * 7 * 2, "A and B for 7 projections in 2 layers");
+    assert_eq!(
+        vars.len(),
+        2 * 7 * 2,
+        "A and B for 7 projections in 2 layers"
+    );
     assert!(vars.iter().all(|(n, _)| n.contains(".lora_")));
     let base_before = trainer.store.merged_state().unwrap();
     let before = snapshot(&vars);
@@ -198,14 +261,27 @@ fn lora_trains_only_adapters_and_merges_exactly() {
     let adapted = trainer.engine.model.forward(&ids).unwrap();
     let merged = srlm_engine::Engine::load(dir.path(), &srlm_engine::LoadOptions::dense()).unwrap();
     let got = merged.model.forward(&ids).unwrap();
-    let err = (adapted - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let err = (adapted - &got)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(err < 1e-4, "merged model differs by {err}");
     // ... and the base under the adapters never moved.
-    let st = srlm_train::checkpoint::read_safetensors(&dir.path().join("adapter/adapter_model.safetensors")).unwrap();
+    let st = srlm_train::checkpoint::read_safetensors(
+        &dir.path().join("adapter/adapter_model.safetensors"),
+    )
+    .unwrap();
     assert_eq!(st.len(), 28);
     let norm = &base_before["model.norm.weight"];
     let after = &trainer.store.merged_state().unwrap()["model.norm.weight"];
-    assert_eq!(norm.to_vec1::<f32>().unwrap(), after.to_vec1::<f32>().unwrap());
+    assert_eq!(
+        norm.to_vec1::<f32>().unwrap(),
+        after.to_vec1::<f32>().unwrap()
+    );
 }
 
 #[test]
@@ -227,7 +303,10 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     )
     .unwrap();
     assert_eq!(state["step"].as_u64().unwrap(), step - 1);
-    assert!(!dir.path().join("config.json").exists(), "no final model from a failed run");
+    assert!(
+        !dir.path().join("config.json").exists(),
+        "no final model from a failed run"
+    );
 }
 
 #[derive(serde::Deserialize)]
@@ -249,7 +328,8 @@ struct TrlFixture {
 #[test]
 fn dpo_losses_and_metrics_equal_trl() {
     let f: TrlFixture =
-        serde_json::from_str(&std::fs::read_to_string(goldens().join("dpo_trl.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(goldens().join("dpo_trl.json")).unwrap())
+            .unwrap();
     let m = f.pairs;
     let mut tok = Vec::new();
     let mut owner = Vec::new();
@@ -260,7 +340,12 @@ fn dpo_losses_and_metrics_equal_trl() {
     let chosen_targets: usize = f.token_logps[..m].iter().map(|r| r.len()).sum();
     let n = tok.len();
     let tok = Tensor::from_vec(tok, n, &Device::Cpu).unwrap();
-    let reference: Vec<(f64, f64)> = f.ref_chosen.iter().copied().zip(f.ref_rejected.iter().copied()).collect();
+    let reference: Vec<(f64, f64)> = f
+        .ref_chosen
+        .iter()
+        .copied()
+        .zip(f.ref_rejected.iter().copied())
+        .collect();
     let norm = Normalizers {
         targets: 0.0,
         examples: m as f64,
@@ -268,18 +353,43 @@ fn dpo_losses_and_metrics_equal_trl() {
     };
     let cases = [
         ("sigmoid", DpoConfig::default()),
-        ("ipo", DpoConfig { loss_type: DpoLossType::Ipo, ..DpoConfig::default() }),
-        ("sigmoid_rpo", DpoConfig { rpo_alpha: Some(0.5), ..DpoConfig::default() }),
-        ("cdpo", DpoConfig { label_smoothing: 0.2, ..DpoConfig::default() }),
+        (
+            "ipo",
+            DpoConfig {
+                loss_type: DpoLossType::Ipo,
+                ..DpoConfig::default()
+            },
+        ),
+        (
+            "sigmoid_rpo",
+            DpoConfig {
+                rpo_alpha: Some(0.5),
+                ..DpoConfig::default()
+            },
+        ),
+        (
+            "cdpo",
+            DpoConfig {
+                label_smoothing: 0.2,
+                ..DpoConfig::default()
+            },
+        ),
     ];
     for (name, c) in cases {
         let want = &f.cases[name];
         let out = pair_loss(&tok, &owner, &reference, &c, &norm).unwrap();
         let got = out.loss.to_scalar::<f32>().unwrap() as f64;
-        assert!((got - want.loss).abs() < 1e-5 * want.loss.abs().max(1.0), "{name}: loss {got} vs TRL {}", want.loss);
+        assert!(
+            (got - want.loss).abs() < 1e-5 * want.loss.abs().max(1.0),
+            "{name}: loss {got} vs TRL {}",
+            want.loss
+        );
         for (k, w) in &want.metrics {
             let g = out.sums[k] / m as f64;
-            assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{name}: {k} {g} vs TRL {w}");
+            assert!(
+                (g - w).abs() < 1e-4 * w.abs().max(1.0),
+                "{name}: {k} {g} vs TRL {w}"
+            );
         }
         if name != "cdpo" {
             assert_eq!(want.metrics.len(), 6, "TRL logs rewards/* and logps/*");

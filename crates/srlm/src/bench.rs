@@ -200,16 +200,38 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     let vocab = trainer.engine.model.config().vocab_size as u32;
     // Text-like ids: a real paragraph's tokens, repeated; every position is a target.
     let text = "The self-rewarding loop writes new prompts, samples four answers per prompt, judges each answer three times and trains on the best and worst. ";
-    let base = trainer.engine.tokenizer.encode(&text.repeat(1 + a.seq_len / 20))?;
+    let base = trainer
+        .engine
+        .tokenizer
+        .encode(&text.repeat(1 + a.seq_len / 20))?;
     let seq = |offset: usize| Sequence {
-        ids: base.iter().copied().cycle().skip(offset).take(a.seq_len).map(|t| t % vocab).collect(),
+        ids: base
+            .iter()
+            .copied()
+            .cycle()
+            .skip(offset)
+            .take(a.seq_len)
+            .map(|t| t % vocab)
+            .collect(),
         train: vec![true; a.seq_len],
     };
-    let sft = Sft { sequences: (0..a.batch).map(seq).collect(), pad_id: 0 };
+    let sft = Sft {
+        sequences: (0..a.batch).map(seq).collect(),
+        pad_id: 0,
+    };
     let pairs = (0..a.batch / 2)
-        .map(|i| srlm_train::data::PairSequences { chosen: seq(2 * i), rejected: seq(2 * i + 1), ref_logps: None })
+        .map(|i| srlm_train::data::PairSequences {
+            chosen: seq(2 * i),
+            rejected: seq(2 * i + 1),
+            ref_logps: None,
+        })
         .collect::<Vec<_>>();
-    let dpo = Dpo { reference: vec![(-500.0, -510.0); pairs.len()], pairs, cfg: DpoConfig::default(), pad_id: 0 };
+    let dpo = Dpo {
+        reference: vec![(-500.0, -510.0); pairs.len()],
+        pairs,
+        cfg: DpoConfig::default(),
+        pad_id: 0,
+    };
 
     let vars = trainer.store.vars();
     let mut opt = AdamW::new(vars.clone(), cfg.adamw);
@@ -223,7 +245,11 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         let g = out.loss.backward()?;
         let grads = vars
             .iter()
-            .map(|(_, v)| g.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
+            .map(|(_, v)| {
+                g.get(v.as_tensor())
+                    .cloned()
+                    .map_or_else(|| v.as_tensor().zeros_like(), Ok)
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         drop(g);
         let t2 = Instant::now();
@@ -249,14 +275,22 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         Ok(best.expect("at least one step"))
     };
     let s = measure(&sft)?;
-    let d = if a.batch >= 2 { Some(measure(&dpo)?) } else { None };
+    let d = if a.batch >= 2 {
+        Some(measure(&dpo)?)
+    } else {
+        None
+    };
     let peak = peak_rss_mib().unwrap_or(f64::NAN);
     let tokens = (a.batch * a.seq_len) as f64;
     let threads = candle_core::utils::get_num_threads();
     println!("model        {}", trainer.engine.path.display());
     println!(
         "setup        {}, {} trainable parameters, batch {} x {} tokens, {threads} threads",
-        if a.lora_rank > 0 { format!("LoRA r={}", a.lora_rank) } else { "full fine-tuning".into() },
+        if a.lora_rank > 0 {
+            format!("LoRA r={}", a.lora_rank)
+        } else {
+            "full fine-tuning".into()
+        },
         trainer.store.trainable_count(),
         a.batch,
         a.seq_len

@@ -140,7 +140,9 @@ impl TrainArgs {
         Ok(TrainConfig {
             method: self.method()?,
             lr: self.lr.unwrap_or(default_lr),
-            min_lr: self.min_lr.unwrap_or(default_min_lr.min(self.lr.unwrap_or(default_lr))),
+            min_lr: self
+                .min_lr
+                .unwrap_or(default_min_lr.min(self.lr.unwrap_or(default_lr))),
             warmup_steps: self.warmup_steps,
             epochs: self.epochs,
             max_steps: self.max_steps,
@@ -178,11 +180,9 @@ impl TrainArgs {
 fn progress_bar() -> impl FnMut(&Progress) {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} step {pos}/{len} [{bar:30}] {msg} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     move |p: &Progress| {
         bar.set_length(p.total_steps);
@@ -250,7 +250,8 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
     );
     let summary = trainer.run(
         &sft,
-        eval.as_ref().map(|e| e as &dyn srlm_train::trainer::Objective),
+        eval.as_ref()
+            .map(|e| e as &dyn srlm_train::trainer::Objective),
         &fp,
         &mut progress_bar(),
     )?;
@@ -325,7 +326,8 @@ pub fn run_dpo(a: DpoArgs) -> Result<()> {
     );
     let summary = trainer.run(
         &dpo,
-        eval.as_ref().map(|e| e as &dyn srlm_train::trainer::Objective),
+        eval.as_ref()
+            .map(|e| e as &dyn srlm_train::trainer::Objective),
         &fp,
         &mut progress_bar(),
     )?;
@@ -335,5 +337,11 @@ pub fn run_dpo(a: DpoArgs) -> Result<()> {
 
 /// Padding is never attended to nor trained on; any id works. The EOS id keeps it in vocabulary.
 fn pad_id(trainer: &Trainer) -> u32 {
-    trainer.engine.tokenizer.eos_ids.first().copied().unwrap_or(0)
+    trainer
+        .engine
+        .tokenizer
+        .eos_ids
+        .first()
+        .copied()
+        .unwrap_or(0)
 }
