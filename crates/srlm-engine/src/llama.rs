@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 /// Which kernels the non-matmul ops use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ops {
-    /// Composed from primitive ops that all have a backward pass (training, reference checks).
+    /// Ops that all have a backward pass: candle's primitives and srlm's own fused kernels with
+    /// hand-written gradients (`autograd.rs`) (training, reference checks).
     Differentiable,
     /// candle's fused CPU kernels, which have no backward (sampling).
     Fused,
@@ -254,10 +255,7 @@ impl Rope {
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {
     match ops {
         Ops::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32),
-        Ops::Differentiable => {
-            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-            x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
-        }
+        Ops::Differentiable => crate::autograd::rms_norm(x, w, eps),
     }
 }
 
@@ -265,11 +263,7 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {
 fn softmax(x: &Tensor, ops: Ops) -> Result<Tensor> {
     match ops {
         Ops::Fused => candle_nn::ops::softmax_last_dim(&x.contiguous()?),
-        Ops::Differentiable => {
-            let max = x.max_keepdim(D::Minus1)?.detach(); // a constant shift: no gradient needed
-            let e = x.broadcast_sub(&max)?.exp()?;
-            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-        }
+        Ops::Differentiable => crate::autograd::softmax_last_dim(x),
     }
 }
 

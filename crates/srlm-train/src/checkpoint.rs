@@ -252,3 +252,31 @@ pub fn load_resume(
     optimizer.load(&dir.join("optimizer.safetensors"), info.step)?;
     Ok(Some(info))
 }
+
+const COMPLETE: &str = "complete.json";
+
+/// Marks the run in `out` finished (its model folder whole) and removes its resume state.
+pub fn mark_complete(out: &Path, info: &ResumeInfo) -> Result<()> {
+    write_json(
+        &out.join(COMPLETE),
+        &serde_json::to_value(info).expect("serializes"),
+    )?;
+    for dir in [out.join(STATE_DIR), out.join(format!(".{STATE_DIR}.old"))] {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The marker of a finished run in `out`, if there is one.
+pub fn completed(out: &Path) -> Result<Option<ResumeInfo>> {
+    let path = out.join(COMPLETE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let info = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    Ok(Some(info))
+}

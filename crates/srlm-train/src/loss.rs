@@ -6,18 +6,98 @@
 //! the caller passes (the token or pair count of the whole optimizer batch), so gradient
 //! accumulation over micro-batches adds up to exactly the loss of the full batch.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use srlm_engine::autograd::with_f32;
 
 /// `log p(target)` at each row. `logits`: (n, vocab), `targets`: (n,) u32 -> (n,)
 ///
-/// `logit[target] - logsumexp(logits)`, without materialising the whole log-softmax.
+/// `logit[target] - logsumexp(logits)` in one fused pass with a hand-written gradient,
+/// `d/dlogits = g · (onehot(target) - softmax(logits))`: the (n, vocab) logits are the largest
+/// activation of training, and the composed form would allocate several more of them.
 pub fn token_logps(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, TokenLogps)
+}
+
+/// The composed (slow, obviously correct) form of `token_logps`, for tests.
+pub fn token_logps_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?.detach(); // (n, 1): a constant shift
     let sum_exp = logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?; // (n, 1)
     let lse = (sum_exp.log()? + max)?.squeeze(1)?; // (n,)
     let picked = logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?; // (n,)
     picked - lse
+}
+
+struct TokenLogps;
+
+/// Max and log-sum-exp of a row.
+fn row_lse(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
+    max + sum.ln()
+}
+
+impl CustomOp2 for TokenLogps {
+    fn name(&self) -> &'static str {
+        "token-logps"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(logits), CpuStorage::U32(targets)) = (s1, s2) else {
+            candle_core::bail!("token_logps takes f32 logits and u32 targets");
+        };
+        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("token_logps takes contiguous tensors");
+        };
+        let (logits, targets) = (&logits[a..b], &targets[c..d]);
+        let (n, v) = l1.shape().dims2()?;
+        if targets.len() != n {
+            candle_core::bail!("token_logps: {n} rows but {} targets", targets.len());
+        }
+        let mut out = vec![0f32; n];
+        out.par_iter_mut()
+            .zip(logits.par_chunks(v))
+            .zip(targets.par_iter())
+            .for_each(|((o, row), &t)| *o = row[t as usize] - row_lse(row));
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, v) = logits.dims2()?;
+        let targets = targets.to_vec1::<u32>()?;
+        let g = g.to_vec1::<f32>()?;
+        let grad = with_f32(logits, |logits| {
+            let mut grad = vec![0f32; n * v];
+            grad.par_chunks_mut(v)
+                .zip(logits.par_chunks(v))
+                .enumerate()
+                .for_each(|(i, (dst, row))| {
+                    let lse = row_lse(row);
+                    for (d, x) in dst.iter_mut().zip(row) {
+                        *d = -g[i] * (x - lse).exp();
+                    }
+                    dst[targets[i] as usize] += g[i];
+                });
+            grad
+        })?;
+        Ok((Some(Tensor::from_vec(grad, (n, v), logits.device())?), None))
+    }
 }
 
 /// Sums `values` (n,) within each sequence: `owner[i]` is the sequence row i belongs to.
@@ -192,6 +272,42 @@ mod tests {
             (got[1] as f64 - (0.5 - 100.0)).abs() < 1e-4,
             "stable for large logits"
         );
+    }
+
+    #[test]
+    fn fused_token_logps_matches_the_composed_form_and_its_gradient() {
+        let dev = Device::Cpu;
+        let logits = Var::randn(0f32, 3.0, (5, 37), &dev).unwrap();
+        let targets = Tensor::new(&[3u32, 0, 36, 3, 17], &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let fused = token_logps(logits.as_tensor(), &targets).unwrap();
+        let slow = token_logps_composed(logits.as_tensor(), &targets).unwrap();
+        let d = (&fused - &slow)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "forward differs by {d}");
+        let gf = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (gf.get(&logits).unwrap(), gs.get(&logits).unwrap());
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "gradient differs by {d}");
     }
 
     #[test]

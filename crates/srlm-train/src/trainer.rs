@@ -333,6 +333,21 @@ impl Trainer {
             warmup_steps: self.cfg.warmup_steps,
             total_steps: total,
         };
+        if let Some(done) = checkpoint::completed(&self.out)? {
+            if done.fingerprint == fingerprint && done.step == total {
+                tracing::info!("{} already holds this run's model", self.out.display());
+                return Ok(RunSummary {
+                    steps: total,
+                    resumed_from: Some(total),
+                    final_eval: None,
+                    model_dir: self.out.clone(),
+                });
+            }
+            return Err(TrainError::Checkpoint(format!(
+                "{} holds the finished model of a run with other data or settings\n  hint: use a new --out",
+                self.out.display()
+            )));
+        }
         let vars = self.store.vars();
         let mut opt = AdamW::new(vars.clone(), self.cfg.adamw);
         let resumed = checkpoint::load_resume(&self.out, &vars, &mut opt)?;
@@ -415,12 +430,13 @@ impl Trainer {
             }
         }
         self.save_final()?;
-        // The run is complete: keep its state so running the command again is a no-op resume.
+        // The model folder is whole: mark the run complete, then drop the resume state (the
+        // marker comes first, so a crash between the two still reads as complete).
         let info = ResumeInfo {
             step: total,
             fingerprint: fingerprint.to_string(),
         };
-        checkpoint::save_resume(&self.out, &vars, &opt, &info)?;
+        checkpoint::mark_complete(&self.out, &info)?;
         Ok(RunSummary {
             steps: total,
             resumed_from: resumed.map(|i| i.step),

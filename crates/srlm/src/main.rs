@@ -41,6 +41,7 @@ enum Command {
 }
 
 fn main() {
+    srlm_train::tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -205,8 +205,16 @@ fn file_bytes(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn report(summary: &RunSummary, trainer: &Trainer) {
-    if let Some(from) = summary.resumed_from {
-        eprintln!("resumed from step {from}");
+    match summary.resumed_from {
+        Some(from) if from == summary.steps => {
+            eprintln!(
+                "{} already holds the model of this run; nothing to do",
+                summary.model_dir.display()
+            );
+            return;
+        }
+        Some(from) => eprintln!("resumed from step {from}"),
+        None => {}
     }
     if let Some(e) = &summary.final_eval {
         for (k, v) in e {
