@@ -10,6 +10,10 @@
 //!   dx = r·(g·w) − x·r³·mean(g·w·x)       dw = Σ_rows g·x·r
 //! Softmax: y = exp(x − max) / Σ exp(x − max).
 //!   dx = y·(g − Σ g·y)
+//! Rotate-half rope on (n, heads, d) with per-row cos/sin (n, d/2): a rotation, so
+//!   dx is g rotated by the opposite angle.
+//! SwiGLU: y = silu(a)·b with silu(a) = a·σ(a).
+//!   da = g·b·σ(a)·(1 + a·(1 − σ(a)))      db = g·silu(a)
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -177,6 +181,149 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
 }
 
+/// Rotate-half rope with the cos/sin rows of each token: `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`.
+struct Rope {
+    cos: Vec<f32>, // (n, d/2)
+    sin: Vec<f32>,
+    /// The inverse rotation (the backward pass).
+    inverse: bool,
+}
+
+impl Rope {
+    fn rotate(&self, x: &[f32], n: usize, heads: usize, d: usize) -> Vec<f32> {
+        let half = d / 2;
+        let mut y = vec![0f32; x.len()];
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        y.par_chunks_mut(heads * d)
+            .zip(x.par_chunks(heads * d))
+            .enumerate()
+            .for_each(|(i, (y, x))| {
+                let (c, s) = (
+                    &self.cos[i * half..(i + 1) * half],
+                    &self.sin[i * half..(i + 1) * half],
+                );
+                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                    for j in 0..half {
+                        let (a, b) = (x[j], x[j + half]);
+                        let sj = sign * s[j];
+                        y[j] = a * c[j] - b * sj;
+                        y[j + half] = b * c[j] + a * sj;
+                    }
+                }
+            });
+        debug_assert_eq!(y.len(), n * heads * d);
+        y
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let (n, h, d) = l.shape().dims3()?;
+        Ok((CpuStorage::F32(self.rotate(x, n, h, d)), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let (n, h, d) = g.dims3()?;
+        let inv = Rope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            inverse: !self.inverse,
+        };
+        let dx = with_f32(g, |g| inv.rotate(g, n, h, d))?;
+        Ok(Some(Tensor::from_vec(dx, (n, h, d), g.device())?))
+    }
+}
+
+/// Rotate-half rope of `x` (n, heads, d) with `cos`, `sin` (n, d/2), with a backward pass.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let op = Rope {
+        cos: cos.flatten_all()?.to_vec1::<f32>()?,
+        sin: sin.flatten_all()?.to_vec1::<f32>()?,
+        inverse: false,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+struct SwiGlu;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        if a.len() != b.len() {
+            candle_core::bail!("swiglu: gate and up differ in size");
+        }
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(4096)
+            .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
+            .for_each(|(y, (a, b))| {
+                for i in 0..y.len() {
+                    y[i] = a[i] * sigmoid(a[i]) * b[i];
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (da, db) = with_f32(a, |a| {
+            with_f32(b, |b| {
+                with_f32(g, |g| {
+                    let mut da = vec![0f32; a.len()];
+                    let mut db = vec![0f32; a.len()];
+                    da.par_chunks_mut(4096)
+                        .zip(db.par_chunks_mut(4096))
+                        .zip(
+                            a.par_chunks(4096)
+                                .zip(b.par_chunks(4096))
+                                .zip(g.par_chunks(4096)),
+                        )
+                        .for_each(|((da, db), ((a, b), g))| {
+                            for i in 0..da.len() {
+                                let s = sigmoid(a[i]);
+                                db[i] = g[i] * a[i] * s;
+                                da[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+                            }
+                        });
+                    (da, db)
+                })
+            })
+        })???;
+        Ok((
+            Some(Tensor::from_vec(da, a.shape(), a.device())?),
+            Some(Tensor::from_vec(db, b.shape(), b.device())?),
+        ))
+    }
+}
+
+/// `silu(gate) · up`, elementwise, with a backward pass.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +341,55 @@ mod tests {
         let max = x.max_keepdim(D::Minus1).unwrap().detach();
         let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
         e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn rope_and_swiglu_match_their_composed_forms() {
+        let dev = Device::Cpu;
+        let (n, h, d) = (5, 3, 8);
+        let x = Var::randn(0f32, 1.0, (n, h, d), &dev).unwrap();
+        let ang = Tensor::randn(0f32, 2.0, (n, d / 2), &dev).unwrap();
+        let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+        let up = Tensor::randn(0f32, 1.0, (n, h, d), &dev).unwrap();
+        let fused = rope(x.as_tensor(), &cos, &sin).unwrap();
+        let c2 = Tensor::cat(&[&cos, &cos], D::Minus1)
+            .unwrap()
+            .unsqueeze(1)
+            .unwrap();
+        let s2 = Tensor::cat(&[&sin, &sin], D::Minus1)
+            .unwrap()
+            .unsqueeze(1)
+            .unwrap();
+        let x1 = x.as_tensor().narrow(D::Minus1, 0, d / 2).unwrap();
+        let x2 = x.as_tensor().narrow(D::Minus1, d / 2, d / 2).unwrap();
+        let rot = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
+        let slow =
+            (x.as_tensor().broadcast_mul(&c2).unwrap() + rot.broadcast_mul(&s2).unwrap()).unwrap();
+        close(&fused, &slow, 1e-5);
+        let gf = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
+
+        let a = Var::randn(0f32, 2.0, (4, 7), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, (4, 7), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (4, 7), &dev).unwrap();
+        let fused = swiglu(a.as_tensor(), b.as_tensor()).unwrap();
+        let slow = (a.as_tensor().silu().unwrap() * b.as_tensor()).unwrap();
+        close(&fused, &slow, 1e-5);
+        let gf = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&a).unwrap(), gs.get(&a).unwrap(), 1e-5);
+        close(gf.get(&b).unwrap(), gs.get(&b).unwrap(), 1e-5);
     }
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {

@@ -13,7 +13,7 @@
 
 use crate::config::LlamaConfig;
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,15 +238,7 @@ impl Rope {
                 let x = x.contiguous()?.reshape((1, n, h, d))?; // (1, n, h, d): "thd" layout
                 candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?.reshape((n, h, d))
             }
-            Ops::Differentiable => {
-                let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?.unsqueeze(1)?; // (n, 1, d)
-                let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?.unsqueeze(1)?;
-                let half = x.dim(D::Minus1)? / 2;
-                let x1 = x.narrow(D::Minus1, 0, half)?;
-                let x2 = x.narrow(D::Minus1, half, half)?;
-                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // rotate_half(x)
-                x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
-            }
+            Ops::Differentiable => crate::autograd::rope(x, &cos, &sin),
         }
     }
 }
@@ -500,9 +492,13 @@ struct Mlp {
 
 impl Mlp {
     /// `x`: (n, hidden) -> (n, hidden)
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let h = match ops {
+            Ops::Fused => (gate.silu()? * up)?,
+            Ops::Differentiable => crate::autograd::swiglu(&gate, &up)?,
+        };
+        self.down_proj.forward(&h)
     }
 }
 
@@ -661,7 +657,7 @@ impl Llama {
                 self.cfg.rms_norm_eps,
                 self.ops,
             )?;
-            x = (x + block.mlp.forward(&h)?)?;
+            x = (x + block.mlp.forward(&h, self.ops)?)?;
         }
         Ok(x)
     }
@@ -715,7 +711,7 @@ impl Llama {
                 self.cfg.rms_norm_eps,
                 self.ops,
             )?;
-            x = (x + block.mlp.forward(&h)?)?;
+            x = (x + block.mlp.forward(&h, self.ops)?)?;
         }
         for (cache, toks) in caches.iter_mut().zip(tokens) {
             cache.advance(toks.len());
