@@ -5,6 +5,7 @@
 
 pub mod generation;
 pub mod jsonl;
+pub mod metrics;
 pub mod train_data;
 
 pub use jsonl::{JsonlError, JsonlWriter};

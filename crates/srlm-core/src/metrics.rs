@@ -1,0 +1,233 @@
+//! How well a judge's scores agree with human rankings, as the paper measures it: pairwise
+//! accuracy, exact match of the whole order, Spearman and Kendall tau-b per prompt, and the share
+//! of top scores that humans ranked best. Pure functions over plain numbers.
+//!
+//! Conventions: a human rank of 0 is the best reply (Open Assistant's `rank`); a higher judge
+//! score is better. Correlations are taken between the score and the *negated* rank, so +1 means
+//! full agreement. A reply the judge failed to score (`None`) is left out of its prompt's metrics
+//! and counted.
+
+use serde::{Deserialize, Serialize};
+
+/// Average ranks (1-based) of `x`, ties sharing the mean of their positions, as
+/// `scipy.stats.rankdata(method="average")`.
+pub fn average_ranks(x: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut ranks = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            ranks[k] = avg;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        return None; // a constant input: undefined, as scipy's nan
+    }
+    Some(sxy / (sxx * syy).sqrt())
+}
+
+/// Spearman's rho (Pearson on average ranks); None when undefined (fewer than 2 values or a
+/// constant input), where scipy returns nan.
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    assert_eq!(x.len(), y.len());
+    if x.len() < 2 {
+        return None;
+    }
+    pearson(&average_ranks(x), &average_ranks(y))
+}
+
+/// Kendall's tau-b, which corrects for ties in either input, as `scipy.stats.kendalltau`;
+/// None when undefined.
+pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
+    assert_eq!(x.len(), y.len());
+    let n = x.len();
+    if n < 2 {
+        return None;
+    }
+    let (mut concordant, mut discordant, mut tie_x, mut tie_y) = (0i64, 0i64, 0i64, 0i64);
+    for i in 0..n {
+        for j in i + 1..n {
+            let dx = x[i].total_cmp(&x[j]) as i64;
+            let dy = y[i].total_cmp(&y[j]) as i64;
+            match (dx, dy) {
+                (0, 0) => {}
+                (0, _) => tie_x += 1,
+                (_, 0) => tie_y += 1,
+                _ if dx == dy => concordant += 1,
+                _ => discordant += 1,
+            }
+        }
+    }
+    // tau-b = (C - D) / sqrt((C + D + T_x) (C + D + T_y)), T_x: pairs tied in x only,
+    // T_y: tied in y only; pairs tied in both count in neither.
+    let denom = (((concordant + discordant + tie_x) * (concordant + discordant + tie_y)) as f64).sqrt();
+    if denom == 0.0 {
+        return None;
+    }
+    Some((concordant - discordant) as f64 / denom)
+}
+
+/// One prompt's replies: human ranks (0 = best) and the judge's mean scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankedReplies {
+    pub human_ranks: Vec<u32>,
+    pub scores: Vec<Option<f64>>,
+}
+
+/// The agreement of a judge with human rankings over many prompts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JudgeAgreement {
+    /// Reply pairs with different human ranks (and both scored).
+    pub pairs: usize,
+    /// Of those, the share the judge orders as humans do.
+    pub pairwise_accuracy: f64,
+    /// Of those, the share the judge scores equal (counted neither right nor wrong above).
+    pub pairwise_ties: f64,
+    /// Prompts whose whole order the judge reproduces (every pair with different human ranks
+    /// strictly in the human order), over the prompts with at least one such pair.
+    pub exact_match: f64,
+    pub exact_match_prompts: usize,
+    /// Mean over prompts of Spearman's rho between score and −rank; prompts where it is
+    /// undefined (one reply, all scores or all ranks equal) are left out and counted.
+    pub spearman: Option<f64>,
+    pub kendall_tau: Option<f64>,
+    pub correlation_prompts: usize,
+    pub correlation_undefined: usize,
+    /// Of the replies scored 5 (mean score ≥ 4.5), the share humans ranked best (rank 0).
+    pub five_best: Option<f64>,
+    pub fives: usize,
+    /// Replies the judge failed to score.
+    pub missing_scores: usize,
+    pub replies: usize,
+}
+
+pub fn judge_agreement(prompts: &[RankedReplies]) -> JudgeAgreement {
+    let mut a = JudgeAgreement::default();
+    let (mut agree, mut ties) = (0usize, 0usize);
+    let (mut exact, mut sp_sum, mut kt_sum, mut five_best) = (0usize, 0.0, 0.0, 0usize);
+    for p in prompts {
+        assert_eq!(p.human_ranks.len(), p.scores.len(), "one score slot per reply");
+        a.replies += p.scores.len();
+        let scored: Vec<(f64, f64)> = p
+            .human_ranks
+            .iter()
+            .zip(&p.scores)
+            .filter_map(|(&r, s)| s.map(|s| (r as f64, s)))
+            .collect();
+        a.missing_scores += p.scores.len() - scored.len();
+        let mut prompt_pairs = 0;
+        let mut prompt_right = 0;
+        for i in 0..scored.len() {
+            for j in i + 1..scored.len() {
+                let (ri, si) = scored[i];
+                let (rj, sj) = scored[j];
+                if ri == rj {
+                    continue;
+                }
+                prompt_pairs += 1;
+                // Lower rank is better, higher score is better.
+                let human_prefers_i = ri < rj;
+                if si == sj {
+                    ties += 1;
+                } else if (si > sj) == human_prefers_i {
+                    agree += 1;
+                    prompt_right += 1;
+                }
+            }
+        }
+        a.pairs += prompt_pairs;
+        if prompt_pairs > 0 {
+            a.exact_match_prompts += 1;
+            if prompt_right == prompt_pairs {
+                exact += 1;
+            }
+        }
+        let neg_rank: Vec<f64> = scored.iter().map(|(r, _)| -r).collect();
+        let score: Vec<f64> = scored.iter().map(|(_, s)| *s).collect();
+        match (spearman(&score, &neg_rank), kendall_tau_b(&score, &neg_rank)) {
+            (Some(sp), Some(kt)) => {
+                sp_sum += sp;
+                kt_sum += kt;
+                a.correlation_prompts += 1;
+            }
+            _ => a.correlation_undefined += 1,
+        }
+        for &(r, s) in &scored {
+            if s >= 4.5 {
+                a.fives += 1;
+                if r == 0.0 {
+                    five_best += 1;
+                }
+            }
+        }
+    }
+    if a.pairs > 0 {
+        a.pairwise_accuracy = agree as f64 / a.pairs as f64;
+        a.pairwise_ties = ties as f64 / a.pairs as f64;
+    }
+    if a.exact_match_prompts > 0 {
+        a.exact_match = exact as f64 / a.exact_match_prompts as f64;
+    }
+    if a.correlation_prompts > 0 {
+        a.spearman = Some(sp_sum / a.correlation_prompts as f64);
+        a.kendall_tau = Some(kt_sum / a.correlation_prompts as f64);
+    }
+    if a.fives > 0 {
+        a.five_best = Some(five_best as f64 / a.fives as f64);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edge_cases() {
+        assert_eq!(spearman(&[1.0], &[2.0]), None, "one reply");
+        assert_eq!(kendall_tau_b(&[1.0], &[2.0]), None);
+        assert_eq!(spearman(&[3.0, 3.0, 3.0], &[1.0, 2.0, 3.0]), None, "all tied");
+        assert_eq!(kendall_tau_b(&[3.0, 3.0, 3.0], &[1.0, 2.0, 3.0]), None);
+        assert_eq!(average_ranks(&[10.0, 20.0, 10.0, 5.0]), vec![2.5, 4.0, 2.5, 1.0]);
+
+        let all_tied = RankedReplies {
+            human_ranks: vec![0, 1, 2],
+            scores: vec![Some(3.0), Some(3.0), Some(3.0)],
+        };
+        let one = RankedReplies {
+            human_ranks: vec![0],
+            scores: vec![Some(5.0)],
+        };
+        let missing = RankedReplies {
+            human_ranks: vec![0, 1, 2],
+            scores: vec![Some(5.0), None, Some(1.0)],
+        };
+        let a = judge_agreement(&[all_tied, one, missing]);
+        assert_eq!(a.pairs, 3 + 1);
+        assert_eq!(a.pairwise_ties, 0.75);
+        assert_eq!(a.pairwise_accuracy, 0.25);
+        assert_eq!((a.exact_match_prompts, a.exact_match), (2, 0.5));
+        assert_eq!((a.correlation_prompts, a.correlation_undefined), (1, 2));
+        assert_eq!(a.missing_scores, 1);
+        assert_eq!((a.fives, a.five_best), (2, Some(1.0)));
+    }
+}
