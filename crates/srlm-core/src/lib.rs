@@ -4,6 +4,7 @@
 //! Nothing here depends on candle, so it builds and tests in seconds.
 
 pub mod generation;
+pub mod headtohead;
 pub mod jsonl;
 pub mod metrics;
 pub mod train_data;

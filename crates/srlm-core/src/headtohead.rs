@@ -1,0 +1,153 @@
+//! Head-to-head comparison of two models' answers under a fixed judge. Each prompt is judged
+//! twice, with the answers in both orders; a model wins a prompt only when the judge prefers it
+//! in both orders, and inconsistent verdicts count as a tie. Judges favour a position (usually
+//! the first); asking both ways cancels that bias out of the comparison.
+
+use serde::{Deserialize, Serialize};
+
+/// Which shown answer the judge preferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    First,
+    Second,
+    Tie,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    AWins,
+    BWins,
+    Tie,
+}
+
+/// Combines the verdict with A shown first (`a_first`) and with B shown first (`b_first`).
+pub fn combine(a_first: Verdict, b_first: Verdict) -> Outcome {
+    let prefers_a = |v: Verdict, a_is_first: bool| match v {
+        Verdict::First => Some(a_is_first),
+        Verdict::Second => Some(!a_is_first),
+        Verdict::Tie => None,
+    };
+    match (prefers_a(a_first, true), prefers_a(b_first, false)) {
+        (Some(true), Some(true)) => Outcome::AWins,
+        (Some(false), Some(false)) => Outcome::BWins,
+        _ => Outcome::Tie,
+    }
+}
+
+/// A's record against B, with a 95% confidence interval on its score.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct WinRate {
+    pub wins: usize,
+    pub ties: usize,
+    pub losses: usize,
+    /// (wins + ties / 2) / prompts.
+    pub score: f64,
+    /// Normal-approximation 95% interval of the mean per-prompt score (1, 1/2, 0).
+    pub ci95: (f64, f64),
+}
+
+pub fn win_rate(outcomes: &[Outcome]) -> WinRate {
+    let n = outcomes.len();
+    let mut w = WinRate::default();
+    if n == 0 {
+        return w;
+    }
+    let points: Vec<f64> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::AWins => 1.0,
+            Outcome::Tie => 0.5,
+            Outcome::BWins => 0.0,
+        })
+        .collect();
+    for o in outcomes {
+        match o {
+            Outcome::AWins => w.wins += 1,
+            Outcome::Tie => w.ties += 1,
+            Outcome::BWins => w.losses += 1,
+        }
+    }
+    let mean = points.iter().sum::<f64>() / n as f64;
+    let var = if n > 1 {
+        points.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+    } else {
+        0.0
+    };
+    let half = 1.96 * (var / n as f64).sqrt();
+    w.score = mean;
+    w.ci95 = ((mean - half).max(0.0), (mean + half).min(1.0));
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A judge that, on every other prompt, prefers whichever answer is shown first; otherwise it
+    /// picks the truly better answer (`a_better[i]`), or the first on equal quality.
+    fn biased_judge(i: usize, first_is_a: bool, a_better: Option<bool>) -> Verdict {
+        if i % 2 == 0 {
+            return Verdict::First;
+        }
+        match a_better {
+            Some(a) if a == first_is_a => Verdict::First,
+            Some(_) => Verdict::Second,
+            None => Verdict::First,
+        }
+    }
+
+    fn one_order(truth: &[Option<bool>]) -> WinRate {
+        let o: Vec<Outcome> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| match biased_judge(i, true, t) {
+                Verdict::First => Outcome::AWins,
+                Verdict::Second => Outcome::BWins,
+                Verdict::Tie => Outcome::Tie,
+            })
+            .collect();
+        win_rate(&o)
+    }
+
+    fn both_orders(truth: &[Option<bool>]) -> WinRate {
+        let o: Vec<Outcome> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| combine(biased_judge(i, true, t), biased_judge(i, false, t)))
+            .collect();
+        win_rate(&o)
+    }
+
+    fn flip(truth: &[Option<bool>]) -> Vec<Option<bool>> {
+        truth.iter().map(|t| t.map(|a| !a)).collect()
+    }
+
+    #[test]
+    fn order_swapping_cancels_position_bias() {
+        // Equal models: a first-position bias makes whoever is shown first look better.
+        let equal = vec![None; 40];
+        assert_eq!(one_order(&equal).score, 1.0);
+        assert_eq!(both_orders(&equal).score, 0.5);
+
+        // A better on 60% of prompts. Shown one way only, A's score depends on which model is
+        // shown first; swapped, A vs B and B vs A are mirror images.
+        let truth: Vec<Option<bool>> = (0..100).map(|i| Some(i % 10 < 6)).collect();
+        let (ab, ba) = (one_order(&truth).score, one_order(&flip(&truth)).score);
+        assert!((ab + ba - 1.0).abs() > 0.4, "one order: {ab} + {ba} is far from 1");
+        let (ab, ba) = (both_orders(&truth).score, both_orders(&flip(&truth)).score);
+        assert!((ab + ba - 1.0).abs() < 1e-12, "both orders: {ab} + {ba} = 1");
+        assert!(ab > 0.5, "and the better model still wins: {ab}");
+    }
+
+    #[test]
+    fn win_rate_counts_and_interval() {
+        let o = [Outcome::AWins, Outcome::AWins, Outcome::Tie, Outcome::BWins];
+        let w = win_rate(&o);
+        assert_eq!((w.wins, w.ties, w.losses), (2, 1, 1));
+        assert_eq!(w.score, 0.625);
+        assert!(w.ci95.0 < 0.625 && w.ci95.1 > 0.625);
+        assert_eq!(win_rate(&[]).score, 0.0);
+    }
+}
