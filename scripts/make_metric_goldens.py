@@ -6,7 +6,10 @@ included) and judge scores (means of k=3 integer samples, so many ties; some mis
 scipy.stats.spearmanr and scipy.stats.kendalltau (tau-b) of (score, -rank) per prompt (null where
 scipy gives nan), and the aggregate metrics computed here independently of srlm.
 
-  python3 -m venv .venv && .venv/bin/pip install scipy==1.17.1 numpy
+Also writes rouge_l.json: ROUGE-L F of string pairs by Google's rouge_score (no stemming), the
+similarity filter of self-instruction.
+
+  python3 -m venv .venv && .venv/bin/pip install scipy==1.17.1 numpy rouge-score==0.1.2
   .venv/bin/python scripts/make_metric_goldens.py
 """
 import json
@@ -98,6 +101,30 @@ def main():
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"prompts": per_prompt, "expected": expected}, indent=1))
     print(expected)
+    rouge()
+
+
+ROUGE_PAIRS = [
+    ("Write a haiku about autumn leaves.", "Write a haiku about falling autumn leaves."),
+    ("Give three tips for staying healthy.", "List three tips to stay healthy and fit."),
+    ("Explain recursion to a child.", "What is the capital of France?"),
+    ("Translate 'good morning' into Spanish.", "Translate good morning to Spanish, please!"),
+    ("Summarize the following article in 2 sentences.", "Summarise this article in two sentences."),
+    ("Sort the list [3, 1, 2] in Python.", "In Python, sort the list 3 1 2"),
+    ("", "Anything at all"),
+    ("C++ vs. Rust: which is safer?", "Which is safer, Rust or C++?"),
+    ("the the the cat", "the cat the the"),
+    ("Compose a limerick about a cat named Tom who loves to nap in the sun all day long.",
+     "Write a limerick about a sleepy cat who naps all day in the sun."),
+]
+
+
+def rouge():
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    cases = [{"a": a, "b": b, "f": scorer.score(b, a)["rougeL"].fmeasure} for a, b in ROUGE_PAIRS]
+    (OUT.parent / "rouge_l.json").write_text(json.dumps(cases, indent=1))
 
 
 if __name__ == "__main__":

@@ -135,9 +135,15 @@ mod tests {
         // shown first; swapped, A vs B and B vs A are mirror images.
         let truth: Vec<Option<bool>> = (0..100).map(|i| Some(i % 10 < 6)).collect();
         let (ab, ba) = (one_order(&truth).score, one_order(&flip(&truth)).score);
-        assert!((ab + ba - 1.0).abs() > 0.4, "one order: {ab} + {ba} is far from 1");
+        assert!(
+            (ab + ba - 1.0).abs() > 0.4,
+            "one order: {ab} + {ba} is far from 1"
+        );
         let (ab, ba) = (both_orders(&truth).score, both_orders(&flip(&truth)).score);
-        assert!((ab + ba - 1.0).abs() < 1e-12, "both orders: {ab} + {ba} = 1");
+        assert!(
+            (ab + ba - 1.0).abs() < 1e-12,
+            "both orders: {ab} + {ba} = 1"
+        );
         assert!(ab > 0.5, "and the better model still wins: {ab}");
     }
 

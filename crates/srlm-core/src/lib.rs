@@ -1,12 +1,17 @@
 //! srlm's tensor-free logic: the records that stages read and write, JSONL artifacts with
-//! line-level errors and append-only resume, and (later) parsing and metrics.
+//! line-level errors and append-only resume, the judge's prompt and score parsing, preference
+//! pair selection, ROUGE-L, and the evaluation metrics (judge agreement with human ranks,
+//! head-to-head win rates).
 //!
 //! Nothing here depends on candle, so it builds and tests in seconds.
 
 pub mod generation;
 pub mod headtohead;
 pub mod jsonl;
+pub mod judge;
 pub mod metrics;
+pub mod pairs;
+pub mod rouge;
 pub mod train_data;
 
 pub use jsonl::{JsonlError, JsonlWriter};

@@ -79,7 +79,8 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
     }
     // tau-b = (C - D) / sqrt((C + D + T_x) (C + D + T_y)), T_x: pairs tied in x only,
     // T_y: tied in y only; pairs tied in both count in neither.
-    let denom = (((concordant + discordant + tie_x) * (concordant + discordant + tie_y)) as f64).sqrt();
+    let denom =
+        (((concordant + discordant + tie_x) * (concordant + discordant + tie_y)) as f64).sqrt();
     if denom == 0.0 {
         return None;
     }
@@ -125,7 +126,11 @@ pub fn judge_agreement(prompts: &[RankedReplies]) -> JudgeAgreement {
     let (mut agree, mut ties) = (0usize, 0usize);
     let (mut exact, mut sp_sum, mut kt_sum, mut five_best) = (0usize, 0.0, 0.0, 0usize);
     for p in prompts {
-        assert_eq!(p.human_ranks.len(), p.scores.len(), "one score slot per reply");
+        assert_eq!(
+            p.human_ranks.len(),
+            p.scores.len(),
+            "one score slot per reply"
+        );
         a.replies += p.scores.len();
         let scored: Vec<(f64, f64)> = p
             .human_ranks
@@ -163,7 +168,10 @@ pub fn judge_agreement(prompts: &[RankedReplies]) -> JudgeAgreement {
         }
         let neg_rank: Vec<f64> = scored.iter().map(|(r, _)| -r).collect();
         let score: Vec<f64> = scored.iter().map(|(_, s)| *s).collect();
-        match (spearman(&score, &neg_rank), kendall_tau_b(&score, &neg_rank)) {
+        match (
+            spearman(&score, &neg_rank),
+            kendall_tau_b(&score, &neg_rank),
+        ) {
             (Some(sp), Some(kt)) => {
                 sp_sum += sp;
                 kt_sum += kt;
@@ -205,9 +213,16 @@ mod tests {
     fn edge_cases() {
         assert_eq!(spearman(&[1.0], &[2.0]), None, "one reply");
         assert_eq!(kendall_tau_b(&[1.0], &[2.0]), None);
-        assert_eq!(spearman(&[3.0, 3.0, 3.0], &[1.0, 2.0, 3.0]), None, "all tied");
+        assert_eq!(
+            spearman(&[3.0, 3.0, 3.0], &[1.0, 2.0, 3.0]),
+            None,
+            "all tied"
+        );
         assert_eq!(kendall_tau_b(&[3.0, 3.0, 3.0], &[1.0, 2.0, 3.0]), None);
-        assert_eq!(average_ranks(&[10.0, 20.0, 10.0, 5.0]), vec![2.5, 4.0, 2.5, 1.0]);
+        assert_eq!(
+            average_ranks(&[10.0, 20.0, 10.0, 5.0]),
+            vec![2.5, 4.0, 2.5, 1.0]
+        );
 
         let all_tied = RankedReplies {
             human_ranks: vec![0, 1, 2],

@@ -37,7 +37,8 @@ fn close(a: f64, b: f64, what: &str) {
 
 #[test]
 fn equal_scipy_per_prompt_and_in_aggregate() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/judge_metrics.json");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/judge_metrics.json");
     let g: Golden = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut undefined = 0;
     for (i, p) in g.prompts.iter().enumerate() {
@@ -64,12 +65,19 @@ fn equal_scipy_per_prompt_and_in_aggregate() {
     let replies: Vec<RankedReplies> = g
         .prompts
         .iter()
-        .map(|p| RankedReplies { human_ranks: p.human_ranks.clone(), scores: p.scores.clone() })
+        .map(|p| RankedReplies {
+            human_ranks: p.human_ranks.clone(),
+            scores: p.scores.clone(),
+        })
         .collect();
     let a = judge_agreement(&replies);
     let e = &g.expected;
     assert_eq!(a.pairs, e.pairs);
-    close(a.pairwise_accuracy, e.pairwise_accuracy, "pairwise accuracy");
+    close(
+        a.pairwise_accuracy,
+        e.pairwise_accuracy,
+        "pairwise accuracy",
+    );
     close(a.pairwise_ties, e.pairwise_ties, "pairwise ties");
     close(a.exact_match, e.exact_match, "exact match");
     close(a.spearman.unwrap(), e.spearman, "mean spearman");
@@ -77,4 +85,22 @@ fn equal_scipy_per_prompt_and_in_aggregate() {
     assert_eq!(a.correlation_undefined, e.correlation_undefined);
     close(a.five_best.unwrap(), e.five_best, "5-best");
     assert_eq!(a.missing_scores, e.missing_scores);
+}
+
+#[derive(serde::Deserialize)]
+struct RougeCase {
+    a: String,
+    b: String,
+    f: f64,
+}
+
+#[test]
+fn rouge_l_equals_google_rouge_score() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/rouge_l.json");
+    let cases: Vec<RougeCase> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for c in &cases {
+        let got = srlm_core::rouge::rouge_l(&c.a, &c.b);
+        close(got, c.f, &format!("rouge-L of {:?} / {:?}", c.a, c.b));
+    }
 }
