@@ -10,6 +10,7 @@ pub mod headtohead;
 pub mod jsonl;
 pub mod judge;
 pub mod metrics;
+pub mod oasst;
 pub mod pairs;
 pub mod rouge;
 pub mod train_data;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod eval;
 mod generate;
 mod model_args;
 mod train;
@@ -33,6 +34,9 @@ enum Command {
     Sft(train::SftArgs),
     /// Direct Preference Optimization on {"prompt", "chosen", "rejected"} JSONL (resumable).
     Dpo(train::DpoArgs),
+    /// Evaluation: the judge against human rankings.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -61,6 +65,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Sft(a) => train::run_sft(a),
         Command::Dpo(a) => train::run_dpo(a),
+        Command::Eval(e) => eval::run(e),
         Command::Bench(b) => bench::run(b),
         Command::Fetch => {
             println!("{}", srlm_engine::fetch::default_model()?.display());

@@ -1,0 +1,216 @@
+//! `srlm eval judge`: the model as a judge against human rankings. Every ranked reply of every
+//! Open Assistant prompt is judged k times with the additive prompt; judgements are appended to
+//! a JSONL file as they finish (rerun to resume); the agreement metrics go to stdout and to
+//! `<out>.metrics.json`.
+
+use crate::generate::record_seed;
+use crate::model_args::{ModelArgs, SamplingArgs};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use srlm_core::generation::{Message, PromptInput};
+use srlm_core::jsonl::{read_jsonl, recover_jsonl, JsonlWriter};
+use srlm_core::judge::{judge_prompt, mean_score, JudgeSample, ParseFailure};
+use srlm_core::metrics::{judge_agreement, RankedReplies};
+use srlm_core::oasst::{ranked_prompt, RankedPrompt, Tree, TreeFilter, OASST_HINT};
+use srlm_engine::generate::{Event, Generator, Request};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Score human-ranked replies with the model as judge; report agreement with the humans.
+    Judge(EvalJudgeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalJudgeArgs {
+    /// Open Assistant trees (oasst1 export format), e.g. ../shared/data/oasst/trees.jsonl.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Judgements, one JSON object a line (resumable); metrics go to <out>.metrics.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Judge samples per reply; their parsed scores are averaged.
+    #[arg(long, default_value_t = 3)]
+    pub k: usize,
+    /// Judge only the first N prompts.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Keep machine-written (synthetic) prompts and replies.
+    #[arg(long)]
+    pub keep_synthetic: bool,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// One judgement as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JudgementRecord {
+    /// `<prompt id>/<reply index>/<sample>`.
+    pub id: String,
+    pub prompt_id: String,
+    pub reply: usize,
+    pub sample: usize,
+    pub human_rank: u32,
+    pub raw: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<ParseFailure>,
+}
+
+pub fn run(cmd: EvalCommand) -> Result<()> {
+    match cmd {
+        EvalCommand::Judge(a) => eval_judge(a),
+    }
+}
+
+fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
+    let filter = TreeFilter {
+        keep_synthetic: a.keep_synthetic,
+        ..TreeFilter::default()
+    };
+    let trees = read_jsonl::<Tree>(&a.data, OASST_HINT)?;
+    let mut prompts: Vec<RankedPrompt> = trees
+        .iter()
+        .filter_map(|t| ranked_prompt(&t.record, &filter))
+        .collect();
+    if let Some(n) = a.limit {
+        prompts.truncate(n);
+    }
+    if prompts.is_empty() {
+        anyhow::bail!(
+            "{}: no prompt with two or more ranked human replies\n  hint: {OASST_HINT}",
+            a.data.display()
+        );
+    }
+    let done: Vec<JudgementRecord> = recover_jsonl(&a.out)?;
+    let done_ids: HashSet<String> = done.iter().map(|r| r.id.clone()).collect();
+    let engine = a.model.load()?;
+    let base = a.sampling.params();
+    let mut meta = BTreeMap::new();
+    let mut requests = Vec::new();
+    let mut too_long = 0usize;
+    for p in &prompts {
+        for (ri, (reply, rank)) in p.replies.iter().enumerate() {
+            let chat =
+                PromptInput::Chat(vec![Message::new("user", &judge_prompt(&p.prompt, reply))]);
+            let ids = engine.encode_prompt(&chat)?;
+            if ids.len() >= engine.model.max_positions() {
+                // Left out of the metrics (as a missing score would be) and counted.
+                too_long += 1;
+                continue;
+            }
+            for s in 0..a.k {
+                let id = format!("{}/{ri}/{s}", p.id);
+                meta.insert(id.clone(), (p.id.clone(), ri, s, *rank));
+                if done_ids.contains(&id) {
+                    continue;
+                }
+                let mut params = base.clone();
+                params.seed = record_seed(base.seed, &id);
+                requests.push(Request {
+                    id,
+                    prompt_ids: ids.clone(),
+                    params,
+                });
+            }
+        }
+    }
+    if !requests.is_empty() {
+        let mut out = JsonlWriter::append(&a.out)?;
+        let bar = ProgressBar::new(requests.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "judging {bar:30} {pos}/{len}  [{elapsed_precise} < {eta_precise}]",
+            )
+            .expect("valid template"),
+        );
+        let mut gen = Generator::new(&engine.model, &engine.tokenizer);
+        gen.max_batch = a.batch_size.max(1);
+        gen.run(requests, |ev| {
+            if let Event::Done(c) = ev {
+                let (prompt_id, reply, sample, human_rank) = meta[&c.id].clone();
+                let j = JudgeSample::parse(&c.text);
+                let rec = JudgementRecord {
+                    id: c.id,
+                    prompt_id,
+                    reply,
+                    sample,
+                    human_rank,
+                    raw: j.raw,
+                    score: j.score,
+                    failure: j.failure,
+                };
+                out.write(&rec)
+                    .map_err(|e| srlm_engine::EngineError::Config(e.to_string()))?;
+                bar.inc(1);
+            }
+            Ok(())
+        })?;
+        bar.finish_and_clear();
+    }
+
+    // Metrics over every judgement of the selected prompts.
+    let all: Vec<JudgementRecord> = recover_jsonl(&a.out)?;
+    let mut by_reply: BTreeMap<(String, usize), (u32, Vec<JudgeSample>)> = BTreeMap::new();
+    for r in all.into_iter().filter(|r| meta.contains_key(&r.id)) {
+        by_reply
+            .entry((r.prompt_id.clone(), r.reply))
+            .or_insert_with(|| (r.human_rank, Vec::new()))
+            .1
+            .push(JudgeSample {
+                raw: r.raw,
+                score: r.score,
+                failure: r.failure,
+            });
+    }
+    let samples = by_reply.values().map(|v| v.1.len()).sum::<usize>();
+    let failures = by_reply
+        .values()
+        .flat_map(|v| &v.1)
+        .filter(|j| j.score.is_none())
+        .count();
+    let mut replies: Vec<RankedReplies> = Vec::new();
+    for p in &prompts {
+        let mut rr = RankedReplies {
+            human_ranks: Vec::new(),
+            scores: Vec::new(),
+        };
+        for ri in 0..p.replies.len() {
+            if let Some((rank, js)) = by_reply.get(&(p.id.clone(), ri)) {
+                rr.human_ranks.push(*rank);
+                rr.scores.push(mean_score(js));
+            }
+        }
+        replies.push(rr);
+    }
+    if too_long > 0 {
+        eprintln!(
+            "srlm: {too_long} replies left out: their judge prompt exceeds the context of {} tokens (raise --context-length)",
+            engine.model.max_positions()
+        );
+    }
+    let agreement = judge_agreement(&replies);
+    let report = serde_json::json!({
+        "model": engine.path.display().to_string(),
+        "data": a.data.display().to_string(),
+        "prompts": prompts.len(),
+        "k": a.k,
+        "judgements": samples,
+        "replies_too_long": too_long,
+        "parse_failure_rate": if samples > 0 { failures as f64 / samples as f64 } else { 0.0 },
+        "agreement": agreement,
+    });
+    let metrics_path = PathBuf::from(format!("{}.metrics.json", a.out.display()));
+    std::fs::write(&metrics_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", metrics_path.display()))?;
+    println!("{report}");
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `srlm eval judge` on the real default model (SmolLM2-135M-Instruct) with a small Open
+//! Assistant-format fixture: every reply is judged k times, judgements are stored with their raw
+//! text, metrics are computed, and a rerun resumes without judging again.
+
+use std::process::Command;
+
+const TREES: &str = r#"{"message_tree_id": "t1", "prompt": {"text": "Say hello.", "role": "prompter", "replies": [{"text": "Hello there!", "role": "assistant", "rank": 0}, {"text": "No.", "role": "assistant", "rank": 1}]}}
+{"message_tree_id": "t2", "prompt": {"text": "Name a color.", "role": "prompter", "replies": [{"text": "Blue.", "role": "assistant", "rank": 1}, {"text": "Red, the color of fire.", "role": "assistant", "rank": 0}, {"text": "Car.", "role": "assistant", "rank": 2, "synthetic": true}]}}
+{"message_tree_id": "t3", "prompt": {"text": "Unranked.", "role": "prompter", "replies": [{"text": "x", "role": "assistant"}]}}
+"#;
+
+#[test]
+fn judges_ranked_replies_stores_raw_text_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("trees.jsonl");
+    std::fs::write(&data, TREES).unwrap();
+    let out = dir.path().join("judge.jsonl");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_srlm"))
+            .args([
+                "eval",
+                "judge",
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .args(["--k", "2", "--max-new-tokens", "24", "--seed", "5"])
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // t1: 2 replies, t2: 2 human replies (the synthetic one is dropped), t3: unranked; k = 2.
+    assert_eq!(lines.len(), 8);
+    for l in &lines {
+        assert!(l["raw"].is_string());
+        assert!(
+            l["score"].is_number() != l["failure"].is_string(),
+            "a score or a failure: {l}"
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["prompts"], 2);
+    assert_eq!(report["judgements"], 8);
+    assert_eq!(report["agreement"]["replies"], 4);
+    let metrics = std::fs::read_to_string(dir.path().join("judge.jsonl.metrics.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    assert_eq!(saved, report);
+
+    // Rerun: nothing judged again, the same report.
+    let o = run();
+    assert!(o.status.success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 8);
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again, report);
+}
