@@ -10,6 +10,8 @@
 //!   dx = r·(g·w) − x·r³·mean(g·w·x)       dw = Σ_rows g·x·r
 //! Softmax: y = exp(x − max) / Σ exp(x − max).
 //!   dx = y·(g − Σ g·y)
+//! Causal softmax: y = softmax(scale·x) over the keys a query may see (the rest 0).
+//!   dx = scale·y·(g − Σ g·y)
 //! Rotate-half rope on (n, heads, d) with per-row cos/sin (n, d/2): a rotation, so
 //!   dx is g rotated by the opposite angle.
 //! SwiGLU: y = silu(a)·b with silu(a) = a·σ(a).
@@ -181,6 +183,80 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
 }
 
+/// Softmax of scaled attention scores under the causal mask. The last two dims are
+/// (rep·t queries, T keys): query row r is token r mod t, at position past + (r mod t), and sees
+/// keys 0..=past + (r mod t).
+struct CausalSoftmax {
+    scale: f32,
+    t: usize,
+    past: usize,
+}
+
+impl CausalSoftmax {
+    /// Keys visible to flat row `row` of a (…, rows, T) tensor.
+    fn visible(&self, row: usize, rows: usize) -> usize {
+        self.past + (row % rows) % self.t + 1
+    }
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let dims = l.dims();
+        let (rows, keys) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(keys)
+            .zip(x.par_chunks(keys))
+            .enumerate()
+            .for_each(|(r, (y, x))| {
+                let n = self.visible(r, rows).min(keys);
+                let max = x[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max) * self.scale;
+                let mut sum = 0.0;
+                for j in 0..n {
+                    y[j] = (x[j] * self.scale - max).exp();
+                    sum += y[j];
+                }
+                let inv = 1.0 / sum;
+                y[..n].iter_mut().for_each(|v| *v *= inv);
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let keys = y.dim(candle_core::D::Minus1)?;
+        let dx = with_f32(y, |y| {
+            with_f32(g, |g| {
+                let mut dx = vec![0f32; y.len()];
+                dx.par_chunks_mut(keys)
+                    .zip(y.par_chunks(keys))
+                    .zip(g.par_chunks(keys))
+                    .for_each(|((dx, y), g)| {
+                        let dot: f32 = (0..keys).map(|i| g[i] * y[i]).sum();
+                        for i in 0..keys {
+                            dx[i] = self.scale * y[i] * (g[i] - dot);
+                        }
+                    });
+                dx
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+    }
+}
+
+/// `softmax(scale · scores)` under the causal mask, with a backward pass. `scores`:
+/// (…, rep·t, T) for t new queries after `past` cached positions (T = past + t).
+pub fn causal_softmax(scores: &Tensor, scale: f64, t: usize, past: usize) -> Result<Tensor> {
+    scores.contiguous()?.apply_op1(CausalSoftmax {
+        scale: scale as f32,
+        t,
+        past,
+    })
+}
+
 /// Rotate-half rope with the cos/sin rows of each token: `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`.
 struct Rope {
     cos: Vec<f32>, // (n, d/2)
@@ -341,6 +417,44 @@ mod tests {
         let max = x.max_keepdim(D::Minus1).unwrap().detach();
         let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
         e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn causal_softmax_matches_scale_mask_softmax() {
+        let dev = Device::Cpu;
+        let (rep, t, past) = (2, 3, 2);
+        let total = past + t;
+        let x = Var::randn(0f32, 1.0, (2, 1, rep * t, total), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (2, 1, rep * t, total), &dev).unwrap();
+        let mask: Vec<f32> = (0..rep * t)
+            .flat_map(|r| {
+                (0..total).map(move |j| {
+                    if j > past + r % t {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (rep * t, total), &dev).unwrap();
+        let scale = 0.25;
+        let fused = causal_softmax(x.as_tensor(), scale, t, past).unwrap();
+        let slow = composed_softmax(
+            &(x.as_tensor() * scale)
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap(),
+        );
+        close(&fused, &slow, 1e-6);
+        let gf = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
     }
 
     #[test]

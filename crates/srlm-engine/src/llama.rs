@@ -345,7 +345,18 @@ fn attend(
     // Fold each group of `rep` query heads onto its kv head instead of copying K and V `rep` times.
     let q = q.reshape((b, n_kv_heads, rep * t, d))?; // (b, kvh, rep*t, d)
     let scale = 1.0 / (d as f64).sqrt();
-    let att = (q.matmul(&k.transpose(2, 3)?)? * scale)?; // (b, kvh, rep*t, T)
+    let scores = q.matmul(&k.transpose(2, 3)?)?; // (b, kvh, rep*t, T)
+    if ops == Ops::Differentiable {
+        // Scale, causal mask and softmax as one node: the training path keeps one buffer of
+        // attention probabilities per layer instead of four.
+        let p = crate::autograd::causal_softmax(&scores, scale, t, past)?;
+        let p = match dropout {
+            Some(d) => d.forward(&p)?,
+            None => p,
+        };
+        return p.matmul(&v.contiguous()?)?.reshape((b, h, t, d));
+    }
+    let att = (scores * scale)?;
     let att = if t > 1 {
         // Query row (r, i) sits at position past + i and sees keys 0..=past + i.
         let mask: Vec<f32> = (0..rep * t)
@@ -632,6 +643,21 @@ impl Llama {
     pub fn forward_rows(&self, ids: &Tensor, rows: &Tensor) -> Result<Tensor> {
         let x = self.trunk(ids)?; // (b*t, hidden)
         self.head(&x.index_select(rows, 0)?)
+    }
+
+    /// Final-normed hidden states at chosen positions, for a loss that applies the LM head
+    /// itself. `ids`: (b, t), `rows`: (n,) -> (n, hidden)
+    pub fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> Result<Tensor> {
+        let x = self.trunk(ids)?.index_select(rows, 0)?;
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.ops)
+    }
+
+    /// The LM head's weight (vocab, hidden) when it is a plain dense matrix.
+    pub fn lm_head_dense(&self) -> Option<&Tensor> {
+        match &self.lm_head {
+            Linear::Dense { w, b: None } => Some(w),
+            _ => None,
+        }
     }
 
     /// The decoder blocks over a right-padded batch. `ids`: (b, t) -> (b*t, hidden)

@@ -9,6 +9,7 @@ use srlm_core::jsonl::read_jsonl;
 use srlm_core::train_data::{
     DpoRecord, PreferencePair, SftRecord, DPO_SCHEMA_HINT, SFT_SCHEMA_HINT,
 };
+use srlm_engine::llama::Llama;
 use srlm_engine::Engine;
 use std::path::Path;
 
@@ -219,6 +220,21 @@ impl Batch {
 
     pub fn target_count(&self) -> usize {
         self.owner.len()
+    }
+
+    /// `log p(target)` of every target under `model`: (n,). The LM head and the loss run in
+    /// row chunks when the head is a plain matrix, so the (n, vocab) logits never exist whole.
+    pub fn target_logps(&self, model: &Llama) -> Result<Tensor> {
+        Ok(match model.lm_head_dense() {
+            Some(w) => {
+                let h = model.hidden_rows(&self.ids, &self.rows)?; // (n, hidden)
+                crate::loss::linear_token_logps(&h, w, &self.targets)?
+            }
+            None => {
+                let logits = model.forward_rows(&self.ids, &self.rows)?; // (n, vocab)
+                crate::loss::token_logps(&logits, &self.targets)?
+            }
+        })
     }
 }
 

@@ -4,9 +4,7 @@
 
 use crate::data::{Batch, PairSequences, Sequence};
 use crate::error::{Result, TrainError};
-use crate::loss::{
-    dpo_loss, dpo_metrics, per_sequence_sum, token_logps, DpoConfig, DpoLossType, PairLogps,
-};
+use crate::loss::{dpo_loss, dpo_metrics, per_sequence_sum, DpoConfig, DpoLossType, PairLogps};
 use crate::trainer::{MicroOutput, Normalizers, Objective};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -31,8 +29,7 @@ fn sequence_logps(
     pad_id: u32,
 ) -> Result<(Tensor, Tensor, Batch)> {
     let batch = Batch::new(seqs, pad_id, model.device())?;
-    let logits = model.forward_rows(&batch.ids, &batch.rows)?; // (n, vocab)
-    let tok = token_logps(&logits, &batch.targets)?; // (n,)
+    let tok = batch.target_logps(model)?; // (n,)
     let sums = per_sequence_sum(&tok, &batch.owner, batch.sequences)?; // (S,)
     Ok((sums, tok, batch))
 }
@@ -118,8 +115,7 @@ impl Objective for Dpo {
         let mut seqs: Vec<&Sequence> = examples.iter().map(|&i| &self.pairs[i].chosen).collect();
         seqs.extend(examples.iter().map(|&i| &self.pairs[i].rejected));
         let batch = Batch::new(&seqs, self.pad_id, model.device())?;
-        let logits = model.forward_rows(&batch.ids, &batch.rows)?; // (n, vocab)
-        let tok = token_logps(&logits, &batch.targets)?; // (n,)
+        let tok = batch.target_logps(model)?; // (n,)
         let reference: Vec<(f64, f64)> = examples.iter().map(|&i| self.reference[i]).collect();
         pair_loss(&tok, &batch.owner, &reference, &self.cfg, norm)
     }

@@ -6,7 +6,7 @@
 //! the caller passes (the token or pair count of the whole optimizer batch), so gradient
 //! accumulation over micro-batches adds up to exactly the loss of the full batch.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use srlm_engine::autograd::with_f32;
@@ -82,21 +82,112 @@ impl CustomOp2 for TokenLogps {
         let (n, v) = logits.dims2()?;
         let targets = targets.to_vec1::<u32>()?;
         let g = g.to_vec1::<f32>()?;
-        let grad = with_f32(logits, |logits| {
-            let mut grad = vec![0f32; n * v];
-            grad.par_chunks_mut(v)
-                .zip(logits.par_chunks(v))
-                .enumerate()
-                .for_each(|(i, (dst, row))| {
-                    let lse = row_lse(row);
-                    for (d, x) in dst.iter_mut().zip(row) {
-                        *d = -g[i] * (x - lse).exp();
-                    }
-                    dst[targets[i] as usize] += g[i];
-                });
-            grad
-        })?;
+        let grad = with_f32(logits, |logits| ce_grad(logits, &targets, &g, v))?;
         Ok((Some(Tensor::from_vec(grad, (n, v), logits.device())?), None))
+    }
+}
+
+/// `g_i · (onehot(target_i) − softmax(row_i))` for each row of `logits` (rows of `v`).
+fn ce_grad(logits: &[f32], targets: &[u32], g: &[f32], v: usize) -> Vec<f32> {
+    let mut grad = vec![0f32; logits.len()];
+    grad.par_chunks_mut(v)
+        .zip(logits.par_chunks(v))
+        .enumerate()
+        .for_each(|(i, (dst, row))| {
+            let lse = row_lse(row);
+            for (d, x) in dst.iter_mut().zip(row) {
+                *d = -g[i] * (x - lse).exp();
+            }
+            dst[targets[i] as usize] += g[i];
+        });
+    grad
+}
+
+/// Rows of the LM head computed at a time by `linear_token_logps`.
+const HEAD_CHUNK: usize = 256;
+
+/// `token_logps(x Wᵀ, targets)` without ever holding all (n, vocab) logits: the LM head and the
+/// cross-entropy run in row chunks, forward and backward (the backward recomputes each chunk's
+/// logits: one more GEMM, against several (n, vocab) buffers saved and added in candle's
+/// backprop). `x`: (n, hidden), `w`: (vocab, hidden), `targets`: (n,) -> (n,)
+pub fn linear_token_logps(x: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let (xd, wd) = (x.detach(), w.detach());
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(HEAD_CHUNK) {
+        let len = HEAD_CHUNK.min(n - start);
+        let logits = xd.narrow(0, start, len)?.matmul(&wd.t()?)?; // (len, vocab)
+        let t = targets.narrow(0, start, len)?.contiguous()?;
+        out.extend(logits.apply_op2_no_bwd(&t, &TokenLogps)?.to_vec1::<f32>()?);
+    }
+    let logps = Tensor::from_vec(out, n, x.device())?;
+    let op = LinearTokenLogps {
+        targets: targets.to_vec1::<u32>()?,
+    };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &logps, op)
+}
+
+struct LinearTokenLogps {
+    targets: Vec<u32>,
+}
+
+impl CustomOp3 for LinearTokenLogps {
+    fn name(&self) -> &'static str {
+        "linear-token-logps"
+    }
+
+    /// The values were computed chunk by chunk before the op; it passes them through.
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = s3 else {
+            candle_core::bail!("linear_token_logps: f32 values expected");
+        };
+        let (a, b) = l3.contiguous_offsets().expect("contiguous");
+        Ok((CpuStorage::F32(v[a..b].to_vec()), l3.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _values: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, w) = (x.detach(), w.detach());
+        let (n, v) = (x.dim(0)?, w.dim(0)?);
+        let g = g.to_vec1::<f32>()?;
+        let mut dx = Vec::new();
+        let mut dw: Option<Tensor> = None;
+        for start in (0..n).step_by(HEAD_CHUNK) {
+            let len = HEAD_CHUNK.min(n - start);
+            let xc = x.narrow(0, start, len)?;
+            let logits = xc.matmul(&w.t()?)?; // (len, vocab)
+            let grad = with_f32(&logits, |l| {
+                ce_grad(
+                    l,
+                    &self.targets[start..start + len],
+                    &g[start..start + len],
+                    v,
+                )
+            })?;
+            let grad = Tensor::from_vec(grad, (len, v), x.device())?;
+            dx.push(grad.matmul(&w)?); // (len, hidden)
+            let dwc = grad.t()?.matmul(&xc)?; // (vocab, hidden)
+            dw = Some(match dw {
+                None => dwc,
+                Some(acc) => (acc + dwc)?,
+            });
+        }
+        let dx = Tensor::cat(&dx, 0)?;
+        Ok((Some(dx), dw, None))
     }
 }
 
@@ -308,6 +399,40 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-5, "gradient differs by {d}");
+    }
+
+    #[test]
+    fn chunked_head_and_loss_match_the_plain_form() {
+        let dev = Device::Cpu;
+        let n = HEAD_CHUNK + 37; // two chunks, the second partial
+        let x = Var::randn(0f32, 1.0, (n, 16), &dev).unwrap();
+        let w = Var::randn(0f32, 0.5, (50, 16), &dev).unwrap();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 50).collect();
+        let targets = Tensor::from_vec(targets, n, &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+        let fused = linear_token_logps(x.as_tensor(), w.as_tensor(), &targets).unwrap();
+        let logits = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        let slow = token_logps_composed(&logits, &targets).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(max_diff(&fused, &slow) < 1e-5);
+        let gf = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_diff(gf.get(&x).unwrap(), gs.get(&x).unwrap()) < 1e-4);
+        assert!(max_diff(gf.get(&w).unwrap(), gs.get(&w).unwrap()) < 1e-4);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::data::{Batch, Sequence};
 use crate::error::Result;
-use crate::loss::{sft_loss, token_logps};
+use crate::loss::sft_loss;
 use crate::trainer::{MicroOutput, Normalizers, Objective};
 use srlm_engine::llama::Llama;
 use std::collections::BTreeMap;
@@ -38,8 +38,7 @@ impl Objective for Sft {
     ) -> Result<MicroOutput> {
         let seqs: Vec<&Sequence> = examples.iter().map(|&i| &self.sequences[i]).collect();
         let batch = Batch::new(&seqs, self.pad_id, model.device())?;
-        let logits = model.forward_rows(&batch.ids, &batch.rows)?; // (n, vocab)
-        let logps = token_logps(&logits, &batch.targets)?; // (n,)
+        let logps = batch.target_logps(model)?; // (n,)
         let loss = sft_loss(&logps, norm.targets)?;
         let nll = -(logps.sum_all()?.to_scalar::<f32>()? as f64);
         Ok(MicroOutput {
