@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod oasst;
 pub mod pairs;
 pub mod rouge;
+pub mod stages;
 pub mod train_data;
 
 pub use jsonl::{JsonlError, JsonlWriter};

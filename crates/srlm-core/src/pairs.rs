@@ -71,6 +71,75 @@ pub fn select_pair(candidates: &[Scored], opts: &PairOptions) -> Result<(usize, 
     Ok((chosen.0, rejected.0))
 }
 
+/// How many prompts gave a pair, and why the others did not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStats {
+    pub prompts: usize,
+    pub pairs: usize,
+    pub too_few_scored: usize,
+    pub ties: usize,
+    pub small_margin: usize,
+}
+
+/// Pairs from the judged candidates of every prompt, in the order prompts first appear among
+/// the candidates. A candidate's score is the mean of its parsed judgements; length is in
+/// characters.
+pub fn build_pairs(
+    candidates: &[crate::stages::CandidateRecord],
+    judgements: &[crate::stages::JudgementRecord],
+    opts: &PairOptions,
+) -> (Vec<crate::stages::PairRecord>, PairStats) {
+    use std::collections::HashMap;
+    let mut scores: HashMap<&str, Vec<f64>> = HashMap::new();
+    for j in judgements {
+        if let Some(s) = j.score {
+            scores.entry(j.candidate_id.as_str()).or_default().push(s);
+        }
+    }
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_prompt: HashMap<&str, Vec<&crate::stages::CandidateRecord>> = HashMap::new();
+    for c in candidates {
+        let e = by_prompt.entry(c.prompt_id.as_str()).or_default();
+        if e.is_empty() {
+            order.push(c.prompt_id.as_str());
+        }
+        e.push(c);
+    }
+    let mut stats = PairStats::default();
+    let mut out = Vec::new();
+    for pid in order {
+        stats.prompts += 1;
+        let cands = &by_prompt[pid];
+        let scored: Vec<Scored> = cands
+            .iter()
+            .map(|c| Scored {
+                score: scores
+                    .get(c.id.as_str())
+                    .map(|v| v.iter().sum::<f64>() / v.len() as f64),
+                length: c.response.chars().count(),
+            })
+            .collect();
+        match select_pair(&scored, opts) {
+            Ok((ci, ri)) => {
+                stats.pairs += 1;
+                out.push(crate::stages::PairRecord {
+                    prompt_id: pid.to_string(),
+                    prompt: cands[ci].prompt.clone(),
+                    chosen: cands[ci].response.clone(),
+                    rejected: cands[ri].response.clone(),
+                    chosen_score: scored[ci].score.expect("scored"),
+                    rejected_score: scored[ri].score.expect("scored"),
+                    schema_version: crate::stages::SCHEMA_VERSION,
+                });
+            }
+            Err(NoPair::TooFewScored) => stats.too_few_scored += 1,
+            Err(NoPair::Tie) => stats.ties += 1,
+            Err(NoPair::SmallMargin) => stats.small_margin += 1,
+        }
+    }
+    (out, stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +175,57 @@ mod tests {
             select_pair(&[c(Some(4.0), 1), c(Some(3.0), 2)], &margin),
             Err(NoPair::SmallMargin)
         );
+    }
+
+    #[test]
+    fn pairs_from_candidates_and_judgements() {
+        use crate::stages::{CandidateRecord, JudgementRecord};
+        let cand = |p: &str, c: usize, r: &str| CandidateRecord {
+            id: format!("{p}/{c}"),
+            prompt_id: p.into(),
+            prompt: format!("prompt {p}"),
+            candidate: c,
+            response: r.into(),
+            finish_reason: None,
+        };
+        let judge = |cid: &str, s: usize, score: Option<f64>| JudgementRecord {
+            id: format!("{cid}/{s}"),
+            candidate_id: cid.into(),
+            prompt_id: cid.split('/').next().unwrap().into(),
+            sample: s,
+            raw: String::new(),
+            score,
+            failure: None,
+        };
+        let cands = [
+            cand("a", 0, "good"),
+            cand("a", 1, "bad"),
+            cand("b", 0, "x"),
+            cand("b", 1, "y"),
+        ];
+        let js = [
+            judge("a/0", 0, Some(5.0)),
+            judge("a/0", 1, Some(4.0)),
+            judge("a/1", 0, Some(2.0)),
+            judge("a/1", 1, None),
+            judge("b/0", 0, Some(3.0)),
+            judge("b/1", 0, Some(3.0)),
+        ];
+        let (pairs, stats) = build_pairs(&cands, &js, &PairOptions::default());
+        assert_eq!(
+            stats,
+            PairStats {
+                prompts: 2,
+                pairs: 1,
+                ties: 1,
+                ..PairStats::default()
+            }
+        );
+        assert_eq!(
+            (pairs[0].chosen.as_str(), pairs[0].rejected.as_str()),
+            ("good", "bad")
+        );
+        assert_eq!((pairs[0].chosen_score, pairs[0].rejected_score), (4.5, 2.0));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod chat;
 mod eval;
 mod generate;
 mod model_args;
+mod stages;
 mod train;
 
 use anyhow::Result;
@@ -30,6 +31,12 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Generate completions for a JSONL file of prompts (resumable).
     Generate(generate::GenerateArgs),
+    /// Sample N candidate responses per prompt (resumable).
+    Sample(stages::SampleArgs),
+    /// Judge candidates k times each with the additive 5-point prompt (resumable).
+    Judge(stages::JudgeArgs),
+    /// Preference pairs: best against worst judged candidate per prompt, ties dropped.
+    Pairs(stages::PairsArgs),
     /// Supervised fine-tuning on {"messages"} or {"prompt", "response"} JSONL (resumable).
     Sft(train::SftArgs),
     /// Direct Preference Optimization on {"prompt", "chosen", "rejected"} JSONL (resumable).
@@ -63,6 +70,9 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Chat(a) => chat::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Sample(a) => stages::sample(a),
+        Command::Judge(a) => stages::judge(a),
+        Command::Pairs(a) => stages::pairs(a),
         Command::Sft(a) => train::run_sft(a),
         Command::Dpo(a) => train::run_dpo(a),
         Command::Eval(e) => eval::run(e),

@@ -1,0 +1,60 @@
+//! The records the loop's stages exchange, one JSON object a line, keyed by stable ids:
+//!
+//! - prompts (`srlm sample` reads): `{"id", "prompt"}`;
+//! - candidates (`srlm sample` writes, `srlm judge` reads): `{"id": "<prompt id>/<c>",
+//!   "prompt_id", "prompt", "candidate", "response", "finish_reason"}`;
+//! - judgements (`srlm judge` writes, `srlm pairs` reads): `{"id": "<candidate id>/<s>",
+//!   "candidate_id", "prompt_id", "sample", "raw", "score" | "failure"}`;
+//! - pairs (`srlm pairs` writes, `srlm dpo` reads): `{"prompt_id", "prompt", "chosen",
+//!   "rejected", "chosen_score", "rejected_score"}`, TRL's prompt/chosen/rejected plus
+//!   provenance.
+
+use crate::judge::ParseFailure;
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const PROMPT_HINT: &str = r#"each line must be {"id": "...", "prompt": "..."}"#;
+pub const CANDIDATE_HINT: &str = r#"each line must be a candidate written by `srlm sample`: {"id", "prompt_id", "prompt", "candidate", "response"}"#;
+pub const JUDGEMENT_HINT: &str = r#"each line must be a judgement written by `srlm judge`: {"id", "candidate_id", "prompt_id", "sample", "raw", "score"}"#;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptRecord {
+    pub id: String,
+    pub prompt: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateRecord {
+    pub id: String,
+    pub prompt_id: String,
+    pub prompt: String,
+    pub candidate: usize,
+    pub response: String,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgementRecord {
+    pub id: String,
+    pub candidate_id: String,
+    pub prompt_id: String,
+    pub sample: usize,
+    pub raw: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<ParseFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairRecord {
+    pub prompt_id: String,
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    pub chosen_score: f64,
+    pub rejected_score: f64,
+    pub schema_version: u32,
+}
