@@ -120,10 +120,13 @@ impl CustomOp2 for RmsNorm {
                 })
             })
         })???;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
-        ))
+        // A frozen weight (LoRA's base) gets no gradient buffer.
+        let dw = if w.is_variable() || w.track_op() {
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?)
+        } else {
+            None
+        };
+        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), dw))
     }
 }
 
@@ -325,6 +328,44 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(op)
 }
 
+/// `x Wᵀ` for a frozen `W`: one node whose backward gives `x` its gradient and nothing to `W`.
+/// (candle's matmul backward computes and keeps a gradient for both operands, a full GEMM and
+/// a weight-sized buffer per frozen matrix under LoRA.)
+struct FrozenLinear {
+    w: Tensor, // (out, in)
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (n, k) = l.shape().dims2()?;
+        let (m, k2) = self.w.dims2()?;
+        if k != k2 {
+            candle_core::bail!("linear: input has {k} features, weight expects {k2}");
+        }
+        let (ws, wl) = self.w.storage_and_layout();
+        let Storage::Cpu(w) = &*ws else {
+            candle_core::bail!("the training kernels run on the CPU");
+        };
+        let y = s.matmul(w, (1, n, m, k), l, &wl.transpose(0, 1)?)?;
+        Ok((y, Shape::from((n, m))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(g.matmul(&self.w)?)) // (n, out)(out, in) -> (n, in)
+    }
+}
+
+/// `x Wᵀ` (`x`: (n, in), `w`: (out, in)) where `w` takes no gradient.
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op1(FrozenLinear { w: w.contiguous()? })
+}
+
 struct SwiGlu;
 
 fn sigmoid(x: f32) -> f32 {
@@ -455,6 +496,29 @@ mod tests {
             .unwrap();
         let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_and_leaves_the_weight_alone() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (6, 5), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (4, 5), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap();
+        let fused = frozen_linear(x.as_tensor(), &w).unwrap();
+        let slow = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+        close(&fused, &slow, 1e-5);
+        let gf = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
+        assert!(
+            gf.get(&w).is_none(),
+            "no gradient buffer for the frozen weight"
+        );
     }
 
     #[test]

@@ -117,7 +117,10 @@ fn fetch_default(dir: &Path, target: &Path) -> Result<()> {
     // and the renames are atomic, so the target is always whole.
     static FETCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{DEFAULT_FILE}.partial-{}-{n}", std::process::id()));
+    let tmp = dir.join(format!(
+        ".{DEFAULT_FILE}.partial-{}-{n}",
+        std::process::id()
+    ));
     let mut out = std::fs::File::create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

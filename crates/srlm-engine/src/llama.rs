@@ -140,7 +140,17 @@ impl Linear {
             dropout,
         } = self
         {
-            let y = base.forward(x)?;
+            let y = match base.as_ref() {
+                // A frozen dense base under a trainable input: no gradient for the base.
+                Linear::Dense { w, b } if !w.is_variable() && !w.track_op() && x.track_op() => {
+                    let y = crate::autograd::frozen_linear(x, w)?;
+                    match b {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    }
+                }
+                other => other.forward(x)?,
+            };
             let h = match dropout {
                 Some(d) => d.forward(x)?,
                 None => x.clone(),

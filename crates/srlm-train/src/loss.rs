@@ -123,12 +123,15 @@ pub fn linear_token_logps(x: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Te
     let logps = Tensor::from_vec(out, n, x.device())?;
     let op = LinearTokenLogps {
         targets: targets.to_vec1::<u32>()?,
+        train_w: w.is_variable() || w.track_op(),
     };
     x.contiguous()?.apply_op3(&w.contiguous()?, &logps, op)
 }
 
 struct LinearTokenLogps {
     targets: Vec<u32>,
+    /// Whether the head's weight trains (not under LoRA, where it is frozen).
+    train_w: bool,
 }
 
 impl CustomOp3 for LinearTokenLogps {
@@ -180,11 +183,13 @@ impl CustomOp3 for LinearTokenLogps {
             })?;
             let grad = Tensor::from_vec(grad, (len, v), x.device())?;
             dx.push(grad.matmul(&w)?); // (len, hidden)
-            let dwc = grad.t()?.matmul(&xc)?; // (vocab, hidden)
-            dw = Some(match dw {
-                None => dwc,
-                Some(acc) => (acc + dwc)?,
-            });
+            if self.train_w {
+                let dwc = grad.t()?.matmul(&xc)?; // (vocab, hidden)
+                dw = Some(match dw {
+                    None => dwc,
+                    Some(acc) => (acc + dwc)?,
+                });
+            }
         }
         let dx = Tensor::cat(&dx, 0)?;
         Ok((Some(dx), dw, None))

@@ -125,6 +125,15 @@ impl ParamStore {
         self.vars.borrow().clone()
     }
 
+    /// The base weights as the model holds them (frozen under LoRA).
+    pub fn base_weights(&self) -> Vec<(String, Tensor)> {
+        self.base
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     pub fn trainable_count(&self) -> usize {
         self.vars.borrow().iter().map(|(_, v)| v.elem_count()).sum()
     }

@@ -251,6 +251,19 @@ fn lora_trains_only_adapters_and_merges_exactly() {
     );
     assert!(vars.iter().all(|(n, _)| n.contains(".lora_")));
     let base_before = trainer.store.merged_state().unwrap();
+    // The frozen base gets no gradient buffer: backprop stores gradients for adapters only.
+    let norm = sft.normalizers(&[0, 1]);
+    let out = sft
+        .micro_batch(&trainer.engine.model, &[0, 1], &norm)
+        .unwrap();
+    let grads = out.loss.backward().unwrap();
+    for (name, w) in trainer.store.base_weights() {
+        assert!(grads.get(&w).is_none(), "{name} got a gradient buffer");
+    }
+    for (name, v) in &vars {
+        assert!(grads.get(v.as_tensor()).is_some(), "{name} has no gradient");
+    }
+    drop(grads);
     let before = snapshot(&vars);
     run(&mut trainer, &sft).unwrap();
     for (((name, _), b), a) in vars.iter().zip(&before).zip(snapshot(&vars)) {
