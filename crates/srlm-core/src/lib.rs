@@ -6,6 +6,7 @@
 //! Nothing here depends on candle, so it builds and tests in seconds.
 
 pub mod generation;
+pub mod hash;
 pub mod headtohead;
 pub mod jsonl;
 pub mod judge;

@@ -140,17 +140,7 @@ impl Linear {
             dropout,
         } = self
         {
-            let y = match base.as_ref() {
-                // A frozen dense base under a trainable input: no gradient for the base.
-                Linear::Dense { w, b } if !w.is_variable() && !w.track_op() && x.track_op() => {
-                    let y = crate::autograd::frozen_linear(x, w)?;
-                    match b {
-                        Some(b) => y.broadcast_add(b)?,
-                        None => y,
-                    }
-                }
-                other => other.forward(x)?,
-            };
+            let y = base.forward(x)?;
             let h = match dropout {
                 Some(d) => d.forward(x)?,
                 None => x.clone(),
@@ -159,6 +149,11 @@ impl Linear {
             return y + (delta * *scale)?;
         }
         let (y, b) = match self {
+            // A frozen weight under a trainable input (LoRA's base): one node that gives the
+            // weight no gradient, where candle's matmul would compute and keep one.
+            Linear::Dense { w, b } if x.track_op() && !w.is_variable() && !w.track_op() => {
+                (crate::autograd::frozen_linear(x, w)?, b)
+            }
             Linear::Dense { w, b } => (x.matmul(&w.t()?)?, b),
             Linear::Quant { w, b } => (w.forward(x)?, b),
             Linear::Mixed { q, dense, b } => {
@@ -258,14 +253,6 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {
     match ops {
         Ops::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32),
         Ops::Differentiable => crate::autograd::rms_norm(x, w, eps),
-    }
-}
-
-/// Softmax over the last dim.
-fn softmax(x: &Tensor, ops: Ops) -> Result<Tensor> {
-    match ops {
-        Ops::Fused => candle_nn::ops::softmax_last_dim(&x.contiguous()?),
-        Ops::Differentiable => crate::autograd::softmax_last_dim(x),
     }
 }
 
@@ -380,7 +367,7 @@ fn attend(
     } else {
         att
     };
-    let p = softmax(&att, ops)?;
+    let p = candle_nn::ops::softmax_last_dim(&att.contiguous()?)?;
     let p = match dropout {
         Some(d) => d.forward(&p)?,
         None => p,

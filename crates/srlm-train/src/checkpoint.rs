@@ -40,15 +40,14 @@ fn sync_file(path: &Path) -> Result<()> {
 
 /// Writes f32 tensors as safetensors (with transformers' `format: pt` metadata), atomically.
 pub fn write_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut data: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        data.push((name.clone(), t.dims().to_vec(), bytes));
+        data.push((name.clone(), t.dims().to_vec(), v));
     }
     let mut views = BTreeMap::new();
-    for (name, shape, bytes) in &data {
-        let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
+    for (name, shape, values) in &data {
+        let view = TensorView::new(Dtype::F32, shape.clone(), crate::optim::f32_bytes(values))
             .map_err(|e| TrainError::Checkpoint(format!("{name}: {e}")))?;
         views.insert(name.clone(), view);
     }

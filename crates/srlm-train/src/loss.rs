@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use srlm_engine::autograd::with_f32;
+use srlm_engine::autograd::{contiguous_slice, with_f32};
 
 /// `log p(target)` at each row. `logits`: (n, vocab), `targets`: (n,) u32 -> (n,)
 ///
@@ -52,14 +52,8 @@ impl CustomOp2 for TokenLogps {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(logits), CpuStorage::U32(targets)) = (s1, s2) else {
-            candle_core::bail!("token_logps takes f32 logits and u32 targets");
-        };
-        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("token_logps takes contiguous tensors");
-        };
-        let (logits, targets) = (&logits[a..b], &targets[c..d]);
+        let logits = contiguous_slice::<f32>(s1, l1)?;
+        let targets = contiguous_slice::<u32>(s2, l2)?;
         let (n, v) = l1.shape().dims2()?;
         if targets.len() != n {
             candle_core::bail!("token_logps: {n} rows but {} targets", targets.len());

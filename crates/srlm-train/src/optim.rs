@@ -190,7 +190,7 @@ impl AdamW {
         for ((name, p), st) in self.params.iter().zip(&self.state) {
             let shape = p.dims().to_vec();
             for (suffix, data) in [("exp_avg", &st.m), ("exp_avg_sq", &st.v)] {
-                let bytes: &[u8] = bytemuck_f32(data);
+                let bytes: &[u8] = f32_bytes(data);
                 let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
                     .map_err(|e| TrainError::Checkpoint(format!("optimizer state: {e}")))?;
                 views.insert(format!("{name}.{suffix}"), view);
@@ -230,7 +230,8 @@ impl AdamW {
     }
 }
 
-fn bytemuck_f32(v: &[f32]) -> &[u8] {
+/// The bytes of `v` as safetensors stores f32 (little-endian), without a copy.
+pub(crate) fn f32_bytes(v: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8; the length is exact.
     // safetensors stores little-endian, which is every platform candle's CPU backend runs on.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }

@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use srlm_core::hash::fnv1a;
 use srlm_engine::llama::{Dropout, Linear, WeightSource};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -253,14 +254,4 @@ impl WeightSource for Wrapped<'_> {
     fn contains(&self, name: &str) -> bool {
         self.inner.contains(name)
     }
-}
-
-/// FNV-1a: a stable per-name seed.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf29ce484222325u64;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
 }

@@ -8,13 +8,14 @@
 use crate::checkpoint::{self, ResumeInfo};
 use crate::error::{Result, TrainError};
 use crate::optim::{clip_factor, global_norm, AdamW, AdamWConfig};
-use crate::params::{fnv1a, Method, ParamStore};
+use crate::params::{Method, ParamStore};
 use crate::schedule::Schedule;
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use srlm_core::hash::fnv1a;
 use srlm_core::JsonlWriter;
 use srlm_engine::gguf::WeightFormat;
 use srlm_engine::llama::{Dropout, Llama, Ops};

@@ -3,18 +3,15 @@
 //! a JSONL file as they finish (rerun to resume); the agreement metrics go to stdout and to
 //! `<out>.metrics.json`.
 
-use crate::generate::record_seed;
 use crate::model_args::{ModelArgs, SamplingArgs};
+use crate::stages::{encode_user, run_resumable, seeded};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use srlm_core::generation::{Message, PromptInput};
-use srlm_core::jsonl::{read_jsonl, recover_jsonl, JsonlWriter};
+use srlm_core::jsonl::{read_jsonl, recover_jsonl};
 use srlm_core::judge::{judge_prompt, mean_score, JudgeSample, ParseFailure};
 use srlm_core::metrics::{judge_agreement, RankedReplies};
 use srlm_core::oasst::{ranked_prompt, RankedPrompt, Tree, TreeFilter, OASST_HINT};
-use srlm_engine::generate::{Event, Generator, Request};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
@@ -99,63 +96,35 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     let mut too_long = 0usize;
     for p in &prompts {
         for (ri, (reply, rank)) in p.replies.iter().enumerate() {
-            let chat =
-                PromptInput::Chat(vec![Message::new("user", &judge_prompt(&p.prompt, reply))]);
-            let ids = engine.encode_prompt(&chat)?;
-            if ids.len() >= engine.model.max_positions() {
+            let Some(ids) = encode_user(&engine, &judge_prompt(&p.prompt, reply))? else {
                 // Left out of the metrics (as a missing score would be) and counted.
                 too_long += 1;
                 continue;
-            }
+            };
             for s in 0..a.k {
                 let id = format!("{}/{ri}/{s}", p.id);
                 meta.insert(id.clone(), (p.id.clone(), ri, s, *rank));
                 if done_ids.contains(&id) {
                     continue;
                 }
-                let mut params = base.clone();
-                params.seed = record_seed(base.seed, &id);
-                requests.push(Request {
-                    id,
-                    prompt_ids: ids.clone(),
-                    params,
-                });
+                requests.push(seeded(id, ids.clone(), &base));
             }
         }
     }
-    if !requests.is_empty() {
-        let mut out = JsonlWriter::append(&a.out)?;
-        let bar = ProgressBar::new(requests.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "judging {bar:30} {pos}/{len}  [{elapsed_precise} < {eta_precise}]",
-            )
-            .expect("valid template"),
-        );
-        let mut gen = Generator::new(&engine.model, &engine.tokenizer);
-        gen.max_batch = a.batch_size.max(1);
-        gen.run(requests, |ev| {
-            if let Event::Done(c) = ev {
-                let (prompt_id, reply, sample, human_rank) = meta[&c.id].clone();
-                let j = JudgeSample::parse(&c.text);
-                let rec = JudgementRecord {
-                    id: c.id,
-                    prompt_id,
-                    reply,
-                    sample,
-                    human_rank,
-                    raw: j.raw,
-                    score: j.score,
-                    failure: j.failure,
-                };
-                out.write(&rec)
-                    .map_err(|e| srlm_engine::EngineError::Config(e.to_string()))?;
-                bar.inc(1);
-            }
-            Ok(())
-        })?;
-        bar.finish_and_clear();
-    }
+    run_resumable(&engine, requests, &a.out, a.batch_size, "judging", |c| {
+        let (prompt_id, reply, sample, human_rank) = meta[&c.id].clone();
+        let j = JudgeSample::parse(&c.text);
+        JudgementRecord {
+            id: c.id,
+            prompt_id,
+            reply,
+            sample,
+            human_rank,
+            raw: j.raw,
+            score: j.score,
+            failure: j.failure,
+        }
+    })?;
 
     // Metrics over every judgement of the selected prompts.
     let all: Vec<JudgementRecord> = recover_jsonl(&a.out)?;

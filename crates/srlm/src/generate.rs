@@ -33,13 +33,7 @@ pub struct GenerateArgs {
 /// A record's seed: the record's own, else one derived from the run seed and the record id, so
 /// a record's completion does not depend on batching or on where a resumed run restarted.
 pub fn record_seed(base: u64, id: &str) -> u64 {
-    // FNV-1a: stable across platforms and Rust versions.
-    let mut h: u64 = 0xcbf29ce484222325 ^ base;
-    for b in id.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
+    srlm_core::hash::fnv1a_from(base, id.as_bytes())
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {

@@ -80,7 +80,7 @@ pub struct PairsArgs {
 
 /// Generates for `requests`, skipping ids already in `out`, appending `make(completion)` for
 /// each as it finishes.
-fn run_resumable<R: Serialize>(
+pub(crate) fn run_resumable<R: Serialize>(
     engine: &Engine,
     requests: Vec<Request>,
     out: &Path,
@@ -115,26 +115,26 @@ fn run_resumable<R: Serialize>(
     Ok(())
 }
 
-fn request(
-    engine: &Engine,
-    id: String,
-    user: &str,
-    base: &SamplingParams,
-) -> Result<Option<Request>> {
+/// The token ids of `user` as one chat turn, or None when they leave no room in the context.
+/// Encoded once per prompt; `seeded` then makes each sample's request.
+pub(crate) fn encode_user(engine: &Engine, user: &str) -> Result<Option<Vec<u32>>> {
     let ids = engine.encode_prompt(&PromptInput::Chat(vec![Message::new("user", user)]))?;
-    if ids.len() >= engine.model.max_positions() {
-        return Ok(None);
-    }
-    let mut params = base.clone();
-    params.seed = record_seed(base.seed, &id);
-    Ok(Some(Request {
-        id,
-        prompt_ids: ids,
-        params,
-    }))
+    Ok((ids.len() < engine.model.max_positions()).then_some(ids))
 }
 
-fn warn_too_long(n: usize, engine: &Engine) {
+/// A request whose seed derives from the run seed and its id, so a sample does not depend on
+/// batching or on where a resumed run restarted.
+pub(crate) fn seeded(id: String, prompt_ids: Vec<u32>, base: &SamplingParams) -> Request {
+    let mut params = base.clone();
+    params.seed = record_seed(base.seed, &id);
+    Request {
+        id,
+        prompt_ids,
+        params,
+    }
+}
+
+pub(crate) fn warn_too_long(n: usize, engine: &Engine) {
     if n > 0 {
         eprintln!(
             "srlm: {n} requests left out: longer than the context of {} tokens (raise --context-length)",
@@ -165,16 +165,20 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let mut meta = HashMap::new();
     let (mut requests, mut too_long) = (Vec::new(), 0);
     for p in &prompts {
-        for c in 0..a.n {
+        let todo: Vec<usize> = (0..a.n)
+            .filter(|c| !done.contains(&format!("{}/{c}", p.record.id)))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let Some(ids) = encode_user(&engine, &p.record.prompt)? else {
+            too_long += todo.len();
+            continue;
+        };
+        for c in todo {
             let id = format!("{}/{c}", p.record.id);
-            if done.contains(&id) {
-                continue;
-            }
             meta.insert(id.clone(), (p.record.clone(), c));
-            match request(&engine, id, &p.record.prompt, &base)? {
-                Some(r) => requests.push(r),
-                None => too_long += 1,
-            }
+            requests.push(seeded(id, ids.clone(), &base));
         }
     }
     warn_too_long(too_long, &engine);
@@ -203,17 +207,20 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
     let (mut requests, mut too_long) = (Vec::new(), 0);
     for c in &candidates {
         let c = &c.record;
-        let text = judge_prompt(&c.prompt, &c.response);
-        for s in 0..a.k {
+        let todo: Vec<usize> = (0..a.k)
+            .filter(|s| !done.contains(&format!("{}/{s}", c.id)))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let Some(ids) = encode_user(&engine, &judge_prompt(&c.prompt, &c.response))? else {
+            too_long += todo.len();
+            continue;
+        };
+        for s in todo {
             let id = format!("{}/{s}", c.id);
-            if done.contains(&id) {
-                continue;
-            }
             meta.insert(id.clone(), (c.id.clone(), c.prompt_id.clone(), s));
-            match request(&engine, id, &text, &base)? {
-                Some(r) => requests.push(r),
-                None => too_long += 1,
-            }
+            requests.push(seeded(id, ids.clone(), &base));
         }
     }
     warn_too_long(too_long, &engine);
