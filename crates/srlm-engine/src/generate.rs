@@ -1,12 +1,19 @@
 //! Batched generation with continuous batching: up to `max_batch` sequences decode together,
 //! each with its own KV cache and sampler; a finished sequence leaves at once (its completion is
 //! reported then) and the next request takes its place.
+//!
+//! Prompts often share a prefix: every judge call starts with the same instructions, and the N
+//! samples (or k judgements) of one prompt share all of it. With `prefix_reuse`, the keys and
+//! values of each prefilled prompt are kept (up to `prefix_cache_bytes`), a new request starts
+//! from a copy of the longest cached prefix it shares, and a request that shares more with a
+//! prompt still being prefilled waits for it rather than computing the same prefix twice.
 
 use crate::error::{EngineError, Result};
 use crate::llama::{KvCache, Llama};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use srlm_core::generation::FinishReason;
+use std::collections::VecDeque;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -34,6 +41,27 @@ pub enum Event<'a> {
     Done(Completion),
 }
 
+impl Sequence {
+    /// A sequence for `req` whose cache already holds its first `cached` prompt tokens.
+    fn new(req: Request, cache: KvCache, cached: usize) -> Self {
+        debug_assert_eq!(cache.len(), cached);
+        Sequence {
+            cache,
+            sampler: Sampler::new(req.params.clone()),
+            pending: req.prompt_ids[cached..].to_vec(),
+            generated: Vec::new(),
+            decoder: StreamDecoder::new(),
+            text: String::new(),
+            req,
+        }
+    }
+
+    /// Still feeding its prompt.
+    fn prefilling(&self) -> bool {
+        self.cache.len() < self.req.prompt_ids.len()
+    }
+}
+
 struct Sequence {
     req: Request,
     cache: KvCache,
@@ -52,6 +80,68 @@ pub struct Generator<'a> {
     pub max_batch: usize,
     /// Prompt tokens fed per step, summed over sequences (bounds activation memory).
     pub prefill_chunk: usize,
+    /// Reuse the keys and values of shared prompt prefixes.
+    pub prefix_reuse: bool,
+    /// Bytes of prompt caches kept for reuse (least recently used go first).
+    pub prefix_cache_bytes: usize,
+}
+
+/// What a run computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RunStats {
+    /// Prompt tokens of all requests.
+    pub prompt_tokens: usize,
+    /// Of those, tokens whose keys and values were copied from a cached prefix.
+    pub reused_tokens: usize,
+    pub generated_tokens: usize,
+}
+
+/// Waiting for a prompt still being prefilled pays off only when it saves this many tokens.
+const MIN_WAIT_GAIN: usize = 32;
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The caches of prefilled prompts, least recently used first.
+#[derive(Default)]
+struct PrefixStore {
+    entries: VecDeque<(Vec<u32>, KvCache)>,
+    bytes: usize,
+}
+
+impl PrefixStore {
+    /// The entry sharing the longest prefix with `prompt`, at most `prompt.len() - 1` tokens
+    /// (the last prompt token must be fed to get its logits): (index, shared tokens).
+    fn best(&self, prompt: &[u32]) -> Option<(usize, usize)> {
+        let cap = prompt.len().saturating_sub(1);
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, (toks, _))| (i, common_prefix(toks, prompt).min(cap)))
+            .filter(|&(_, n)| n > 0)
+            .max_by_key(|&(i, n)| (n, i))
+    }
+
+    /// A fresh cache holding `n` tokens of entry `i`, which becomes the most recently used.
+    fn take_prefix(&mut self, i: usize, n: usize) -> Result<KvCache> {
+        let entry = self.entries.remove(i).expect("index from best()");
+        let copy = entry.1.prefix_copy(n)?;
+        self.entries.push_back(entry);
+        Ok(copy)
+    }
+
+    fn insert(&mut self, tokens: Vec<u32>, cache: KvCache, budget: usize) {
+        if self.entries.iter().any(|(t, _)| *t == tokens) {
+            return;
+        }
+        self.bytes += cache.bytes();
+        self.entries.push_back((tokens, cache));
+        while self.bytes > budget && self.entries.len() > 1 {
+            let (_, old) = self.entries.pop_front().expect("non-empty");
+            self.bytes -= old.bytes();
+        }
+    }
 }
 
 impl<'a> Generator<'a> {
@@ -61,6 +151,8 @@ impl<'a> Generator<'a> {
             tokenizer,
             max_batch: 16,
             prefill_chunk: 2048,
+            prefix_reuse: true,
+            prefix_cache_bytes: 1 << 30,
         }
     }
 
@@ -83,32 +175,70 @@ impl<'a> Generator<'a> {
         &self,
         requests: impl IntoIterator<Item = Request>,
         mut on_event: impl FnMut(Event<'_>) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<RunStats> {
+        let mut stats = RunStats::default();
         let mut queue = requests.into_iter();
+        let mut waiting: VecDeque<Request> = VecDeque::new();
+        let mut store = PrefixStore::default();
         let mut active: Vec<Sequence> = Vec::new();
         let mut exhausted = false;
         loop {
-            while !exhausted && active.len() < self.max_batch {
-                match queue.next() {
-                    Some(req) => {
-                        self.check(&req)?;
-                        active.push(Sequence {
-                            cache: KvCache::new(),
-                            sampler: Sampler::new(req.params.clone()),
-                            pending: req.prompt_ids.clone(),
-                            generated: Vec::new(),
-                            decoder: StreamDecoder::new(),
-                            text: String::new(),
-                            req,
-                        });
-                    }
-                    None => exhausted = true,
+            // Admit waiting requests first (in order), then new ones. A request that shares a
+            // longer prefix with a prompt still being prefilled than with any cached one waits.
+            let mut still_waiting = VecDeque::new();
+            while active.len() < self.max_batch {
+                let req = match waiting.pop_front() {
+                    Some(r) => r,
+                    None if still_waiting.len() >= 4 * self.max_batch => break,
+                    None => match (!exhausted).then(|| queue.next()).flatten() {
+                        Some(r) => {
+                            self.check(&r)?;
+                            r
+                        }
+                        None => {
+                            exhausted = true;
+                            break;
+                        }
+                    },
+                };
+                if !self.prefix_reuse {
+                    stats.prompt_tokens += req.prompt_ids.len();
+                    active.push(Sequence::new(req, KvCache::new(), 0));
+                    continue;
                 }
+                let cached = store.best(&req.prompt_ids);
+                let have = cached.map(|c| c.1).unwrap_or(0);
+                let cap = req.prompt_ids.len() - 1;
+                let pending_gain = active
+                    .iter()
+                    .filter(|s| s.prefilling())
+                    .map(|s| common_prefix(&s.req.prompt_ids, &req.prompt_ids).min(cap))
+                    .max()
+                    .unwrap_or(0);
+                if pending_gain >= have + MIN_WAIT_GAIN {
+                    still_waiting.push_back(req);
+                    continue;
+                }
+                let cache = match cached {
+                    Some((i, n)) => store.take_prefix(i, n)?,
+                    None => KvCache::new(),
+                };
+                stats.prompt_tokens += req.prompt_ids.len();
+                stats.reused_tokens += have;
+                active.push(Sequence::new(req, cache, have));
             }
+            still_waiting.extend(waiting.drain(..));
+            waiting = still_waiting;
             if active.is_empty() {
-                return Ok(());
+                if waiting.is_empty() {
+                    return Ok(stats);
+                }
+                // Nothing is prefilling, so nothing blocks the first waiting request.
+                let req = waiting.pop_front().expect("non-empty");
+                stats.prompt_tokens += req.prompt_ids.len();
+                active.push(Sequence::new(req, KvCache::new(), 0));
             }
-            self.step(&mut active, &mut on_event)?;
+            stats.generated_tokens += self.step(&mut active, &mut store, &mut on_event)?;
         }
     }
 
@@ -117,8 +247,10 @@ impl<'a> Generator<'a> {
     fn step(
         &self,
         active: &mut Vec<Sequence>,
+        store: &mut PrefixStore,
         on_event: &mut impl FnMut(Event<'_>) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<usize> {
+        let mut sampled = 0;
         // Feed prompts in chunks so one long prompt cannot blow up activation memory.
         let mut budget = self.prefill_chunk.max(active.len());
         let mut feeds: Vec<usize> = Vec::with_capacity(active.len());
@@ -157,6 +289,17 @@ impl<'a> Generator<'a> {
             if !s.pending.is_empty() {
                 continue; // still prefilling
             }
+            if self.prefix_reuse
+                && s.generated.is_empty()
+                && s.cache.len() == s.req.prompt_ids.len()
+            {
+                // The prompt's keys and values, shared: later appends write past its end.
+                store.insert(
+                    s.req.prompt_ids.clone(),
+                    s.cache.clone(),
+                    self.prefix_cache_bytes,
+                );
+            }
             let seen: Vec<u32> = if s.sampler.params().repetition_penalty != 1.0 {
                 s.req
                     .prompt_ids
@@ -168,6 +311,7 @@ impl<'a> Generator<'a> {
                 Vec::new()
             };
             let tok = s.sampler.sample(&mut row, &seen);
+            sampled += 1;
             if let Some(reason) = self.push_token(s, tok, on_event)? {
                 finished.push((i, reason));
             } else {
@@ -186,7 +330,7 @@ impl<'a> Generator<'a> {
                 prompt_tokens: s.req.prompt_ids.len(),
             }))?;
         }
-        Ok(())
+        Ok(sampled)
     }
 
     /// Records a sampled token; returns why the sequence ends, if it does.

@@ -312,6 +312,45 @@ impl KvCache {
     fn advance(&mut self, t: usize) {
         self.len += t;
     }
+
+    /// A new cache holding a copy of this one's first `n` tokens (its own buffers, so both can
+    /// grow independently): the keys and values of a shared prompt prefix, computed once.
+    pub fn prefix_copy(&self, n: usize) -> Result<KvCache> {
+        assert!(
+            n <= self.len,
+            "prefix of {n} tokens from a cache of {}",
+            self.len
+        );
+        let mut out = KvCache::new();
+        if n == 0 {
+            return Ok(out);
+        }
+        let cap = n.div_ceil(CACHE_CHUNK) * CACHE_CHUNK;
+        for layer in &self.layers {
+            let Some((k, v)) = layer else {
+                out.layers.push(None);
+                continue;
+            };
+            let copy = |src: &Tensor| -> Result<Tensor> {
+                let (kvh, _, d) = src.dims3()?;
+                let buf = Tensor::zeros((kvh, cap, d), src.dtype(), src.device())?;
+                buf.slice_set(&src.narrow(1, 0, n)?.contiguous()?, 1, 0)?;
+                Ok(buf)
+            };
+            out.layers.push(Some((copy(k)?, copy(v)?)));
+        }
+        out.len = n;
+        Ok(out)
+    }
+
+    /// Bytes the cache's buffers hold.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
 }
 
 struct Attention {

@@ -122,8 +122,18 @@ fn greedy_requests(n: usize) -> Vec<Request> {
 }
 
 fn run(engine: &Engine, reqs: Vec<Request>, max_batch: usize) -> Vec<(String, Vec<u32>)> {
+    run_with(engine, reqs, max_batch, true)
+}
+
+fn run_with(
+    engine: &Engine,
+    reqs: Vec<Request>,
+    max_batch: usize,
+    prefix_reuse: bool,
+) -> Vec<(String, Vec<u32>)> {
     let mut gen = Generator::new(&engine.model, &engine.tokenizer);
     gen.max_batch = max_batch;
+    gen.prefix_reuse = prefix_reuse;
     let mut out = Vec::new();
     gen.run(reqs, |ev| {
         if let srlm_engine::generate::Event::Done(c) = ev {
@@ -134,6 +144,77 @@ fn run(engine: &Engine, reqs: Vec<Request>, max_batch: usize) -> Vec<(String, Ve
     .unwrap();
     out.sort();
     out
+}
+
+#[test]
+fn a_copied_prefix_cache_continues_like_the_original() {
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let prefix: Vec<u32> = (0..40).map(|t| (t * 13 + 5) % 290 + 3).collect();
+    let suffix: Vec<u32> = vec![17, 99, 4, 250];
+    let mut full = KvCache::new();
+    let mut all = prefix.clone();
+    all.extend(&suffix);
+    let want = engine
+        .model
+        .forward_segments(&[all.as_slice()], &mut [&mut full])
+        .unwrap();
+    let mut original = KvCache::new();
+    engine
+        .model
+        .forward_segments(&[prefix.as_slice()], &mut [&mut original])
+        .unwrap();
+    // The copy is independent: the original grows on after it was taken.
+    let mut copy = original.prefix_copy(30).unwrap();
+    engine
+        .model
+        .forward_segments(&[&[1, 2, 3][..]], &mut [&mut original])
+        .unwrap();
+    let got = engine
+        .model
+        .forward_segments(&[&all[30..]], &mut [&mut copy])
+        .unwrap();
+    assert_eq!(copy.len(), all.len());
+    let err = max_rel_err(&got, &want);
+    assert!(err < 1e-5, "{err}");
+}
+
+#[test]
+fn prefix_reuse_gives_the_same_completions() {
+    // Judge-like requests: a long shared instruction, then per-item text, each item asked
+    // three times; sampled, so that any difference in the prompt's state would show.
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let shared: Vec<u32> = (0..60).map(|t| (t * 7 + 3) % 290 + 3).collect();
+    let mut reqs = Vec::new();
+    for item in 0..5u32 {
+        for k in 0..3u64 {
+            let mut ids = shared.clone();
+            ids.extend((0..(4 + item)).map(|t| (t * 31 + item * 17) % 290 + 3));
+            reqs.push(Request {
+                id: format!("i{item}/{k}"),
+                prompt_ids: ids,
+                params: SamplingParams {
+                    temperature: 1.0,
+                    max_new_tokens: 8,
+                    seed: k + 10 * item as u64,
+                    ..Default::default()
+                },
+            });
+        }
+    }
+    let mut gen = Generator::new(&engine.model, &engine.tokenizer);
+    gen.max_batch = 4;
+    let stats = gen.run(reqs.clone(), |_| Ok(())).unwrap();
+    // Every request but the first reuses the shared instruction; the 2nd and 3rd ask of an
+    // item reuse all but the last prompt token.
+    assert_eq!(
+        stats.prompt_tokens,
+        reqs.iter().map(|r| r.prompt_ids.len()).sum::<usize>()
+    );
+    assert!(stats.reused_tokens >= 14 * 60, "{stats:?}");
+    let with = run_with(&engine, reqs.clone(), 4, true);
+    let without = run_with(&engine, reqs, 4, false);
+    assert_eq!(with.len(), 15);
+    assert_eq!(with, without);
 }
 
 #[test]

@@ -14,6 +14,29 @@ pub enum BenchCommand {
     Generate(BenchGenerateArgs),
     /// Tokens/s and peak memory of full fine-tuning steps (SFT and DPO), phase by phase.
     Train(BenchTrainArgs),
+    /// Judgements per minute (N candidates per prompt, k judgements each), with and without
+    /// reuse of the shared prompt prefixes' keys and values.
+    Judge(BenchJudgeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchJudgeArgs {
+    /// Prompts judged.
+    #[arg(long, default_value_t = 4)]
+    pub prompts: usize,
+    /// Candidates per prompt.
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    /// Judgements per candidate.
+    #[arg(long, default_value_t = 3)]
+    pub k: usize,
+    /// New tokens per judgement (each runs to this length, so both settings decode the same).
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +83,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Generate(a) => bench_generate(a),
         BenchCommand::Train(a) => bench_train(a),
+        BenchCommand::Judge(a) => bench_judge(a),
     }
 }
 
@@ -325,4 +349,79 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!("srlm-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+/// Questions and an answer to cut into candidates of different lengths, for `bench judge`.
+const BENCH_QUESTIONS: [&str; 4] = [
+    "How do I keep basil alive on a windowsill?",
+    "Explain what a hash map is to a new programmer.",
+    "Write a short note asking a neighbour to turn their music down after 10pm.",
+    "What are the pros and cons of working from home?",
+];
+const BENCH_ANSWER: &str = "Start with the basics. Give it plenty of light, at least six hours a day, and water it when the top of the soil feels dry rather than on a fixed schedule. Pinch off the top leaves regularly so it grows bushy instead of tall, and remove flower buds as soon as they appear. Use a pot with drainage holes, feed it lightly every few weeks, and keep it away from cold drafts. If the leaves turn yellow, you are probably overwatering; if they droop, it needs water or more light.";
+
+fn bench_judge(a: BenchJudgeArgs) -> Result<()> {
+    use srlm_core::judge::judge_prompt;
+    use srlm_engine::generate::{Generator, Request};
+    use srlm_engine::sampling::SamplingParams;
+    let engine = a.model.load()?;
+    let words: Vec<&str> = BENCH_ANSWER.split(' ').collect();
+    let mut requests = Vec::new();
+    for p in 0..a.prompts {
+        let question = BENCH_QUESTIONS[p % BENCH_QUESTIONS.len()];
+        for c in 0..a.n {
+            // Candidates of different lengths, as N samples of one prompt are.
+            let take = words.len() * (c + 1) / a.n.max(1);
+            let answer = words[..take.max(1)].join(" ");
+            let ids = crate::stages::encode_user(&engine, &judge_prompt(question, &answer))?
+                .ok_or_else(|| anyhow::anyhow!("judge prompt longer than the context"))?;
+            for k in 0..a.k {
+                requests.push(Request {
+                    id: format!("{p}/{c}/{k}"),
+                    prompt_ids: ids.clone(),
+                    params: SamplingParams {
+                        temperature: 0.7,
+                        top_p: 0.9,
+                        max_new_tokens: a.max_new_tokens,
+                        seed: (p * 1000 + c * 10 + k) as u64,
+                        ..Default::default()
+                    },
+                });
+            }
+        }
+    }
+    // Judgements run to max_new_tokens: no EOS, so both settings decode the same tokens.
+    let mut tokenizer = engine.tokenizer.clone();
+    tokenizer.eos_ids.clear();
+    let judgements = requests.len();
+    let threads = candle_core::utils::get_num_threads();
+    let mut per_minute = Vec::new();
+    for reuse in [false, true] {
+        let mut gen = Generator::new(&engine.model, &tokenizer);
+        gen.max_batch = a.batch_size.max(1);
+        gen.prefix_reuse = reuse;
+        let t = Instant::now();
+        let stats = gen.run(requests.clone(), |_| Ok(()))?;
+        let secs = t.elapsed().as_secs_f64();
+        let rate = judgements as f64 * 60.0 / secs;
+        per_minute.push(rate);
+        println!(
+            "prefix reuse {:>3}: {judgements} judgements in {secs:.1} s = {rate:.1} judgements/min; prompt tokens {} of which reused {} ({:.0}%), {} generated",
+            if reuse { "on" } else { "off" },
+            stats.prompt_tokens,
+            stats.reused_tokens,
+            100.0 * stats.reused_tokens as f64 / stats.prompt_tokens.max(1) as f64,
+            stats.generated_tokens,
+        );
+    }
+    println!(
+        "speed-up from prefix reuse: {:.2}x ({} prompts x {} candidates x {} judgements, {} threads, peak {:.0} MiB)",
+        per_minute[1] / per_minute[0],
+        a.prompts,
+        a.n,
+        a.k,
+        threads,
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    Ok(())
 }
