@@ -120,6 +120,42 @@ pub fn recover_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlEr
     Ok(out)
 }
 
+/// Writes `records` to `path` as a whole: to a temporary file beside it, then renamed over it,
+/// so a reader sees the old file or the complete new one, never a part.
+pub fn write_jsonl_atomic<T: Serialize>(path: &Path, records: &[T]) -> Result<(), JsonlError> {
+    let mut text = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut text, r).map_err(|e| JsonlError::Record {
+            path: path.to_path_buf(),
+            line: 0,
+            message: format!("cannot serialise record: {e}"),
+            hint: "this is a bug in srlm".into(),
+        })?;
+        text.push(b'\n');
+    }
+    write_atomic(path, &text)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JsonlError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| JsonlError::io(dir, e))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        JsonlError::io(path, e)
+    })
+}
+
 /// Appends records, one line each, flushed to the OS after every record.
 pub struct JsonlWriter {
     path: PathBuf,
@@ -140,6 +176,25 @@ impl JsonlWriter {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
         })
+    }
+
+    /// Appends several records with one write (a crash keeps all or a torn tail, which
+    /// `recover_jsonl` cuts off).
+    pub fn write_all<T: Serialize>(&mut self, records: &[T]) -> Result<(), JsonlError> {
+        let mut text = Vec::new();
+        for r in records {
+            serde_json::to_writer(&mut text, r).map_err(|e| JsonlError::Record {
+                path: self.path.clone(),
+                line: 0,
+                message: format!("cannot serialise record: {e}"),
+                hint: "this is a bug in srlm".into(),
+            })?;
+            text.push(b'\n');
+        }
+        self.out
+            .write_all(&text)
+            .and_then(|_| self.out.flush())
+            .map_err(|e| JsonlError::io(&self.path, e))
     }
 
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), JsonlError> {

@@ -5,6 +5,7 @@
 //!
 //! Nothing here depends on candle, so it builds and tests in seconds.
 
+pub mod eft;
 pub mod generation;
 pub mod hash;
 pub mod headtohead;
@@ -14,6 +15,8 @@ pub mod metrics;
 pub mod oasst;
 pub mod pairs;
 pub mod rouge;
+pub mod seed;
+pub mod selfinstruct;
 pub mod stages;
 pub mod train_data;
 

@@ -2,9 +2,11 @@
 
 mod bench;
 mod chat;
+mod eft;
 mod eval;
 mod generate;
 mod model_args;
+mod prompts;
 mod stages;
 mod train;
 
@@ -31,6 +33,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Generate completions for a JSONL file of prompts (resumable).
     Generate(generate::GenerateArgs),
+    /// New prompts by self-instruction: few-shot from the seed, filtered (resumable).
+    Prompts(prompts::PromptsArgs),
     /// Sample N candidate responses per prompt (resumable).
     Sample(stages::SampleArgs),
     /// Judge candidates k times each with the additive 5-point prompt (resumable).
@@ -41,6 +45,8 @@ enum Command {
     Sft(train::SftArgs),
     /// Direct Preference Optimization on {"prompt", "chosen", "rejected"} JSONL (resumable).
     Dpo(train::DpoArgs),
+    /// Judge-training (EFT) examples from `eval judge` judgements that agree with human ranks.
+    Eft(eft::EftArgs),
     /// Evaluation: the judge against human rankings.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -70,11 +76,13 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Chat(a) => chat::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Prompts(a) => prompts::run(a),
         Command::Sample(a) => stages::sample(a),
         Command::Judge(a) => stages::judge(a),
         Command::Pairs(a) => stages::pairs(a),
         Command::Sft(a) => train::run_sft(a),
         Command::Dpo(a) => train::run_dpo(a),
+        Command::Eft(a) => eft::run(a),
         Command::Eval(e) => eval::run(e),
         Command::Bench(b) => bench::run(b),
         Command::Fetch => {

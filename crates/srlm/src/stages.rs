@@ -5,12 +5,12 @@
 
 use crate::generate::record_seed;
 use crate::model_args::{ModelArgs, SamplingArgs};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use srlm_core::generation::{Message, PromptInput};
-use srlm_core::jsonl::{read_jsonl, recover_jsonl, JsonlWriter};
+use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_jsonl_atomic, JsonlWriter};
 use srlm_core::judge::{judge_prompt, JudgeSample};
 use srlm_core::pairs::{build_pairs, PairOptions};
 use srlm_core::stages::{
@@ -253,14 +253,7 @@ pub fn pairs(a: PairsArgs) -> Result<()> {
         length_control: a.length_control,
     };
     let (pairs, stats) = build_pairs(&candidates, &judgements, &opts);
-    let mut text = String::new();
-    for p in &pairs {
-        text.push_str(&serde_json::to_string(p)?);
-        text.push('\n');
-    }
-    let tmp = a.out.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    write_jsonl_atomic(&a.out, &pairs)?;
     println!("{}", serde_json::to_string(&stats)?);
     Ok(())
 }
