@@ -4,9 +4,11 @@ mod bench;
 mod chat;
 mod eft;
 mod eval;
+mod faults;
 mod generate;
 mod model_args;
 mod prompts;
+mod run;
 mod stages;
 mod train;
 
@@ -19,16 +21,19 @@ use clap::{Parser, Subcommand};
     version,
     about = "Self-Rewarding Language Models: generate, judge, train, repeat"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, global = true, default_value = "warn", env = "SRLM_LOG")]
     log: String,
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
+    /// The whole self-rewarding loop, M0 -> M1 (SFT) -> M2 -> M3 (DPO), in a run directory
+    /// (resumable: rerun the same command).
+    Run(run::RunArgs),
     /// Chat with a model in the terminal; tokens stream as they come.
     Chat(chat::ChatArgs),
     /// Generate completions for a JSONL file of prompts (resumable).
@@ -66,14 +71,16 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(cli) {
+    if let Err(e) = dispatch(cli.command) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+/// Runs one command (also how `srlm run` runs its stages).
+pub(crate) fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Prompts(a) => prompts::run(a),

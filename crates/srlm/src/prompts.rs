@@ -269,6 +269,7 @@ pub fn write_prompts(a: &PromptsArgs) -> Result<PromptsSummary> {
                 });
             }
             writer.write_all(&records)?;
+            crate::faults::crash_point(&a.out, round + 1);
             attempts += size;
             round += 1;
             bar.set_position(kept.len() as u64);

@@ -108,6 +108,7 @@ pub(crate) fn run_resumable<R: Serialize>(
                 .write(&make(c))
                 .map_err(|e| srlm_engine::EngineError::Config(e.to_string()))?;
             bar.inc(1);
+            crate::faults::crash_point(out, bar.position());
         }
         Ok(())
     })?;

@@ -177,7 +177,8 @@ impl TrainArgs {
 }
 
 /// A progress bar fed by the trainer: step, loss, tokens/s, ETA.
-fn progress_bar() -> impl FnMut(&Progress) {
+fn progress_bar(out: &Path) -> impl FnMut(&Progress) {
+    let out = out.to_path_buf();
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} eta {eta}")
@@ -197,6 +198,7 @@ fn progress_bar() -> impl FnMut(&Progress) {
         if p.step == p.total_steps {
             bar.finish();
         }
+        crate::faults::crash_point(&out, p.step);
     }
 }
 
@@ -261,7 +263,7 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
         eval.as_ref()
             .map(|e| e as &dyn srlm_train::trainer::Objective),
         &fp,
-        &mut progress_bar(),
+        &mut progress_bar(&a.train.out),
     )?;
     report(&summary, &trainer);
     Ok(())
@@ -337,7 +339,7 @@ pub fn run_dpo(a: DpoArgs) -> Result<()> {
         eval.as_ref()
             .map(|e| e as &dyn srlm_train::trainer::Objective),
         &fp,
-        &mut progress_bar(),
+        &mut progress_bar(&a.train.out),
     )?;
     report(&summary, &trainer);
     Ok(())

@@ -1,0 +1,830 @@
+//! `srlm run`: the whole self-rewarding loop in a run directory.
+//!
+//! M0 (the base model) is fine-tuned on the seed's IFT and EFT examples into M1; then for
+//! t = 1..=iterations: new prompts (self-instruction), N candidates per prompt from M_t, k
+//! judgements per candidate by M_t, best-against-worst pairs, and DPO from M_t gives M_{t+1}.
+//!
+//! Every stage is one of srlm's own commands on explicit files; the run composes their command
+//! lines from the config, and the manifest records each finished stage with its command and the
+//! SHA-256 of its inputs. Run the same command again after an interruption: finished stages are
+//! skipped (their inputs checked), and the interrupted one resumes from its own partial output.
+//!
+//! ```text
+//! RUN/config.toml        the resolved config (a rerun with a different one is refused)
+//! RUN/manifest.json      finished stages: command, inputs by hash, outputs, seconds
+//! RUN/seed/              ift.jsonl, eft.jsonl, sft.jsonl (IFT + EFT as prompt/response)
+//! RUN/models/m1 ...      Hugging Face folders
+//! RUN/iter1/             prompts.jsonl (+ .attempts.jsonl), candidates.jsonl,
+//!                        judgements.jsonl, pairs.jsonl (+ .stats.json)
+//! ```
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use srlm_core::jsonl::{read_jsonl, write_atomic, write_jsonl_atomic};
+use srlm_core::judge::judge_prompt;
+use srlm_core::seed::{load_eft, load_ift, EftExample, IftExample};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The shipped seed set, written for srlm (see `crates/srlm/seed/README.md`).
+pub const BUILTIN_IFT: &str = include_str!("../seed/ift.jsonl");
+pub const BUILTIN_EFT: &str = include_str!("../seed/eft.jsonl");
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A TOML config (every key optional; `srlm run --print-config` shows the defaults).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The run directory (created; rerun the same command to resume).
+    #[arg(long, default_value = "runs/default")]
+    pub out: PathBuf,
+    /// Print the resolved config and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// DPO iterations after SFT: 2 gives M1 -> M2 -> M3.
+    pub iterations: usize,
+    pub seed: u64,
+    /// Sequences generated together.
+    pub batch_size: usize,
+    pub model: ModelSection,
+    pub seed_data: SeedSection,
+    pub sft: TrainSection,
+    pub prompts: PromptsSection,
+    pub sample: GenSection,
+    pub judge: JudgeSection,
+    pub pairs: PairsSection,
+    pub dpo: DpoSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// M0: a GGUF file or Hugging Face folder; empty for the default SmolLM2-135M-Instruct.
+    pub base: String,
+    /// How generation holds weights: mixed, q8_0, native, dense.
+    pub weights: String,
+    pub context_length: usize,
+    /// CPU threads; 0 for all cores.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeedSection {
+    /// IFT files in any seed format; "builtin" is the shipped set.
+    pub ift: Vec<String>,
+    /// EFT files ({"instruction", "response", "judgement", "score"}); "builtin" is the shipped set.
+    pub eft: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    pub lr: f64,
+    pub min_lr: f64,
+    pub epochs: usize,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    pub warmup_steps: u64,
+    pub max_len: usize,
+    pub dropout: f32,
+    pub lora_rank: usize,
+    /// Steps between saves of the resume state.
+    pub save_every: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptsSection {
+    /// New prompts per iteration.
+    pub count: usize,
+    /// Who writes them: "base" (M0, fixed, as the paper's fixed generator), "current" (M_t),
+    /// or a model path.
+    pub generator: String,
+    pub from_seed: usize,
+    pub from_generated: usize,
+    pub max_rouge_l: f64,
+    pub min_words: usize,
+    pub max_words: usize,
+    /// Empty: Self-Instruct's list.
+    pub blocklist: Vec<String>,
+    pub max_attempts_factor: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenSection {
+    /// Candidates per prompt.
+    pub n: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JudgeSection {
+    /// Judgements per candidate.
+    pub k: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PairsSection {
+    pub min_margin: f64,
+    /// Among candidates within this of the best score, prefer the shortest; negative is off.
+    pub length_control: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpoSection {
+    pub beta: f64,
+    /// sigmoid or ipo.
+    pub loss: String,
+    pub rpo_alpha: f64,
+    pub label_smoothing: f64,
+    #[serde(flatten)]
+    pub train: TrainSection,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            iterations: 2,
+            seed: 0,
+            batch_size: 16,
+            model: ModelSection::default(),
+            seed_data: SeedSection::default(),
+            sft: TrainSection::default(),
+            prompts: PromptsSection::default(),
+            sample: GenSection::default(),
+            judge: JudgeSection::default(),
+            pairs: PairsSection::default(),
+            dpo: DpoSection::default(),
+        }
+    }
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            base: String::new(),
+            weights: "mixed".into(),
+            context_length: 2048,
+            threads: 0,
+        }
+    }
+}
+
+impl Default for SeedSection {
+    fn default() -> Self {
+        Self {
+            ift: vec!["builtin".into()],
+            eft: vec!["builtin".into()],
+        }
+    }
+}
+
+impl Default for TrainSection {
+    /// SFT for a small model: the paper's 5.5e-6 is Llama 2 70B's rate; a 135M model learns the
+    /// judge format from a few hundred examples only with a larger one.
+    fn default() -> Self {
+        Self {
+            lr: 3e-5,
+            min_lr: 3e-6,
+            epochs: 1,
+            micro_batch: 4,
+            grad_accum: 4,
+            warmup_steps: 2,
+            max_len: 1024,
+            dropout: 0.0,
+            lora_rank: 0,
+            save_every: 25,
+        }
+    }
+}
+
+impl Default for PromptsSection {
+    fn default() -> Self {
+        Self {
+            count: 32,
+            generator: "base".into(),
+            from_seed: 6,
+            from_generated: 2,
+            max_rouge_l: 0.7,
+            min_words: 3,
+            max_words: 150,
+            blocklist: Vec::new(),
+            max_attempts_factor: 10,
+            temperature: 0.6,
+            top_p: 0.9,
+            max_new_tokens: 96,
+        }
+    }
+}
+
+impl Default for GenSection {
+    fn default() -> Self {
+        Self {
+            n: 4,
+            temperature: 0.7,
+            top_p: 0.9,
+            max_new_tokens: 256,
+        }
+    }
+}
+
+impl Default for JudgeSection {
+    fn default() -> Self {
+        Self {
+            k: 3,
+            temperature: 0.7,
+            top_p: 0.9,
+            max_new_tokens: 160,
+        }
+    }
+}
+
+impl Default for PairsSection {
+    fn default() -> Self {
+        Self {
+            min_margin: 0.0,
+            length_control: -1.0,
+        }
+    }
+}
+
+impl Default for DpoSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            loss: "sigmoid".into(),
+            rpo_alpha: 0.0,
+            label_smoothing: 0.0,
+            train: TrainSection {
+                lr: 2e-6,
+                min_lr: 2e-6,
+                epochs: 1,
+                micro_batch: 2,
+                grad_accum: 4,
+                warmup_steps: 0,
+                max_len: 1024,
+                dropout: 0.0,
+                lora_rank: 0,
+                save_every: 25,
+            },
+        }
+    }
+}
+
+/// One finished stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageEntry {
+    /// The srlm command line that ran it (without the program name).
+    pub command: Vec<String>,
+    /// Input path (relative to the run) -> SHA-256.
+    pub inputs: BTreeMap<String, String>,
+    pub outputs: Vec<String>,
+    pub seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub stages: BTreeMap<String, StageEntry>,
+}
+
+fn sha256_file(path: &Path, h: &mut Sha256) -> Result<()> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    std::io::copy(&mut f, h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(())
+}
+
+/// SHA-256 of a file, or of a model folder's config and weights.
+pub fn input_hash(path: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                name == "config.json" || name.ends_with(".safetensors")
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            h.update(
+                f.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
+            sha256_file(&f, &mut h)?;
+        }
+    } else {
+        sha256_file(path, &mut h)?;
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+struct Run {
+    dir: PathBuf,
+    manifest: Manifest,
+    base: PathBuf,
+    stage_no: usize,
+    stage_total: usize,
+}
+
+impl Run {
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.join("manifest.json")
+    }
+
+    fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(&self.dir).unwrap_or(p).display().to_string()
+    }
+
+    fn save_manifest(&self) -> Result<()> {
+        write_atomic(
+            &self.manifest_path(),
+            serde_json::to_string_pretty(&self.manifest)?.as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Runs `name` unless the manifest holds it finished with the same inputs. `body` does the
+    /// work (itself resumable) and may return stats to record.
+    fn stage(
+        &mut self,
+        name: &str,
+        command: Vec<String>,
+        inputs: &[&Path],
+        outputs: &[&Path],
+        body: impl FnOnce(&[String]) -> Result<Option<serde_json::Value>>,
+    ) -> Result<()> {
+        self.stage_no += 1;
+        let mut hashes = BTreeMap::new();
+        for p in inputs {
+            hashes.insert(self.rel(p), input_hash(p)?);
+        }
+        if let Some(done) = self.manifest.stages.get(name) {
+            if done.inputs == hashes && outputs.iter().all(|o| o.exists()) {
+                eprintln!(
+                    "[{}/{}] {name}: done ({:.0} s)",
+                    self.stage_no, self.stage_total, done.seconds
+                );
+                return Ok(());
+            }
+            bail!(
+                "stage `{name}` of {} finished earlier with other inputs or lost its outputs\n  hint: start a new run directory, or delete the stage's outputs and its entry in manifest.json to redo it",
+                self.dir.display()
+            );
+        }
+        eprintln!(
+            "[{}/{}] {name}: srlm {}",
+            self.stage_no,
+            self.stage_total,
+            command.join(" ")
+        );
+        let t = Instant::now();
+        let stats = body(&command).with_context(|| format!("stage `{name}`"))?;
+        let entry = StageEntry {
+            command,
+            inputs: hashes,
+            outputs: outputs.iter().map(|o| self.rel(o)).collect(),
+            seconds: t.elapsed().as_secs_f64(),
+            stats,
+        };
+        self.manifest.stages.insert(name.to_string(), entry);
+        self.save_manifest()
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Runs one of srlm's own commands, parsed from `args` as the command line would be.
+fn srlm(args: &[String]) -> Result<()> {
+    let cli =
+        crate::Cli::try_parse_from(std::iter::once("srlm".to_string()).chain(args.iter().cloned()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::dispatch(cli.command)
+}
+
+fn model_flags(cfg: &RunConfig, model: &Path) -> Vec<String> {
+    let mut v = vec![
+        "--model".into(),
+        s(model),
+        "--weights".into(),
+        cfg.model.weights.clone(),
+        "--context-length".into(),
+        cfg.model.context_length.to_string(),
+    ];
+    if cfg.model.threads > 0 {
+        v.extend(["--threads".into(), cfg.model.threads.to_string()]);
+    }
+    v
+}
+
+fn train_flags(cfg: &RunConfig, t: &TrainSection, model: &Path, out: &Path) -> Vec<String> {
+    let mut v = vec![
+        "--model".into(),
+        s(model),
+        "--out".into(),
+        s(out),
+        "--lr".into(),
+        t.lr.to_string(),
+        "--min-lr".into(),
+        t.min_lr.to_string(),
+        "--epochs".into(),
+        t.epochs.to_string(),
+        "--micro-batch".into(),
+        t.micro_batch.to_string(),
+        "--grad-accum".into(),
+        t.grad_accum.to_string(),
+        "--warmup-steps".into(),
+        t.warmup_steps.to_string(),
+        "--max-len".into(),
+        t.max_len.to_string(),
+        "--dropout".into(),
+        t.dropout.to_string(),
+        "--lora-rank".into(),
+        t.lora_rank.to_string(),
+        "--save-every".into(),
+        t.save_every.to_string(),
+        "--seed".into(),
+        cfg.seed.to_string(),
+    ];
+    if cfg.model.threads > 0 {
+        v.extend(["--threads".into(), cfg.model.threads.to_string()]);
+    }
+    v
+}
+
+fn load_config(a: &RunArgs) -> Result<RunConfig> {
+    let Some(path) = &a.config else {
+        return Ok(RunConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}\n  hint: `srlm run --print-config` shows every key with its default",
+            path.display()
+        )
+    })
+}
+
+/// The seed files resolved: "builtin" or a path relative to where srlm runs.
+fn seed_examples(cfg: &SeedSection, dir: &Path) -> Result<(Vec<IftExample>, Vec<EftExample>)> {
+    let tmp = dir.join("seed");
+    std::fs::create_dir_all(&tmp)?;
+    let mut ift = Vec::new();
+    for src in &cfg.ift {
+        if src == "builtin" {
+            let p = tmp.join("builtin_ift.jsonl");
+            write_atomic(&p, BUILTIN_IFT.as_bytes())?;
+            ift.extend(load_ift(&p)?);
+        } else {
+            ift.extend(load_ift(Path::new(src))?);
+        }
+    }
+    let mut eft = Vec::new();
+    for src in &cfg.eft {
+        if src == "builtin" {
+            let p = tmp.join("builtin_eft.jsonl");
+            write_atomic(&p, BUILTIN_EFT.as_bytes())?;
+            eft.extend(load_eft(&p)?);
+        } else {
+            eft.extend(load_eft(Path::new(src))?);
+        }
+    }
+    if ift.is_empty() {
+        bail!("the seed has no IFT examples\n  hint: set [seed_data] ift = [\"builtin\"] or to your own files");
+    }
+    Ok((ift, eft))
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let cfg = load_config(&a)?;
+    if a.print_config {
+        print!("{}", toml::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    let dir = a.out.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cfg_path = dir.join("config.toml");
+    let cfg_text = toml::to_string_pretty(&cfg)?;
+    match std::fs::read_to_string(&cfg_path) {
+        Ok(old) if old != cfg_text => bail!(
+            "{} was started with another config ({})\n  hint: rerun with the same config to resume, or choose a new --out",
+            dir.display(),
+            cfg_path.display()
+        ),
+        Ok(_) => eprintln!("resuming the run in {}", dir.display()),
+        Err(_) => write_atomic(&cfg_path, cfg_text.as_bytes())?,
+    }
+    let manifest: Manifest = match std::fs::read_to_string(dir.join("manifest.json")) {
+        Ok(t) => serde_json::from_str(&t)
+            .with_context(|| format!("{}: unreadable", dir.join("manifest.json").display()))?,
+        Err(_) => Manifest {
+            schema_version: srlm_core::stages::SCHEMA_VERSION,
+            ..Manifest::default()
+        },
+    };
+    let base = if cfg.model.base.is_empty() {
+        srlm_engine::fetch::default_model()?
+    } else {
+        PathBuf::from(&cfg.model.base)
+    };
+    let mut run = Run {
+        dir: dir.clone(),
+        stage_total: 2 + 5 * cfg.iterations,
+        manifest,
+        base,
+        stage_no: 0,
+    };
+    let started = Instant::now();
+
+    // Seed: IFT and EFT examples, and the SFT file that trains M1 on both.
+    let seed_dir = dir.join("seed");
+    let (ift_path, eft_path, sft_path) = (
+        seed_dir.join("ift.jsonl"),
+        seed_dir.join("eft.jsonl"),
+        seed_dir.join("sft.jsonl"),
+    );
+    {
+        let cfg = cfg.clone();
+        let d = dir.clone();
+        let (ip, ep, sp) = (ift_path.clone(), eft_path.clone(), sft_path.clone());
+        run.stage(
+            "seed",
+            vec!["(seed: resolve and merge the seed files)".into()],
+            &[],
+            &[&ift_path, &eft_path, &sft_path],
+            move |_| {
+                let (ift, eft) = seed_examples(&cfg.seed_data, &d)?;
+                write_jsonl_atomic(&ip, &ift)?;
+                write_jsonl_atomic(&ep, &eft)?;
+                let mut sft: Vec<serde_json::Value> = ift
+                    .iter()
+                    .map(|e| serde_json::json!({"prompt": e.prompt, "response": e.response}))
+                    .collect();
+                sft.extend(eft.iter().map(|e| {
+                    serde_json::json!({"prompt": judge_prompt(&e.instruction, &e.response), "response": e.judgement})
+                }));
+                write_jsonl_atomic(&sp, &sft)?;
+                Ok(Some(serde_json::json!({"ift": ift.len(), "eft": eft.len()})))
+            },
+        )?;
+    }
+
+    // M0 -> M1 by SFT on IFT + EFT.
+    let models = dir.join("models");
+    let m1 = models.join("m1");
+    let base = run.base.clone();
+    let mut cmd = vec!["sft".to_string(), "--data".into(), s(&sft_path)];
+    cmd.extend(train_flags(&cfg, &cfg.sft, &base, &m1));
+    run.stage(
+        "sft m1",
+        cmd,
+        &[&sft_path, &base],
+        &[&m1.join("config.json")],
+        |c| {
+            srlm(c)?;
+            Ok(None)
+        },
+    )?;
+
+    let mut current = m1;
+    let mut earlier_prompts: Vec<PathBuf> = Vec::new();
+    for t in 1..=cfg.iterations {
+        let it = dir.join(format!("iter{t}"));
+        std::fs::create_dir_all(&it)?;
+        let prompts = it.join("prompts.jsonl");
+        let cands = it.join("candidates.jsonl");
+        let judgements = it.join("judgements.jsonl");
+        let pairs = it.join("pairs.jsonl");
+        let next = models.join(format!("m{}", t + 1));
+
+        let generator = match cfg.prompts.generator.as_str() {
+            "base" => run.base.clone(),
+            "current" => current.clone(),
+            path => PathBuf::from(path),
+        };
+        let p = &cfg.prompts;
+        let mut cmd = vec![
+            "prompts".to_string(),
+            "--seed".into(),
+            s(&ift_path),
+            "--out".into(),
+            s(&prompts),
+            "--count".into(),
+            p.count.to_string(),
+            "--max-attempts-factor".into(),
+            p.max_attempts_factor.to_string(),
+            "--from-seed".into(),
+            p.from_seed.to_string(),
+            "--from-generated".into(),
+            p.from_generated.to_string(),
+            "--max-rouge-l".into(),
+            p.max_rouge_l.to_string(),
+            "--min-words".into(),
+            p.min_words.to_string(),
+            "--max-words".into(),
+            p.max_words.to_string(),
+            "--id-prefix".into(),
+            format!("it{t}-"),
+            "--temperature".into(),
+            p.temperature.to_string(),
+            "--top-p".into(),
+            p.top_p.to_string(),
+            "--max-new-tokens".into(),
+            p.max_new_tokens.to_string(),
+            "--rng-seed".into(),
+            (cfg.seed + t as u64).to_string(),
+            "--batch-size".into(),
+            cfg.batch_size.to_string(),
+        ];
+        if !p.blocklist.is_empty() {
+            cmd.extend(["--blocklist".into(), p.blocklist.join(",")]);
+        }
+        for e in &earlier_prompts {
+            cmd.extend(["--existing".into(), s(e)]);
+        }
+        cmd.extend(model_flags(&cfg, &generator));
+        let mut inputs: Vec<&Path> = vec![&ift_path, &generator];
+        inputs.extend(earlier_prompts.iter().map(|p| p.as_path()));
+        let count = p.count;
+        run.stage(&format!("prompts {t}"), cmd, &inputs, &[&prompts], |c| {
+            srlm(c)?;
+            let kept = read_jsonl::<serde_json::Value>(c_path(c, "--out"), "")?.len();
+            if kept == 0 {
+                bail!("no generated prompt passed the filters\n  hint: see {} for why each was dropped", crate::prompts::attempts_path(c_path(c, "--out")).display());
+            }
+            Ok(Some(serde_json::json!({"kept": kept, "asked": count})))
+        })?;
+        earlier_prompts.push(prompts.clone());
+
+        let g = &cfg.sample;
+        let mut cmd = vec![
+            "sample".to_string(),
+            "--prompts".into(),
+            s(&prompts),
+            "--out".into(),
+            s(&cands),
+            "--n".into(),
+            g.n.to_string(),
+            "--batch-size".into(),
+            cfg.batch_size.to_string(),
+            "--temperature".into(),
+            g.temperature.to_string(),
+            "--top-p".into(),
+            g.top_p.to_string(),
+            "--max-new-tokens".into(),
+            g.max_new_tokens.to_string(),
+            "--seed".into(),
+            (cfg.seed + 100 + t as u64).to_string(),
+        ];
+        cmd.extend(model_flags(&cfg, &current));
+        run.stage(
+            &format!("sample {t}"),
+            cmd,
+            &[&prompts, &current],
+            &[&cands],
+            |c| {
+                srlm(c)?;
+                Ok(None)
+            },
+        )?;
+
+        let j = &cfg.judge;
+        let mut cmd = vec![
+            "judge".to_string(),
+            "--candidates".into(),
+            s(&cands),
+            "--out".into(),
+            s(&judgements),
+            "--k".into(),
+            j.k.to_string(),
+            "--batch-size".into(),
+            cfg.batch_size.to_string(),
+            "--temperature".into(),
+            j.temperature.to_string(),
+            "--top-p".into(),
+            j.top_p.to_string(),
+            "--max-new-tokens".into(),
+            j.max_new_tokens.to_string(),
+            "--seed".into(),
+            (cfg.seed + 200 + t as u64).to_string(),
+        ];
+        cmd.extend(model_flags(&cfg, &current));
+        run.stage(&format!("judge {t}"), cmd, &[&cands, &current], &[&judgements], |c| {
+            srlm(c)?;
+            let all = read_jsonl::<srlm_core::stages::JudgementRecord>(&judgements, "")?;
+            let failed = all.iter().filter(|j| j.record.score.is_none()).count();
+            if failed > 0 {
+                eprintln!("srlm: {failed} of {} judgements carry no valid score (kept with their raw text)", all.len());
+            }
+            Ok(Some(serde_json::json!({"judgements": all.len(), "parse_failures": failed})))
+        })?;
+
+        let mut cmd = vec![
+            "pairs".to_string(),
+            "--candidates".into(),
+            s(&cands),
+            "--judgements".into(),
+            s(&judgements),
+            "--out".into(),
+            s(&pairs),
+            "--min-margin".into(),
+            cfg.pairs.min_margin.to_string(),
+        ];
+        if cfg.pairs.length_control >= 0.0 {
+            cmd.extend([
+                "--length-control".into(),
+                cfg.pairs.length_control.to_string(),
+            ]);
+        }
+        run.stage(
+            &format!("pairs {t}"),
+            cmd,
+            &[&cands, &judgements],
+            &[&pairs],
+            |c| {
+                srlm(c)?;
+                let n = read_jsonl::<serde_json::Value>(&pairs, "")?.len();
+                Ok(Some(serde_json::json!({"pairs": n})))
+            },
+        )?;
+        let n_pairs = read_jsonl::<serde_json::Value>(&pairs, "")?.len();
+        if n_pairs == 0 {
+            bail!(
+                "iteration {t} made no preference pairs (every prompt's candidates tied or went unscored)\n  hint: see {} and {}; more prompts (prompts.count), candidates (sample.n) or judgements (judge.k) give the judge more to separate",
+                judgements.display(),
+                pairs.display()
+            );
+        }
+
+        let d = &cfg.dpo;
+        let mut cmd = vec![
+            "dpo".to_string(),
+            "--pairs".into(),
+            s(&pairs),
+            "--beta".into(),
+            d.beta.to_string(),
+            "--loss".into(),
+            d.loss.clone(),
+            "--rpo-alpha".into(),
+            d.rpo_alpha.to_string(),
+            "--label-smoothing".into(),
+            d.label_smoothing.to_string(),
+        ];
+        cmd.extend(train_flags(&cfg, &d.train, &current, &next));
+        run.stage(
+            &format!("dpo m{}", t + 1),
+            cmd,
+            &[&pairs, &current],
+            &[&next.join("config.json")],
+            |c| {
+                srlm(c)?;
+                Ok(None)
+            },
+        )?;
+        current = next;
+    }
+    eprintln!(
+        "done in {:.0} s: models in {}, per-iteration artifacts in {}/iter*, stage log in {}",
+        started.elapsed().as_secs_f64(),
+        models.display(),
+        dir.display(),
+        run.manifest_path().display()
+    );
+    println!("{}", s(&current));
+    Ok(())
+}
+
+/// The value after `flag` in a command line.
+fn c_path<'a>(cmd: &'a [String], flag: &str) -> &'a Path {
+    let i = cmd.iter().position(|a| a == flag).expect("flag present");
+    Path::new(&cmd[i + 1])
+}

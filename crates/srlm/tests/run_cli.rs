@@ -1,0 +1,256 @@
+//! `srlm run` end to end on a tiny random Llama (tests/goldens of the engine, its context
+//! widened): seed -> SFT (M1) -> two iterations of prompts, candidates, judgements, pairs, DPO
+//! (M2, M3); then the same run crashed at several points (in prompt writing, judging, DPO and
+//! sampling) and resumed each time ends with the same artifacts and weights.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The engine's tiny random Llama with a context long enough for the judge prompt.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srlm-engine/tests/goldens/tiny-llama");
+    let dst = dir.join("tiny");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 4096.into();
+    std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
+    dst
+}
+
+fn config(model: &Path) -> String {
+    let f = fixtures();
+    format!(
+        r#"iterations = 2
+batch_size = 8
+[model]
+base = "{model}"
+weights = "dense"
+context_length = 4096
+[seed_data]
+ift = ["{ift}"]
+eft = ["{eft}"]
+[sft]
+lr = 0.003
+min_lr = 0.003
+epochs = 20
+micro_batch = 4
+grad_accum = 1
+max_len = 2048
+[prompts]
+count = 4
+generator = "current"
+min_words = 1
+max_rouge_l = 1.01
+max_new_tokens = 16
+max_attempts_factor = 20
+[sample]
+n = 3
+max_new_tokens = 16
+[judge]
+k = 2
+max_new_tokens = 24
+[dpo]
+lr = 0.001
+min_lr = 0.001
+micro_batch = 1
+grad_accum = 1
+max_len = 2048
+save_every = 1
+"#,
+        model = model.display(),
+        ift = f.join("tiny_seed_ift.jsonl").display(),
+        eft = f.join("tiny_seed_eft.jsonl").display(),
+    )
+}
+
+fn srlm_run(cfg: &Path, out: &Path, crash: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_srlm"));
+    c.args([
+        "run",
+        "--config",
+        &cfg.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    match crash {
+        Some(spec) => c.env("SRLM_CRASH_AFTER", spec),
+        None => c.env_remove("SRLM_CRASH_AFTER"),
+    };
+    c.output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "srlm run failed:\n{err}");
+    err
+}
+
+/// Every JSONL artifact of a run, its lines sorted (stages append in the order records
+/// finish), by path relative to the run.
+fn artifacts(run: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for sub in ["seed", "iter1", "iter2"] {
+        for e in std::fs::read_dir(run.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "jsonl") {
+                let mut lines: Vec<String> = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                lines.sort();
+                out.insert(
+                    format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()),
+                    lines,
+                );
+            }
+        }
+    }
+    out
+}
+
+fn lines(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, config(&model)).unwrap();
+
+    // Uninterrupted.
+    let a = dir.path().join("a");
+    ok(&srlm_run(&cfg, &a, None));
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
+    let stages = manifest["stages"].as_object().unwrap();
+    assert_eq!(stages.len(), 12, "{:?}", stages.keys().collect::<Vec<_>>());
+    for t in 1..=2 {
+        let it = a.join(format!("iter{t}"));
+        let prompts = lines(&it.join("prompts.jsonl"));
+        assert_eq!(prompts.len(), 4);
+        assert!(prompts
+            .iter()
+            .all(|p| p["id"].as_str().unwrap().starts_with(&format!("it{t}-"))));
+        assert_eq!(lines(&it.join("candidates.jsonl")).len(), 12);
+        let judgements = lines(&it.join("judgements.jsonl"));
+        assert_eq!(judgements.len(), 24);
+        let failures = judgements.iter().filter(|j| j["score"].is_null()).count();
+        assert_eq!(
+            stages[&format!("judge {t}")]["stats"]["parse_failures"].as_u64(),
+            Some(failures as u64)
+        );
+        let pairs = lines(&it.join("pairs.jsonl"));
+        assert!(!pairs.is_empty());
+        assert!(pairs
+            .iter()
+            .all(|p| p["chosen_score"].as_f64() > p["rejected_score"].as_f64()));
+        // The stage recorded the hash of its inputs.
+        assert_eq!(
+            stages[&format!("pairs {t}")]["inputs"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>(),
+            vec![
+                format!("iter{t}/candidates.jsonl"),
+                format!("iter{t}/judgements.jsonl")
+            ]
+        );
+    }
+    for m in ["m1", "m2", "m3"] {
+        assert!(a.join("models").join(m).join("model.safetensors").exists());
+    }
+    // Rerunning a finished run does nothing.
+    let again = ok(&srlm_run(&cfg, &a, None));
+    assert_eq!(again.matches(": done (").count(), 12, "{again}");
+
+    // The same run, crashed in four places and resumed after each.
+    let b = dir.path().join("b");
+    for crash in [
+        "iter1/prompts.jsonl:1",
+        "iter1/judgements.jsonl:5",
+        "models/m2:2",
+        "iter2/candidates.jsonl:4",
+    ] {
+        let o = srlm_run(&cfg, &b, Some(crash));
+        assert!(!o.status.success(), "no crash at {crash}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("aborting"),
+            "{crash}"
+        );
+    }
+    ok(&srlm_run(&cfg, &b, None));
+    assert_eq!(artifacts(&a), artifacts(&b));
+    for m in ["m1", "m2", "m3"] {
+        let wa = std::fs::read(a.join("models").join(m).join("model.safetensors")).unwrap();
+        let wb = std::fs::read(b.join("models").join(m).join("model.safetensors")).unwrap();
+        assert!(wa == wb, "{m} differs after resuming");
+    }
+}
+
+#[test]
+fn bad_seed_and_config_are_refused_with_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let bad_seed = dir.path().join("seed.jsonl");
+    std::fs::write(
+        &bad_seed,
+        "{\"prompt\": \"Hi\", \"response\": \"Hello\"}\n{\"prompt\": \"No reply\"}\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("run.toml");
+    let text = config(&model).replace(
+        &fixtures().join("tiny_seed_ift.jsonl").display().to_string(),
+        &bad_seed.display().to_string(),
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let o = srlm_run(&cfg, &dir.path().join("r"), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("seed.jsonl:2: field `response` is missing"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, format!("{}\n[sample]\nnn = 3\n", "iterations = 1")).unwrap();
+    let o = srlm_run(&cfg, &dir.path().join("r2"), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("run.toml") && err.contains("unknown field `nn`"),
+        "{err}"
+    );
+
+    // A run directory keeps its config.
+    std::fs::write(&cfg, config(&model)).unwrap();
+    let r3 = dir.path().join("r3");
+    std::fs::create_dir_all(&r3).unwrap();
+    std::fs::write(r3.join("config.toml"), "iterations = 7\n").unwrap();
+    let o = srlm_run(&cfg, &r3, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("was started with another config"), "{err}");
+}
