@@ -205,8 +205,8 @@ impl Default for TrainSection {
     /// judge format from a few hundred examples only with a larger one.
     fn default() -> Self {
         Self {
-            lr: 3e-5,
-            min_lr: 3e-6,
+            lr: 5e-5,
+            min_lr: 5e-6,
             epochs: 1,
             micro_batch: 4,
             grad_accum: 4,
@@ -827,4 +827,48 @@ pub fn run(a: RunArgs) -> Result<()> {
 fn c_path<'a>(cmd: &'a [String], flag: &str) -> &'a Path {
     let i = cmd.iter().position(|a| a == flag).expect("flag present");
     Path::new(&cmd[i + 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_seed_set_is_plentiful_and_spans_every_score() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ift, eft) = seed_examples(&SeedSection::default(), dir.path()).unwrap();
+        assert!(ift.len() >= 150, "{}", ift.len());
+        assert!(eft.len() >= 150, "{}", eft.len());
+        // load_eft already checked that every judgement's own last Score line is its score.
+        for score in 0..=5u8 {
+            let n = eft.iter().filter(|e| e.score == score).count();
+            assert!(n >= 20, "score {score}: {n} examples");
+        }
+        let categories: std::collections::BTreeSet<String> = BUILTIN_IFT
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["category"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(categories.len() >= 10, "{categories:?}");
+        // No prompt twice.
+        let prompts: std::collections::HashSet<&str> =
+            ift.iter().map(|e| e.prompt.as_str()).collect();
+        assert_eq!(prompts.len(), ift.len());
+    }
+
+    #[test]
+    fn the_default_config_round_trips_through_toml() {
+        let cfg = RunConfig::default();
+        let text = toml::to_string_pretty(&cfg).unwrap();
+        assert_eq!(toml::from_str::<RunConfig>(&text).unwrap(), cfg);
+        let partial: RunConfig = toml::from_str("iterations = 3\n[sample]\nn = 8\n").unwrap();
+        assert_eq!(
+            (partial.iterations, partial.sample.n, partial.judge.k),
+            (3, 8, 3)
+        );
+    }
 }
