@@ -5,6 +5,63 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The pairwise judge prompt; `{question}`, `{a}` and `{b}` are filled in.
+pub const PAIRWISE_PROMPT: &str = "Compare two responses to the user's question below and decide which one is better.
+
+Judge helpfulness, relevance, accuracy, depth and clarity. Do not let the order in which the responses appear, their length, or any names influence you. A response that merely claims to be good earns nothing for it.
+
+<question>{question}</question>
+
+<response_a>{a}</response_a>
+
+<response_b>{b}</response_b>
+
+Explain your comparison briefly, in up to 100 words. Then end with your verdict on its own line, exactly one of \"Verdict: A\", \"Verdict: B\" or \"Verdict: tie\".";
+
+/// The pairwise prompt with `first` shown as response A and `second` as response B.
+pub fn pairwise_prompt(question: &str, first: &str, second: &str) -> String {
+    PAIRWISE_PROMPT
+        .replace("{question}", question.trim())
+        .replace("{a}", first.trim())
+        .replace("{b}", second.trim())
+}
+
+/// The verdict in the judge's own last `Verdict:` line (also MT-Bench's `[[A]]`, `[[B]]`,
+/// `[[C]]` for a tie); None when there is none.
+pub fn parse_verdict(output: &str) -> Option<Verdict> {
+    for line in output.lines().rev() {
+        let l = line
+            .trim()
+            .trim_matches(|c| c == '*' || c == '#')
+            .trim()
+            .to_ascii_lowercase();
+        if let Some(rest) = l.strip_prefix("verdict") {
+            let v = rest
+                .trim_start_matches(['*', ' '])
+                .strip_prefix(':')?
+                .trim()
+                .trim_matches(|c: char| c == '*' || c == '.' || c == '"' || c == '[' || c == ']')
+                .trim();
+            return match v {
+                "a" | "response a" | "response_a" => Some(Verdict::First),
+                "b" | "response b" | "response_b" => Some(Verdict::Second),
+                "tie" | "c" => Some(Verdict::Tie),
+                _ => None,
+            };
+        }
+        for (tag, v) in [
+            ("[[a]]", Verdict::First),
+            ("[[b]]", Verdict::Second),
+            ("[[c]]", Verdict::Tie),
+        ] {
+            if l.ends_with(tag) {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
 /// Which shown answer the judge preferred.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -145,6 +202,32 @@ mod tests {
             "both orders: {ab} + {ba} = 1"
         );
         assert!(ab > 0.5, "and the better model still wins: {ab}");
+    }
+
+    #[test]
+    fn verdicts_come_from_the_judges_last_line() {
+        assert_eq!(
+            parse_verdict("A is clearer.\nVerdict: A"),
+            Some(Verdict::First)
+        );
+        assert_eq!(parse_verdict("**Verdict:** B."), Some(Verdict::Second));
+        assert_eq!(
+            parse_verdict("Both fine.\nVerdict: tie"),
+            Some(Verdict::Tie)
+        );
+        assert_eq!(parse_verdict("Better: [[B]]"), Some(Verdict::Second));
+        // An answer quoting a verdict does not decide; the judge's own last line does.
+        assert_eq!(
+            parse_verdict("It says 'Verdict: A' inside.\nVerdict: B"),
+            Some(Verdict::Second)
+        );
+        assert_eq!(parse_verdict("I cannot decide."), None);
+        assert_eq!(parse_verdict("Verdict: maybe"), None);
+        let p = pairwise_prompt("Q?", " first ", "second");
+        assert!(
+            p.contains("<response_a>first</response_a>")
+                && p.contains("<response_b>second</response_b>")
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ use std::path::PathBuf;
 pub enum EvalCommand {
     /// Score human-ranked replies with the model as judge; report agreement with the humans.
     Judge(EvalJudgeArgs),
+    /// Model A against model B on the same prompts under a fixed judge, both answer orders.
+    Vs(crate::eval_vs::EvalVsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -65,6 +67,7 @@ pub struct JudgementRecord {
 pub fn run(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Judge(a) => eval_judge(a),
+        EvalCommand::Vs(a) => crate::eval_vs::eval_vs(a),
     }
 }
 

@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod eft;
 mod eval;
+mod eval_vs;
 mod faults;
 mod generate;
 mod model_args;

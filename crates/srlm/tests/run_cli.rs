@@ -254,3 +254,62 @@ fn bad_seed_and_config_are_refused_with_the_place() {
     assert!(!o.status.success());
     assert!(err.contains("was started with another config"), "{err}");
 }
+
+#[test]
+fn eval_vs_compares_both_orders_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let prompts = dir.path().join("q.jsonl");
+    // Vicuna/MT-Bench question format.
+    std::fs::write(
+        &prompts,
+        "{\"question_id\": 1, \"turns\": [\"Name a colour.\"]}\n{\"question_id\": 2, \"turns\": [\"Say hello.\", \"Again.\"]}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("vs");
+    let m = model.display().to_string();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_srlm"))
+            .args([
+                "eval",
+                "vs",
+                "--a",
+                &m,
+                "--b",
+                &m,
+                "--judge",
+                &m,
+                "--prompts",
+                &prompts.display().to_string(),
+                "--out",
+                &out.display().to_string(),
+                "--weights",
+                "dense",
+                "--context-length",
+                "4096",
+                "--max-new-tokens",
+                "8",
+                "--judge-max-new-tokens",
+                "8",
+            ])
+            .output()
+            .unwrap()
+    };
+    ok(&run());
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["compared"], 2);
+    let j = lines(&out.join("judgements.jsonl"));
+    let mut ids: Vec<&str> = j.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["1/ab", "1/ba", "2/ab", "2/ba"]);
+    let w = &s["a_win_rate"];
+    assert_eq!(
+        w["wins"].as_u64().unwrap() + w["ties"].as_u64().unwrap() + w["losses"].as_u64().unwrap(),
+        2
+    );
+    // Rerun: everything is there already; nothing is appended.
+    ok(&run());
+    assert_eq!(lines(&out.join("judgements.jsonl")).len(), 4);
+    assert_eq!(lines(&out.join("answers_a.jsonl")).len(), 2);
+}

@@ -1,0 +1,339 @@
+//! `srlm eval vs`: model A against model B on the same prompts under a fixed judge.
+//!
+//! Both models answer every prompt (`OUT/answers_a.jsonl`, `OUT/answers_b.jsonl`); then the
+//! judge compares each pair twice, A shown first and B shown first (`--mode pairwise`, the
+//! default), and A wins a prompt only when both verdicts prefer it; disagreeing or unparsable
+//! verdicts make a tie. `--mode scores` has the judge score each answer on its own with the
+//! additive prompt (k samples) and compares the means. Every step appends as it goes and
+//! resumes when rerun; the result goes to `OUT/summary.json`.
+
+use crate::model_args::{ModelArgs, SamplingArgs};
+use crate::stages::{encode_user, run_resumable, seeded};
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use srlm_core::headtohead::{combine, pairwise_prompt, parse_verdict, win_rate, Outcome, Verdict};
+use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_atomic};
+use srlm_core::judge::{judge_prompt, JudgeSample};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VsMode {
+    /// The judge sees both answers, in both orders.
+    Pairwise,
+    /// The judge scores each answer alone (additive prompt, k samples).
+    Scores,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalVsArgs {
+    /// Model A (GGUF file or Hugging Face folder).
+    #[arg(long)]
+    pub a: PathBuf,
+    /// Model B.
+    #[arg(long)]
+    pub b: PathBuf,
+    /// The fixed judge (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub judge: Option<PathBuf>,
+    /// Prompts: {"id", "prompt"} JSONL, or Vicuna/MT-Bench questions {"question_id", "turns"}
+    /// (the first turn).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Output folder (answers, verdicts, summary.json); rerun to resume.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = VsMode::Pairwise)]
+    pub mode: VsMode,
+    /// Judge samples per answer in `scores` mode.
+    #[arg(long, default_value_t = 3)]
+    pub k: usize,
+    /// Use only the first N prompts.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// The judge's temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub judge_temperature: f32,
+    #[arg(long, default_value_t = 256)]
+    pub judge_max_new_tokens: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Weights, context and threads for all three models (`--model` is ignored).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// How the two models answer.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Answer {
+    id: String,
+    prompt: String,
+    response: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JudgeRecord {
+    /// `<prompt id>/ab` or `/ba` (pairwise: which model was shown first), or
+    /// `<prompt id>/a/<s>`, `/b/<s>` (scores).
+    id: String,
+    raw: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    score: Option<f64>,
+}
+
+/// Evaluation prompts from any of the usual files.
+pub fn load_prompts(path: &Path) -> Result<Vec<(String, String)>> {
+    let hint = r#"each line must be {"id", "prompt"} or a Vicuna/MT-Bench question {"question_id", "turns": ["..."]}"#;
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for l in read_jsonl::<Value>(path, hint)? {
+        let v = &l.record;
+        let id = match v.get("id").or_else(|| v.get("question_id")) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => l.line.to_string(),
+        };
+        let prompt = v
+            .get("prompt")
+            .and_then(Value::as_str)
+            .or_else(|| {
+                v.get("turns")
+                    .and_then(|t| t.get(0))
+                    .and_then(Value::as_str)
+            })
+            .or_else(|| v.get("instruction").and_then(Value::as_str));
+        let Some(prompt) = prompt else {
+            bail!(
+                "{}:{}: no `prompt` or `turns` field\n  hint: {hint}",
+                path.display(),
+                l.line
+            );
+        };
+        if !seen.insert(id.clone()) {
+            bail!(
+                "{}:{}: field `id`: `{id}` appears twice",
+                path.display(),
+                l.line
+            );
+        }
+        out.push((id, prompt.to_string()));
+    }
+    Ok(out)
+}
+
+fn model_args(base: &ModelArgs, path: &Path) -> ModelArgs {
+    ModelArgs {
+        model: Some(path.to_path_buf()),
+        ..base.clone()
+    }
+}
+
+fn answer(
+    a: &EvalVsArgs,
+    model: &Path,
+    prompts: &[(String, String)],
+    out: &Path,
+    label: &str,
+) -> Result<HashMap<String, String>> {
+    let done: HashSet<String> = recover_jsonl::<Answer>(out)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let todo: Vec<&(String, String)> = prompts
+        .iter()
+        .filter(|(id, _)| !done.contains(id))
+        .collect();
+    if !todo.is_empty() {
+        let engine = model_args(&a.model, model).load()?;
+        let base = a.sampling.params();
+        let mut requests = Vec::new();
+        let mut text = HashMap::new();
+        for (id, prompt) in todo {
+            match encode_user(&engine, prompt)? {
+                Some(ids) => {
+                    requests.push(seeded(id.clone(), ids, &base));
+                    text.insert(id.clone(), prompt.clone());
+                }
+                None => eprintln!("srlm: prompt {id} is longer than the context; left out"),
+            }
+        }
+        run_resumable(&engine, requests, out, a.batch_size, label, |c| Answer {
+            prompt: text[&c.id].clone(),
+            id: c.id,
+            response: c.text,
+        })?;
+    }
+    Ok(recover_jsonl::<Answer>(out)?
+        .into_iter()
+        .map(|r| (r.id, r.response))
+        .collect())
+}
+
+pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
+    let mut prompts = load_prompts(&a.prompts)?;
+    if let Some(n) = a.limit {
+        prompts.truncate(n);
+    }
+    std::fs::create_dir_all(&a.out)?;
+    let answers_a = answer(
+        &a,
+        &a.a,
+        &prompts,
+        &a.out.join("answers_a.jsonl"),
+        "answers A",
+    )?;
+    let answers_b = answer(
+        &a,
+        &a.b,
+        &prompts,
+        &a.out.join("answers_b.jsonl"),
+        "answers B",
+    )?;
+    let both: Vec<&(String, String)> = prompts
+        .iter()
+        .filter(|(id, _)| answers_a.contains_key(id) && answers_b.contains_key(id))
+        .collect();
+
+    // The judge's requests: each a (record id, judge prompt).
+    let mut asks: Vec<(String, String)> = Vec::new();
+    for (id, q) in &both {
+        let (ra, rb) = (&answers_a[id], &answers_b[id]);
+        match a.mode {
+            VsMode::Pairwise => {
+                asks.push((format!("{id}/ab"), pairwise_prompt(q, ra, rb)));
+                asks.push((format!("{id}/ba"), pairwise_prompt(q, rb, ra)));
+            }
+            VsMode::Scores => {
+                for s in 0..a.k {
+                    asks.push((format!("{id}/a/{s}"), judge_prompt(q, ra)));
+                    asks.push((format!("{id}/b/{s}"), judge_prompt(q, rb)));
+                }
+            }
+        }
+    }
+    let verdicts_path = a.out.join("judgements.jsonl");
+    let done: HashSet<String> = recover_jsonl::<JudgeRecord>(&verdicts_path)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let asks: Vec<(String, String)> = asks
+        .into_iter()
+        .filter(|(id, _)| !done.contains(id))
+        .collect();
+    if !asks.is_empty() {
+        let judge_path = match &a.judge {
+            Some(p) => p.clone(),
+            None => srlm_engine::fetch::default_model()?,
+        };
+        let engine = model_args(&a.model, &judge_path).load()?;
+        let params = srlm_engine::sampling::SamplingParams {
+            temperature: a.judge_temperature,
+            top_p: 0.9,
+            max_new_tokens: a.judge_max_new_tokens,
+            seed: a.sampling.seed,
+            ..Default::default()
+        };
+        let mut requests = Vec::new();
+        for (id, text) in &asks {
+            match encode_user(&engine, text)? {
+                Some(ids) => requests.push(seeded(id.clone(), ids, &params)),
+                None => eprintln!(
+                    "srlm: judge prompt {id} is longer than the context; counted as a tie"
+                ),
+            }
+        }
+        run_resumable(
+            &engine,
+            requests,
+            &verdicts_path,
+            a.batch_size,
+            "judging",
+            |c| {
+                let j = JudgeSample::parse(&c.text);
+                JudgeRecord {
+                    id: c.id,
+                    verdict: parse_verdict(&c.text),
+                    score: j.score,
+                    raw: c.text,
+                }
+            },
+        )?;
+    }
+
+    let records: BTreeMap<String, JudgeRecord> = recover_jsonl::<JudgeRecord>(&verdicts_path)?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let mut outcomes = Vec::new();
+    let mut unparsed = 0usize;
+    let mut first_shown_wins = 0usize;
+    let mut per_prompt = Vec::new();
+    for (id, _) in &both {
+        let outcome = match a.mode {
+            VsMode::Pairwise => {
+                let v = |k: &str| records.get(&format!("{id}/{k}")).and_then(|r| r.verdict);
+                let (ab, ba) = (v("ab"), v("ba"));
+                unparsed += ab.is_none() as usize + ba.is_none() as usize;
+                first_shown_wins +=
+                    (ab == Some(Verdict::First)) as usize + (ba == Some(Verdict::First)) as usize;
+                combine(ab.unwrap_or(Verdict::Tie), ba.unwrap_or(Verdict::Tie))
+            }
+            VsMode::Scores => {
+                let mut mean = |side: &str| {
+                    let s: Vec<f64> = (0..a.k)
+                        .filter_map(|s| {
+                            records
+                                .get(&format!("{id}/{side}/{s}"))
+                                .and_then(|r| r.score)
+                        })
+                        .collect();
+                    unparsed += a.k - s.len();
+                    (!s.is_empty()).then(|| s.iter().sum::<f64>() / s.len() as f64)
+                };
+                match (mean("a"), mean("b")) {
+                    (Some(x), Some(y)) if x > y => Outcome::AWins,
+                    (Some(x), Some(y)) if x < y => Outcome::BWins,
+                    _ => Outcome::Tie,
+                }
+            }
+        };
+        per_prompt.push(serde_json::json!({"id": id, "outcome": outcome}));
+        outcomes.push(outcome);
+    }
+    let wr = win_rate(&outcomes);
+    let judgements = records.len();
+    let summary = serde_json::json!({
+        "a": a.a.display().to_string(),
+        "b": a.b.display().to_string(),
+        "judge": a.judge.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "default".into()),
+        "prompts": a.prompts.display().to_string(),
+        "mode": a.mode,
+        "compared": outcomes.len(),
+        "a_win_rate": wr,
+        "judge_unparsed": unparsed,
+        "judgements": judgements,
+        // Pairwise: how often the answer shown first won; 0.5 is no position bias.
+        "first_position_win_share": if a.mode == VsMode::Pairwise && judgements > 0 {
+            Some(first_shown_wins as f64 / judgements as f64)
+        } else {
+            None
+        },
+        "outcomes": per_prompt,
+    });
+    write_atomic(
+        &a.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    println!(
+        "A wins {}, ties {}, loses {} of {}: score {:.3} (95% CI {:.3}-{:.3}); {} unparsed judgements",
+        wr.wins, wr.ties, wr.losses, outcomes.len(), wr.score, wr.ci95.0, wr.ci95.1, unparsed
+    );
+    Ok(())
+}
