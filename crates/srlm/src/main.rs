@@ -9,6 +9,7 @@ mod faults;
 mod generate;
 mod model_args;
 mod prompts;
+mod report;
 mod run;
 mod stages;
 mod train;
@@ -35,6 +36,8 @@ pub(crate) enum Command {
     /// The whole self-rewarding loop, M0 -> M1 (SFT) -> M2 -> M3 (DPO), in a run directory
     /// (resumable: rerun the same command).
     Run(run::RunArgs),
+    /// report.md with PNG plots for a run directory: diagnostics, judge metrics, win rates.
+    Report(report::ReportArgs),
     /// Chat with a model in the terminal; tokens stream as they come.
     Chat(chat::ChatArgs),
     /// Generate completions for a JSONL file of prompts (resumable).
@@ -82,6 +85,7 @@ fn main() {
 pub(crate) fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(a) => run::run(a),
+        Command::Report(a) => report::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Prompts(a) => prompts::run(a),

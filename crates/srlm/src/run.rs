@@ -62,6 +62,48 @@ pub struct RunConfig {
     pub judge: JudgeSection,
     pub pairs: PairsSection,
     pub dpo: DpoSection,
+    #[serde(skip_serializing_if = "EvalSection::is_off")]
+    pub eval: EvalSection,
+}
+
+/// Evaluation of every model after the loop (each part skipped while its data is empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSection {
+    /// Open Assistant trees: each model judges their human-ranked replies (`srlm eval judge`).
+    pub judge_data: String,
+    /// Prompts judged (0: all).
+    pub judge_limit: usize,
+    pub judge_k: usize,
+    /// Prompts for head-to-head (`srlm eval vs`) of every later model against every earlier.
+    pub prompts: String,
+    pub prompts_limit: usize,
+    /// The fixed judge of head-to-head: "base" (M0), "m1", or a path.
+    pub vs_judge: String,
+    /// pairwise (both orders) or scores.
+    pub vs_mode: String,
+    pub max_new_tokens: usize,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            judge_data: String::new(),
+            judge_limit: 0,
+            judge_k: 3,
+            prompts: String::new(),
+            prompts_limit: 0,
+            vs_judge: "base".into(),
+            vs_mode: "pairwise".into(),
+            max_new_tokens: 256,
+        }
+    }
+}
+
+impl EvalSection {
+    fn is_off(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +218,7 @@ impl Default for RunConfig {
             judge: JudgeSection::default(),
             pairs: PairsSection::default(),
             dpo: DpoSection::default(),
+            eval: EvalSection::default(),
         }
     }
 }
@@ -431,9 +474,14 @@ fn srlm(args: &[String]) -> Result<()> {
 }
 
 fn model_flags(cfg: &RunConfig, model: &Path) -> Vec<String> {
-    let mut v = vec![
-        "--model".into(),
-        s(model),
+    let mut v = vec!["--model".into(), s(model)];
+    v.extend(engine_flags(cfg));
+    v
+}
+
+/// How every model is held, without which model.
+fn engine_flags(cfg: &RunConfig) -> Vec<String> {
+    let mut v: Vec<String> = vec![
         "--weights".into(),
         cfg.model.weights.clone(),
         "--context-length".into(),
@@ -558,7 +606,18 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let mut run = Run {
         dir: dir.clone(),
-        stage_total: 2 + 5 * cfg.iterations,
+        stage_total: 2
+            + 5 * cfg.iterations
+            + if cfg.eval.judge_data.is_empty() {
+                0
+            } else {
+                cfg.iterations + 1
+            }
+            + if cfg.eval.prompts.is_empty() {
+                0
+            } else {
+                cfg.iterations * (cfg.iterations + 1) / 2
+            },
         manifest,
         base,
         stage_no: 0,
@@ -812,15 +871,126 @@ pub fn run(a: RunArgs) -> Result<()> {
         )?;
         current = next;
     }
+    evaluate(&mut run, &cfg, &models)?;
+    let report = crate::report::write_report(&dir, None)?;
     eprintln!(
-        "done in {:.0} s: models in {}, per-iteration artifacts in {}/iter*, stage log in {}",
+        "done in {:.0} s: models in {}, per-iteration artifacts in {}/iter*, stage log in {}, report in {}",
         started.elapsed().as_secs_f64(),
         models.display(),
         dir.display(),
-        run.manifest_path().display()
+        run.manifest_path().display(),
+        report.display()
     );
     println!("{}", s(&current));
     Ok(())
+}
+
+/// The evaluation stages: every model as a judge against human ranks, every later model
+/// against every earlier one.
+fn evaluate(run: &mut Run, cfg: &RunConfig, models: &Path) -> Result<()> {
+    let e = &cfg.eval;
+    let eval_dir = run.dir.join("eval");
+    let all: Vec<PathBuf> = (1..=cfg.iterations + 1)
+        .map(|m| models.join(format!("m{m}")))
+        .collect();
+    if !e.judge_data.is_empty() {
+        let data = PathBuf::from(&e.judge_data);
+        for (i, m) in all.iter().enumerate() {
+            let out = eval_dir.join(format!("judge_m{}.jsonl", i + 1));
+            let mut cmd = vec![
+                "eval".to_string(),
+                "judge".into(),
+                "--data".into(),
+                s(&data),
+                "--out".into(),
+                s(&out),
+                "--k".into(),
+                e.judge_k.to_string(),
+                "--batch-size".into(),
+                cfg.batch_size.to_string(),
+                "--temperature".into(),
+                cfg.judge.temperature.to_string(),
+                "--top-p".into(),
+                cfg.judge.top_p.to_string(),
+                "--max-new-tokens".into(),
+                cfg.judge.max_new_tokens.to_string(),
+                "--seed".into(),
+                (cfg.seed + 300).to_string(),
+            ];
+            if e.judge_limit > 0 {
+                cmd.extend(["--limit".into(), e.judge_limit.to_string()]);
+            }
+            cmd.extend(model_flags(cfg, m));
+            let metrics = PathBuf::from(format!("{}.metrics.json", out.display()));
+            run.stage(
+                &format!("eval judge m{}", i + 1),
+                cmd,
+                &[&data, m],
+                &[&metrics],
+                |c| {
+                    srlm(c)?;
+                    Ok(None)
+                },
+            )?;
+        }
+    }
+    if !e.prompts.is_empty() {
+        let prompts = PathBuf::from(&e.prompts);
+        let judge = match e.vs_judge.as_str() {
+            "base" => run.base.clone(),
+            "m1" => all[0].clone(),
+            path => PathBuf::from(path),
+        };
+        for later in 1..all.len() {
+            for earlier in 0..later {
+                let out = eval_dir.join(format!("vs_m{}_m{}", later + 1, earlier + 1));
+                let mut cmd = vec![
+                    "eval".to_string(),
+                    "vs".into(),
+                    "--a".into(),
+                    s(&all[later]),
+                    "--b".into(),
+                    s(&all[earlier]),
+                    "--judge".into(),
+                    s(&judge),
+                    "--prompts".into(),
+                    s(&prompts),
+                    "--out".into(),
+                    s(&out),
+                    "--mode".into(),
+                    e.vs_mode.clone(),
+                    "--k".into(),
+                    e.judge_k.to_string(),
+                    "--max-new-tokens".into(),
+                    e.max_new_tokens.to_string(),
+                    "--batch-size".into(),
+                    cfg.batch_size.to_string(),
+                    "--seed".into(),
+                    (cfg.seed + 400).to_string(),
+                ];
+                if e.prompts_limit > 0 {
+                    cmd.extend(["--limit".into(), e.prompts_limit.to_string()]);
+                }
+                cmd.extend(engine_flags(cfg));
+                let summary = out.join("summary.json");
+                run.stage(
+                    &format!("eval vs m{} m{}", later + 1, earlier + 1),
+                    cmd,
+                    &[&prompts, &all[later], &all[earlier], &judge],
+                    &[&summary],
+                    |c| {
+                        srlm(c)?;
+                        Ok(read_json_file(&summary).map(|v| v["a_win_rate"].clone()))
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_json_file(p: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
 }
 
 /// The value after `flag` in a command line.

@@ -1,0 +1,225 @@
+//! Per-iteration diagnostics of a self-rewarding round, to see early when the loop games itself:
+//! how the judge's scores are spread, how much its k samples agree, how many prompts are lost
+//! to ties, how wide the pair margins are, how long the responses are, and whether longer
+//! responses score higher (the paper saw length grow with iterations).
+
+use crate::metrics::spearman;
+use crate::pairs::PairStats;
+use crate::stages::{CandidateRecord, JudgementRecord, PairRecord};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub n: usize,
+    pub mean: f64,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+pub fn summarize(values: &[f64]) -> Summary {
+    if values.is_empty() {
+        return Summary::default();
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Summary {
+        n,
+        mean: v.iter().sum::<f64>() / n as f64,
+        median,
+        min: v[0],
+        max: v[n - 1],
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Diagnostics {
+    pub prompts: usize,
+    pub candidates: usize,
+    pub judgements: usize,
+    pub parse_failures: usize,
+    pub parse_failure_rate: f64,
+    /// Parsed judgement scores, by value ("0" .. "5"; half points as "4.5").
+    pub score_histogram: BTreeMap<String, usize>,
+    /// Candidates' mean scores.
+    pub candidate_scores: Summary,
+    /// Of candidates with two or more parsed samples, the share whose samples all agree.
+    pub judge_samples_agree: f64,
+    /// Mean over candidates of the standard deviation of their samples.
+    pub judge_sample_std: f64,
+    /// Prompts without a pair: all candidates tied, or too few scored, or margin too small.
+    pub prompts_tied: usize,
+    pub prompts_unscored: usize,
+    pub prompts_small_margin: usize,
+    pub pairs: usize,
+    pub pair_margins: Summary,
+    /// Response lengths in characters.
+    pub response_chars: Summary,
+    pub chosen_chars: Summary,
+    pub rejected_chars: Summary,
+    /// Spearman correlation of a candidate's length with its mean score (None: too few, or no
+    /// variation).
+    pub length_score_spearman: Option<f64>,
+}
+
+fn label(score: f64) -> String {
+    if score.fract() == 0.0 {
+        format!("{}", score as i64)
+    } else {
+        format!("{score}")
+    }
+}
+
+pub fn diagnose(
+    candidates: &[CandidateRecord],
+    judgements: &[JudgementRecord],
+    pairs: &[PairRecord],
+    stats: &PairStats,
+) -> Diagnostics {
+    let mut d = Diagnostics {
+        prompts: stats.prompts,
+        candidates: candidates.len(),
+        judgements: judgements.len(),
+        prompts_tied: stats.ties,
+        prompts_unscored: stats.too_few_scored,
+        prompts_small_margin: stats.small_margin,
+        pairs: pairs.len(),
+        ..Diagnostics::default()
+    };
+    let mut by_candidate: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for j in judgements {
+        match j.score {
+            Some(s) => {
+                *d.score_histogram.entry(label(s)).or_insert(0) += 1;
+                by_candidate
+                    .entry(j.candidate_id.as_str())
+                    .or_default()
+                    .push(s);
+            }
+            None => d.parse_failures += 1,
+        }
+    }
+    d.parse_failure_rate = if judgements.is_empty() {
+        0.0
+    } else {
+        d.parse_failures as f64 / judgements.len() as f64
+    };
+    let (mut agree, mut multi, mut stds) = (0usize, 0usize, Vec::new());
+    for s in by_candidate.values().filter(|s| s.len() >= 2) {
+        multi += 1;
+        agree += s.iter().all(|x| *x == s[0]) as usize;
+        let m = s.iter().sum::<f64>() / s.len() as f64;
+        stds.push((s.iter().map(|x| (x - m).powi(2)).sum::<f64>() / s.len() as f64).sqrt());
+    }
+    d.judge_samples_agree = if multi > 0 {
+        agree as f64 / multi as f64
+    } else {
+        0.0
+    };
+    d.judge_sample_std = summarize(&stds).mean;
+    let (mut lens, mut scores) = (Vec::new(), Vec::new());
+    let all_lens: Vec<f64> = candidates
+        .iter()
+        .map(|c| c.response.chars().count() as f64)
+        .collect();
+    for c in candidates {
+        if let Some(s) = by_candidate.get(c.id.as_str()) {
+            lens.push(c.response.chars().count() as f64);
+            scores.push(s.iter().sum::<f64>() / s.len() as f64);
+        }
+    }
+    d.response_chars = summarize(&all_lens);
+    d.candidate_scores = summarize(&scores);
+    d.length_score_spearman = if lens.len() >= 3 {
+        spearman(&lens, &scores)
+    } else {
+        None
+    };
+    let margins: Vec<f64> = pairs
+        .iter()
+        .map(|p| p.chosen_score - p.rejected_score)
+        .collect();
+    d.pair_margins = summarize(&margins);
+    let chosen: Vec<f64> = pairs
+        .iter()
+        .map(|p| p.chosen.chars().count() as f64)
+        .collect();
+    let rejected: Vec<f64> = pairs
+        .iter()
+        .map(|p| p.rejected.chars().count() as f64)
+        .collect();
+    d.chosen_chars = summarize(&chosen);
+    d.rejected_chars = summarize(&rejected);
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pairs::{build_pairs, PairOptions};
+
+    fn cand(p: &str, c: usize, response: &str) -> CandidateRecord {
+        CandidateRecord {
+            id: format!("{p}/{c}"),
+            prompt_id: p.into(),
+            prompt: "Q".into(),
+            candidate: c,
+            response: response.into(),
+            finish_reason: None,
+        }
+    }
+
+    fn judged(cid: &str, s: usize, score: Option<f64>) -> JudgementRecord {
+        JudgementRecord {
+            id: format!("{cid}/{s}"),
+            candidate_id: cid.into(),
+            prompt_id: cid.split('/').next().unwrap().into(),
+            sample: s,
+            raw: String::new(),
+            score,
+            failure: None,
+        }
+    }
+
+    #[test]
+    fn diagnostics_of_a_small_round() {
+        let candidates = vec![
+            cand("p", 0, "short"),
+            cand("p", 1, "a much longer answer"),
+            cand("q", 0, "tie one"),
+            cand("q", 1, "tie two"),
+        ];
+        let judgements = vec![
+            judged("p/0", 0, Some(2.0)),
+            judged("p/0", 1, Some(2.0)),
+            judged("p/1", 0, Some(4.0)),
+            judged("p/1", 1, Some(5.0)),
+            judged("q/0", 0, Some(3.0)),
+            judged("q/0", 1, None),
+            judged("q/1", 0, Some(3.0)),
+            judged("q/1", 1, Some(3.0)),
+        ];
+        let (pairs, stats) = build_pairs(&candidates, &judgements, &PairOptions::default());
+        let d = diagnose(&candidates, &judgements, &pairs, &stats);
+        assert_eq!(
+            (d.judgements, d.parse_failures, d.pairs, d.prompts_tied),
+            (8, 1, 1, 1)
+        );
+        assert_eq!(d.parse_failure_rate, 0.125);
+        assert_eq!(d.score_histogram["3"], 3);
+        // p/0 and q/1 agree; p/1 does not; q/0 has one parsed sample.
+        assert!((d.judge_samples_agree - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(d.pair_margins.mean, 2.5);
+        assert_eq!(d.chosen_chars.mean, 20.0);
+        // Longest answer scores highest, the shortest lowest: positive correlation.
+        assert!(d.length_score_spearman.unwrap() > 0.5);
+        assert_eq!(summarize(&[3.0, 1.0, 2.0, 10.0]).median, 2.5);
+    }
+}
