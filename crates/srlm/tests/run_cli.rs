@@ -32,6 +32,11 @@ fn tiny_model(dir: &Path) -> PathBuf {
     dst
 }
 
+/// The real human data beside the repository (never copied into it).
+fn shared_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+}
+
 fn config(model: &Path) -> String {
     let f = fixtures();
     format!(
@@ -71,10 +76,19 @@ micro_batch = 1
 grad_accum = 1
 max_len = 2048
 save_every = 1
+[eval]
+judge_data = "{trees}"
+judge_limit = 2
+judge_k = 2
+prompts = "{vicuna}"
+prompts_limit = 2
+max_new_tokens = 8
 "#,
         model = model.display(),
         ift = f.join("tiny_seed_ift.jsonl").display(),
         eft = f.join("tiny_seed_eft.jsonl").display(),
+        trees = shared_data().join("oasst/trees.jsonl").display(),
+        vicuna = shared_data().join("vicuna/question.jsonl").display(),
     )
 }
 
@@ -104,7 +118,7 @@ fn ok(o: &Output) -> String {
 /// finish), by path relative to the run.
 fn artifacts(run: &Path) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
-    for sub in ["seed", "iter1", "iter2"] {
+    for sub in ["seed", "iter1", "iter2", "eval"] {
         for e in std::fs::read_dir(run.join(sub)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "jsonl") {
@@ -145,7 +159,35 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
     let stages = manifest["stages"].as_object().unwrap();
-    assert_eq!(stages.len(), 12, "{:?}", stages.keys().collect::<Vec<_>>());
+    // seed, sft, 2 x (prompts, sample, judge, pairs, dpo), 3 x eval judge, 3 x eval vs.
+    assert_eq!(stages.len(), 18, "{:?}", stages.keys().collect::<Vec<_>>());
+    for m in 1..=3 {
+        let metrics: Value = serde_json::from_str(
+            &std::fs::read_to_string(a.join(format!("eval/judge_m{m}.jsonl.metrics.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(metrics["prompts"], 2);
+    }
+    for vs in ["vs_m2_m1", "vs_m3_m1", "vs_m3_m2"] {
+        let s: Value = serde_json::from_str(
+            &std::fs::read_to_string(a.join("eval").join(vs).join("summary.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s["compared"], 2, "{vs}");
+    }
+    let report = std::fs::read_to_string(a.join("report/report.md")).unwrap();
+    for png in [
+        "scores.png",
+        "lengths.png",
+        "judge.png",
+        "winrates.png",
+        "training.png",
+    ] {
+        assert!(report.contains(png), "{png} not in the report");
+        let bytes = std::fs::read(a.join("report").join(png)).unwrap();
+        assert_eq!(&bytes[..4], b"\x89PNG", "{png}");
+    }
     for t in 1..=2 {
         let it = a.join(format!("iter{t}"));
         let prompts = lines(&it.join("prompts.jsonl"));
@@ -185,7 +227,7 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
     }
     // Rerunning a finished run does nothing.
     let again = ok(&srlm_run(&cfg, &a, None));
-    assert_eq!(again.matches(": done (").count(), 12, "{again}");
+    assert_eq!(again.matches(": done (").count(), 18, "{again}");
 
     // The same run, crashed in four places and resumed after each.
     let b = dir.path().join("b");
