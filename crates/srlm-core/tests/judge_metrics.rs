@@ -104,3 +104,32 @@ fn rouge_l_equals_google_rouge_score() {
         close(got, c.f, &format!("rouge-L of {:?} / {:?}", c.a, c.b));
     }
 }
+
+/// Judge outputs, constructed and real (SmolLM2 judging as M1 of a default run), each with the
+/// score srlm must take from it or the failure it must record.
+#[test]
+fn judge_output_corpus_parses_as_expected() {
+    use srlm_core::judge::{parse_score, ParseFailure};
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/judge_outputs.jsonl"),
+    )
+    .unwrap();
+    let mut n = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (case, raw) = (v["case"].as_str().unwrap(), v["raw"].as_str().unwrap());
+        let got = parse_score(raw);
+        match &v["expect"] {
+            serde_json::Value::Number(x) => assert_eq!(got, Ok(x.as_f64().unwrap()), "{case}"),
+            serde_json::Value::String(s) if s == "out_of_range" => {
+                assert_eq!(got, Err(ParseFailure::OutOfRange), "{case}")
+            }
+            serde_json::Value::String(s) if s == "no_score" => {
+                assert_eq!(got, Err(ParseFailure::NoScore), "{case}")
+            }
+            other => panic!("{case}: bad expectation {other}"),
+        }
+        n += 1;
+    }
+    assert!(n >= 15);
+}
