@@ -5,6 +5,7 @@ mod chat;
 mod eft;
 mod eval;
 mod eval_vs;
+mod export;
 mod faults;
 mod generate;
 mod model_args;
@@ -59,6 +60,9 @@ pub(crate) enum Command {
     /// Evaluation: the judge against human rankings.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Export for other tools: pairs in the format TRL's DPOTrainer reads.
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -96,6 +100,7 @@ pub(crate) fn dispatch(command: Command) -> Result<()> {
         Command::Dpo(a) => train::run_dpo(a),
         Command::Eft(a) => eft::run(a),
         Command::Eval(e) => eval::run(e),
+        Command::Export(e) => export::run(e),
         Command::Bench(b) => bench::run(b),
         Command::Fetch => {
             println!("{}", srlm_engine::fetch::default_model()?.display());

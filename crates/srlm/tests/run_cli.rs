@@ -225,6 +225,31 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
     for m in ["m1", "m2", "m3"] {
         assert!(a.join("models").join(m).join("model.safetensors").exists());
     }
+    // The pairs as TRL's DPOTrainer reads them (conversational: lists of messages).
+    let exported = dir.path().join("trl.jsonl");
+    ok(&Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args([
+            "export",
+            "pairs",
+            "--run",
+            &a.display().to_string(),
+            "--out",
+            &exported.display().to_string(),
+        ])
+        .output()
+        .unwrap());
+    let rows = lines(&exported);
+    let total =
+        lines(&a.join("iter1/pairs.jsonl")).len() + lines(&a.join("iter2/pairs.jsonl")).len();
+    assert_eq!(rows.len(), total);
+    for r in &rows {
+        let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
+        assert_eq!(keys, vec!["chosen", "prompt", "rejected"]);
+        assert_eq!(r["prompt"][0]["role"], "user");
+        assert_eq!(r["chosen"][0]["role"], "assistant");
+        assert_eq!(r["rejected"][0]["role"], "assistant");
+    }
+
     // Rerunning a finished run does nothing.
     let again = ok(&srlm_run(&cfg, &a, None));
     assert_eq!(again.matches(": done (").count(), 18, "{again}");
