@@ -380,3 +380,67 @@ fn eval_vs_compares_both_orders_and_resumes() {
     assert_eq!(lines(&out.join("judgements.jsonl")).len(), 4);
     assert_eq!(lines(&out.join("answers_a.jsonl")).len(), 2);
 }
+
+#[test]
+fn eft_keeps_judgements_that_agree_with_the_human_ranking() {
+    let dir = tempfile::tempdir().unwrap();
+    let trees = dir.path().join("trees.jsonl");
+    let tree = |id: &str| {
+        format!(
+            r#"{{"message_tree_id": "{id}", "prompt": {{"text": "Question {id}?", "role": "prompter", "replies": [{{"text": "best {id}", "role": "assistant", "rank": 0}}, {{"text": "worse {id}", "role": "assistant", "rank": 1}}]}}}}"#
+        )
+    };
+    std::fs::write(&trees, format!("{}\n{}\n", tree("t1"), tree("t2"))).unwrap();
+    // As `srlm eval judge` writes them: t1's scores follow the humans, t2's are reversed.
+    let j = |p: &str, reply: usize, s: usize, rank: u32, score: u32| {
+        format!(
+            r#"{{"id": "{p}/{reply}/{s}", "prompt_id": "{p}", "reply": {reply}, "sample": {s}, "human_rank": {rank}, "raw": "Reason.\nScore: {score}", "score": {score}}}"#
+        )
+    };
+    let judgements = dir.path().join("j.jsonl");
+    std::fs::write(
+        &judgements,
+        [
+            j("t1", 0, 0, 0, 4),
+            j("t1", 1, 0, 1, 2),
+            j("t2", 0, 0, 0, 1),
+            j("t2", 1, 0, 1, 3),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let out = dir.path().join("eft.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args([
+            "eft",
+            "--data",
+            &trees.display().to_string(),
+            "--judgements",
+            &judgements.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+            "--no-balance",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stats: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            stats["prompts"].as_u64(),
+            stats["prompts_agreeing"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    let eft = lines(&out);
+    assert_eq!(eft.len(), 2);
+    assert_eq!(eft[0]["instruction"], "Question t1?");
+    assert_eq!(eft[0]["response"], "best t1");
+    assert_eq!(
+        (eft[0]["score"].as_u64(), eft[1]["score"].as_u64()),
+        (Some(4), Some(2))
+    );
+    // The EFT file is what `srlm run`'s [seed_data] eft takes.
+    assert!(eft[1]["judgement"].as_str().unwrap().ends_with("Score: 2"));
+}
