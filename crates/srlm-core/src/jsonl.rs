@@ -123,6 +123,11 @@ pub fn recover_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlEr
 /// Writes `records` to `path` as a whole: to a temporary file beside it, then renamed over it,
 /// so a reader sees the old file or the complete new one, never a part.
 pub fn write_jsonl_atomic<T: Serialize>(path: &Path, records: &[T]) -> Result<(), JsonlError> {
+    write_atomic(path, &to_lines(path, records)?)
+}
+
+/// `records` as JSON lines.
+fn to_lines<T: Serialize>(path: &Path, records: &[T]) -> Result<Vec<u8>, JsonlError> {
     let mut text = Vec::new();
     for r in records {
         serde_json::to_writer(&mut text, r).map_err(|e| JsonlError::Record {
@@ -133,7 +138,7 @@ pub fn write_jsonl_atomic<T: Serialize>(path: &Path, records: &[T]) -> Result<()
         })?;
         text.push(b'\n');
     }
-    write_atomic(path, &text)
+    Ok(text)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
@@ -181,16 +186,7 @@ impl JsonlWriter {
     /// Appends several records with one write (a crash keeps all or a torn tail, which
     /// `recover_jsonl` cuts off).
     pub fn write_all<T: Serialize>(&mut self, records: &[T]) -> Result<(), JsonlError> {
-        let mut text = Vec::new();
-        for r in records {
-            serde_json::to_writer(&mut text, r).map_err(|e| JsonlError::Record {
-                path: self.path.clone(),
-                line: 0,
-                message: format!("cannot serialise record: {e}"),
-                hint: "this is a bug in srlm".into(),
-            })?;
-            text.push(b'\n');
-        }
+        let text = to_lines(&self.path, records)?;
         self.out
             .write_all(&text)
             .and_then(|_| self.out.flush())
