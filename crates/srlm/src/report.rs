@@ -181,7 +181,7 @@ fn plot_lines(
         .build_cartesian_2d(x0..x1, lo..hi)?;
     chart
         .configure_mesh()
-        .x_desc("iteration")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .x_labels(xs.len().max(2))
         .x_label_formatter(&|x| format!("{x:.0}"))
@@ -340,6 +340,7 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         plot_lines(
             &out.join("lengths.png"),
             "Response length per iteration (characters, mean)",
+            "iteration",
             "characters",
             &xs,
             &[
@@ -380,7 +381,12 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
     }
     if !judge_rows.is_empty() {
         let ms: Vec<usize> = judge_rows.iter().map(|r| r.0).collect();
-        let get = |v: &Value, k: &str| v["agreement"][k].as_f64();
+        // No scored pair of replies (a judge that never gave a score): nothing to report.
+        let get = |v: &Value, k: &str| {
+            (v["agreement"]["pairs"].as_u64() != Some(0))
+                .then(|| v["agreement"][k].as_f64())
+                .flatten()
+        };
         let series: Vec<(String, Vec<Option<f64>>)> = [
             ("pairwise accuracy", "pairwise_accuracy"),
             ("Spearman", "spearman"),
