@@ -151,6 +151,7 @@ fn plot_scores(path: &Path, its: &[Iteration]) -> PlotResult {
 fn plot_lines(
     path: &Path,
     title: &str,
+    x_desc: &str,
     y_desc: &str,
     xs: &[usize],
     series: &[(String, Vec<Option<f64>>)],
@@ -404,6 +405,7 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         plot_lines(
             &out.join("judge.png"),
             "The judge against human rankings, per model",
+            "model M_t",
             "metric",
             &ms,
             &series,
