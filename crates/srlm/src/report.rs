@@ -518,7 +518,7 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             "## Stages\n\n| stage | seconds | stats |\n|---|---|---|"
         )?;
         let mut stages: Vec<(&String, &crate::run::StageEntry)> = manifest.stages.iter().collect();
-        stages.sort_by(|a, b| stage_order(a.0).cmp(&stage_order(b.0)));
+        stages.sort_by_key(|a| stage_order(a.0));
         for (name, e) in stages {
             let stats = e
                 .stats
