@@ -164,29 +164,7 @@ pub fn diagnose(
 mod tests {
     use super::*;
     use crate::pairs::{build_pairs, PairOptions};
-
-    fn cand(p: &str, c: usize, response: &str) -> CandidateRecord {
-        CandidateRecord {
-            id: format!("{p}/{c}"),
-            prompt_id: p.into(),
-            prompt: "Q".into(),
-            candidate: c,
-            response: response.into(),
-            finish_reason: None,
-        }
-    }
-
-    fn judged(cid: &str, s: usize, score: Option<f64>) -> JudgementRecord {
-        JudgementRecord {
-            id: format!("{cid}/{s}"),
-            candidate_id: cid.into(),
-            prompt_id: cid.split('/').next().unwrap().into(),
-            sample: s,
-            raw: String::new(),
-            score,
-            failure: None,
-        }
-    }
+    use crate::stages::fixtures::{candidate as cand, judgement as judged};
 
     #[test]
     fn diagnostics_of_a_small_round() {

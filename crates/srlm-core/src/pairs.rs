@@ -179,24 +179,7 @@ mod tests {
 
     #[test]
     fn pairs_from_candidates_and_judgements() {
-        use crate::stages::{CandidateRecord, JudgementRecord};
-        let cand = |p: &str, c: usize, r: &str| CandidateRecord {
-            id: format!("{p}/{c}"),
-            prompt_id: p.into(),
-            prompt: format!("prompt {p}"),
-            candidate: c,
-            response: r.into(),
-            finish_reason: None,
-        };
-        let judge = |cid: &str, s: usize, score: Option<f64>| JudgementRecord {
-            id: format!("{cid}/{s}"),
-            candidate_id: cid.into(),
-            prompt_id: cid.split('/').next().unwrap().into(),
-            sample: s,
-            raw: String::new(),
-            score,
-            failure: None,
-        };
+        use crate::stages::fixtures::{candidate as cand, judgement as judge};
         let cands = [
             cand("a", 0, "good"),
             cand("a", 1, "bad"),

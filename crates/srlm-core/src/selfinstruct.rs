@@ -94,6 +94,22 @@ pub enum Rejection {
     Surplus,
 }
 
+impl Rejection {
+    /// The reason's name, as serialised.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Empty => "empty",
+            Rejection::TooShort { .. } => "too_short",
+            Rejection::TooLong { .. } => "too_long",
+            Rejection::BadStart => "bad_start",
+            Rejection::Blocklisted { .. } => "blocklisted",
+            Rejection::Duplicate => "duplicate",
+            Rejection::TooSimilar { .. } => "too_similar",
+            Rejection::Surplus => "surplus",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptFilter {
     pub min_words: usize,
@@ -317,6 +333,8 @@ mod tests {
             Err(Rejection::Duplicate)
         );
         assert_eq!(pool.len(), 2);
+        let r = Rejection::TooShort { words: 1 };
+        assert_eq!(serde_json::to_value(&r).unwrap()["reason"], r.reason());
     }
 
     #[test]

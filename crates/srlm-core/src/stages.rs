@@ -58,3 +58,34 @@ pub struct PairRecord {
     pub rejected_score: f64,
     pub schema_version: u32,
 }
+
+/// Stage records for tests, with the ids the stages give them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{CandidateRecord, JudgementRecord};
+
+    /// Candidate `c` of prompt `p`: id `p/c`.
+    pub fn candidate(p: &str, c: usize, response: &str) -> CandidateRecord {
+        CandidateRecord {
+            id: format!("{p}/{c}"),
+            prompt_id: p.into(),
+            prompt: format!("prompt {p}"),
+            candidate: c,
+            response: response.into(),
+            finish_reason: None,
+        }
+    }
+
+    /// Judgement `s` of candidate `cid` (`p/c`): id `p/c/s`.
+    pub fn judgement(cid: &str, s: usize, score: Option<f64>) -> JudgementRecord {
+        JudgementRecord {
+            id: format!("{cid}/{s}"),
+            candidate_id: cid.into(),
+            prompt_id: cid.split('/').next().unwrap().into(),
+            sample: s,
+            raw: String::new(),
+            score,
+            failure: None,
+        }
+    }
+}

@@ -126,13 +126,6 @@ fn recover_attempts(path: &Path) -> Result<Vec<Attempt>> {
     Ok(all)
 }
 
-fn kind(r: &Rejection) -> String {
-    serde_json::to_value(r)
-        .ok()
-        .and_then(|v| v["reason"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 pub fn run(a: PromptsArgs) -> Result<()> {
     let summary = write_prompts(&a)?;
     println!("{}", serde_json::to_string(&summary)?);
@@ -281,7 +274,7 @@ pub fn write_prompts(a: &PromptsArgs) -> Result<PromptsSummary> {
     let mut rejected = HashMap::new();
     for at in recover_jsonl::<Attempt>(&log)? {
         if let Some(r) = at.rejected {
-            *rejected.entry(kind(&r)).or_insert(0) += 1;
+            *rejected.entry(r.reason().to_string()).or_insert(0) += 1;
         }
     }
     if kept.len() < a.count {

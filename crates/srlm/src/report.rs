@@ -74,7 +74,7 @@ fn iterations(run: &Path, cfg: &RunConfig) -> Result<Vec<Iteration>> {
     Ok(out)
 }
 
-fn read_json(p: &Path) -> Option<Value> {
+pub(crate) fn read_json(p: &Path) -> Option<Value> {
     serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
 }
 

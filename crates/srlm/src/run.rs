@@ -391,6 +391,10 @@ pub fn input_hash(path: &Path) -> Result<String> {
 struct Run {
     dir: PathBuf,
     manifest: Manifest,
+    /// Input hashes computed so far. A stage's inputs are finished outputs of earlier stages
+    /// (or files outside the run), fixed for the life of the process, so each model folder
+    /// (hundreds of MB) is hashed once, not by every stage that reads it.
+    hashed: std::collections::HashMap<PathBuf, String>,
     base: PathBuf,
     stage_no: usize,
     stage_total: usize,
@@ -426,7 +430,15 @@ impl Run {
         self.stage_no += 1;
         let mut hashes = BTreeMap::new();
         for p in inputs {
-            hashes.insert(self.rel(p), input_hash(p)?);
+            let h = match self.hashed.get(*p) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = input_hash(p)?;
+                    self.hashed.insert(p.to_path_buf(), h.clone());
+                    h
+                }
+            };
+            hashes.insert(self.rel(p), h);
         }
         if let Some(done) = self.manifest.stages.get(name) {
             if done.inputs == hashes && outputs.iter().all(|o| o.exists()) {
@@ -619,6 +631,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                 cfg.iterations * (cfg.iterations + 1) / 2
             },
         manifest,
+        hashed: Default::default(),
         base,
         stage_no: 0,
     };
@@ -736,9 +749,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         let count = p.count;
         run.stage(&format!("prompts {t}"), cmd, &inputs, &[&prompts], |c| {
             srlm(c)?;
-            let kept = read_jsonl::<serde_json::Value>(c_path(c, "--out"), "")?.len();
+            let kept = read_jsonl::<serde_json::Value>(&prompts, "")?.len();
             if kept == 0 {
-                bail!("no generated prompt passed the filters\n  hint: see {} for why each was dropped", crate::prompts::attempts_path(c_path(c, "--out")).display());
+                bail!("no generated prompt passed the filters\n  hint: see {} for why each was dropped", crate::prompts::attempts_path(&prompts).display());
             }
             Ok(Some(serde_json::json!({"kept": kept, "asked": count})))
         })?;
@@ -980,23 +993,13 @@ fn evaluate(run: &mut Run, cfg: &RunConfig, models: &Path) -> Result<()> {
                     &[&summary],
                     |c| {
                         srlm(c)?;
-                        Ok(read_json_file(&summary).map(|v| v["a_win_rate"].clone()))
+                        Ok(crate::report::read_json(&summary).map(|v| v["a_win_rate"].clone()))
                     },
                 )?;
             }
         }
     }
     Ok(())
-}
-
-fn read_json_file(p: &Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
-}
-
-/// The value after `flag` in a command line.
-fn c_path<'a>(cmd: &'a [String], flag: &str) -> &'a Path {
-    let i = cmd.iter().position(|a| a == flag).expect("flag present");
-    Path::new(&cmd[i + 1])
 }
 
 #[cfg(test)]
