@@ -31,6 +31,15 @@ pub struct Completion {
     pub prompt_tokens: usize,
 }
 
+/// What a request source of [`Generator::serve`] answers.
+pub enum Next {
+    Request(Request),
+    /// None now; ask again after the next step.
+    Later,
+    /// No more, ever.
+    End,
+}
+
 /// What the generator reports as it goes.
 pub enum Event<'a> {
     /// New text of request `id` (for streaming).
@@ -174,10 +183,29 @@ impl<'a> Generator<'a> {
     pub fn run(
         &self,
         requests: impl IntoIterator<Item = Request>,
+        on_event: impl FnMut(Event<'_>) -> Result<()>,
+    ) -> Result<RunStats> {
+        let mut queue = requests.into_iter();
+        self.serve(
+            |_| match queue.next() {
+                Some(r) => Next::Request(r),
+                None => Next::End,
+            },
+            on_event,
+        )
+    }
+
+    /// Generates for requests as `next` hands them over, until it says `End` and every
+    /// admitted request has finished: how a server batches requests that arrive while others
+    /// decode. `next(idle)` is asked whenever there is room in the batch; with `idle` true
+    /// nothing is decoding, so it may block until a request comes, and otherwise it should
+    /// answer at once (`Later` when it has none).
+    pub fn serve(
+        &self,
+        mut next: impl FnMut(bool) -> Next,
         mut on_event: impl FnMut(Event<'_>) -> Result<()>,
     ) -> Result<RunStats> {
         let mut stats = RunStats::default();
-        let mut queue = requests.into_iter();
         let mut waiting: VecDeque<Request> = VecDeque::new();
         let mut store = PrefixStore::default();
         let mut active: Vec<Sequence> = Vec::new();
@@ -190,16 +218,21 @@ impl<'a> Generator<'a> {
                 let req = match waiting.pop_front() {
                     Some(r) => r,
                     None if still_waiting.len() >= 4 * self.max_batch => break,
-                    None => match (!exhausted).then(|| queue.next()).flatten() {
-                        Some(r) => {
-                            self.check(&r)?;
-                            r
+                    None if exhausted => break,
+                    None => {
+                        let idle = active.is_empty() && still_waiting.is_empty();
+                        match next(idle) {
+                            Next::Request(r) => {
+                                self.check(&r)?;
+                                r
+                            }
+                            Next::Later => break,
+                            Next::End => {
+                                exhausted = true;
+                                break;
+                            }
                         }
-                        None => {
-                            exhausted = true;
-                            break;
-                        }
-                    },
+                    }
                 };
                 if !self.prefix_reuse {
                     stats.prompt_tokens += req.prompt_ids.len();
@@ -231,7 +264,10 @@ impl<'a> Generator<'a> {
             waiting = still_waiting;
             if active.is_empty() {
                 if waiting.is_empty() {
-                    return Ok(stats);
+                    if exhausted {
+                        return Ok(stats);
+                    }
+                    continue; // an idle source said Later: ask again
                 }
                 // Nothing is prefilling, so nothing blocks the first waiting request.
                 let req = waiting.pop_front().expect("non-empty");

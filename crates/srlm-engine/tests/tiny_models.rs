@@ -227,6 +227,51 @@ fn a_batch_of_8_equals_one_by_one_greedy() {
 }
 
 #[test]
+fn requests_arriving_while_others_decode_join_the_batch() {
+    // A server's source: two requests at first, more handed over one per step while the
+    // first ones decode, `Later` in between. Every request is answered, as run alone would.
+    use srlm_engine::generate::{Event, Next};
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let reqs = greedy_requests(6);
+    let mut pending: std::collections::VecDeque<Request> = reqs.clone().into();
+    let mut asks = 0usize;
+    let (mut out, mut busy_asks) = (Vec::new(), 0usize);
+    let mut gen = Generator::new(&engine.model, &engine.tokenizer);
+    gen.max_batch = 4;
+    gen.serve(
+        |idle| {
+            asks += 1;
+            if !idle {
+                busy_asks += 1;
+            }
+            // Hand over a request on every other ask only: the rest are `Later`.
+            if pending.len() > 4 && asks % 2 == 0 {
+                return Next::Later;
+            }
+            match pending.pop_front() {
+                Some(r) => Next::Request(r),
+                None => Next::End,
+            }
+        },
+        |ev| {
+            if let Event::Done(c) = ev {
+                out.push((c.id, c.token_ids));
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert!(
+        busy_asks > 0,
+        "no request was asked for while others decoded"
+    );
+    out.sort();
+    let mut alone = run(&engine, reqs, 1);
+    alone.sort();
+    assert_eq!(out, alone);
+}
+
+#[test]
 fn sampling_with_a_seed_is_reproducible_and_independent_of_batching() {
     let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
     let reqs = |seed| {
