@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub const GENERATE_SCHEMA_HINT: &str = r#"each line must be {"id": "...", "prompt": "..."} or {"id": "...", "messages": [{"role": "user", "content": "..."}]} or {"id": "...", "text": "..."}"#;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
@@ -30,7 +30,7 @@ impl Message {
 }
 
 /// What to feed the model: a chat (templated) or raw text.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PromptInput {
     Chat(Vec<Message>),
     Raw(String),

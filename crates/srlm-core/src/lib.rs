@@ -14,6 +14,7 @@ pub mod jsonl;
 pub mod judge;
 pub mod metrics;
 pub mod oasst;
+pub mod openai;
 pub mod pairs;
 pub mod rouge;
 pub mod seed;

@@ -373,8 +373,9 @@ fn bench_judge(a: BenchJudgeArgs) -> Result<()> {
             // Candidates of different lengths, as N samples of one prompt are.
             let take = words.len() * (c + 1) / a.n.max(1);
             let answer = words[..take.max(1)].join(" ");
-            let ids = crate::stages::encode_user(&engine, &judge_prompt(question, &answer))?
-                .ok_or_else(|| anyhow::anyhow!("judge prompt longer than the context"))?;
+            let ids = engine.encode_prompt(&srlm_core::generation::PromptInput::Chat(vec![
+                srlm_core::generation::Message::new("user", &judge_prompt(question, &answer)),
+            ]))?;
             for k in 0..a.k {
                 requests.push(Request {
                     id: format!("{p}/{c}/{k}"),

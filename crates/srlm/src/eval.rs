@@ -3,8 +3,9 @@
 //! a JSONL file as they finish (rerun to resume); the agreement metrics go to stdout and to
 //! `<out>.metrics.json`.
 
+use crate::backend::{self, RemoteArgs};
 use crate::model_args::{ModelArgs, SamplingArgs};
-use crate::stages::{encode_user, run_resumable, seeded};
+use crate::stages::{run_resumable, seeded};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,9 @@ pub struct EvalJudgeArgs {
     pub batch_size: usize,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The judge on an OpenAI-compatible server instead of `--model`.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -92,29 +96,26 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     }
     let done: Vec<JudgementRecord> = recover_jsonl(&a.out)?;
     let done_ids: HashSet<String> = done.iter().map(|r| r.id.clone()).collect();
-    let engine = a.model.load()?;
+    let backend = backend::open(&a.model, &a.remote, a.batch_size)?;
     let base = a.sampling.params();
     let mut meta = BTreeMap::new();
     let mut requests = Vec::new();
-    let mut too_long = 0usize;
     for p in &prompts {
         for (ri, (reply, rank)) in p.replies.iter().enumerate() {
-            let Some(ids) = encode_user(&engine, &judge_prompt(&p.prompt, reply))? else {
-                // Left out of the metrics (as a missing score would be) and counted.
-                too_long += 1;
-                continue;
-            };
+            let prompt = judge_prompt(&p.prompt, reply);
             for s in 0..a.k {
                 let id = format!("{}/{ri}/{s}", p.id);
                 meta.insert(id.clone(), (p.id.clone(), ri, s, *rank));
                 if done_ids.contains(&id) {
                     continue;
                 }
-                requests.push(seeded(id, ids.clone(), &base));
+                requests.push(seeded(id, &prompt, &base));
             }
         }
     }
-    run_resumable(&engine, requests, &a.out, a.batch_size, "judging", |c| {
+    // Replies whose judgements failed (too long for the context, or a server that kept
+    // failing) are left out of the metrics, as a missing score would be, and counted.
+    let run = run_resumable(backend.as_ref(), requests, &a.out, "judging", |c| {
         let (prompt_id, reply, sample, human_rank) = meta[&c.id].clone();
         let j = JudgeSample::parse(&c.text);
         JudgementRecord {
@@ -163,20 +164,14 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
         }
         replies.push(rr);
     }
-    if too_long > 0 {
-        eprintln!(
-            "srlm: {too_long} replies left out: their judge prompt exceeds the context of {} tokens (raise --context-length)",
-            engine.model.max_positions()
-        );
-    }
     let agreement = judge_agreement(&replies);
     let report = serde_json::json!({
-        "model": engine.path.display().to_string(),
+        "model": backend.describe(),
         "data": a.data.display().to_string(),
         "prompts": prompts.len(),
         "k": a.k,
         "judgements": samples,
-        "replies_too_long": too_long,
+        "failed_requests": run.failed,
         "parse_failure_rate": if samples > 0 { failures as f64 / samples as f64 } else { 0.0 },
         "agreement": agreement,
     });

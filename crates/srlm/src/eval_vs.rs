@@ -7,8 +7,9 @@
 //! additive prompt (k samples) and compares the means. Every step appends as it goes and
 //! resumes when rerun; the result goes to `OUT/summary.json`.
 
+use crate::backend::{self, local::LocalBackend, RemoteArgs};
 use crate::model_args::{ModelArgs, SamplingArgs};
-use crate::stages::{encode_user, run_resumable, seeded};
+use crate::stages::{run_resumable, seeded};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,9 @@ pub struct EvalVsArgs {
     /// Weights, context and threads for all three models (`--model` is ignored).
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The judge on an OpenAI-compatible server instead of `--judge` (the answers stay local).
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// How the two models answer.
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -151,20 +155,15 @@ fn answer(
         .filter(|(id, _)| !done.contains(id))
         .collect();
     if !todo.is_empty() {
-        let engine = model_args(&a.model, model).load()?;
+        let backend = LocalBackend::new(model_args(&a.model, model).load()?, a.batch_size);
         let base = a.sampling.params();
         let mut requests = Vec::new();
         let mut text = HashMap::new();
         for (id, prompt) in todo {
-            match encode_user(&engine, prompt)? {
-                Some(ids) => {
-                    requests.push(seeded(id.clone(), ids, &base));
-                    text.insert(id.clone(), prompt.clone());
-                }
-                None => eprintln!("srlm: prompt {id} is longer than the context; left out"),
-            }
+            requests.push(seeded(id.clone(), prompt, &base));
+            text.insert(id.clone(), prompt.clone());
         }
-        run_resumable(&engine, requests, out, a.batch_size, label, |c| Answer {
+        run_resumable(&backend, requests, out, label, |c| Answer {
             prompt: text[&c.id].clone(),
             id: c.id,
             response: c.text,
@@ -228,11 +227,12 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
         .filter(|(id, _)| !done.contains(id))
         .collect();
     if !asks.is_empty() {
-        let judge_path = match &a.judge {
-            Some(p) => p.clone(),
-            None => srlm_engine::fetch::default_model()?,
+        let judge_model = match (&a.remote.api_base, &a.judge) {
+            (Some(_), _) => a.model.clone(), // unused: the server judges
+            (None, Some(p)) => model_args(&a.model, p),
+            (None, None) => model_args(&a.model, &srlm_engine::fetch::default_model()?),
         };
-        let engine = model_args(&a.model, &judge_path).load()?;
+        let backend = backend::open(&judge_model, &a.remote, a.batch_size)?;
         let params = srlm_engine::sampling::SamplingParams {
             temperature: a.judge_temperature,
             top_p: 0.9,
@@ -240,31 +240,20 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
             seed: a.sampling.seed,
             ..Default::default()
         };
-        let mut requests = Vec::new();
-        for (id, text) in &asks {
-            match encode_user(&engine, text)? {
-                Some(ids) => requests.push(seeded(id.clone(), ids, &params)),
-                None => eprintln!(
-                    "srlm: judge prompt {id} is longer than the context; counted as a tie"
-                ),
+        // A judgement that fails (too long, or a server that kept failing) counts as a tie.
+        let requests = asks
+            .iter()
+            .map(|(id, text)| seeded(id.clone(), text, &params))
+            .collect();
+        run_resumable(backend.as_ref(), requests, &verdicts_path, "judging", |c| {
+            let j = JudgeSample::parse(&c.text);
+            JudgeRecord {
+                id: c.id,
+                verdict: parse_verdict(&c.text),
+                score: j.score,
+                raw: c.text,
             }
-        }
-        run_resumable(
-            &engine,
-            requests,
-            &verdicts_path,
-            a.batch_size,
-            "judging",
-            |c| {
-                let j = JudgeSample::parse(&c.text);
-                JudgeRecord {
-                    id: c.id,
-                    verdict: parse_verdict(&c.text),
-                    score: j.score,
-                    raw: c.text,
-                }
-            },
-        )?;
+        })?;
     }
 
     let records: BTreeMap<String, JudgeRecord> = recover_jsonl::<JudgeRecord>(&verdicts_path)?
@@ -312,7 +301,11 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
     let summary = serde_json::json!({
         "a": a.a.display().to_string(),
         "b": a.b.display().to_string(),
-        "judge": a.judge.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "default".into()),
+        "judge": match (&a.remote.api_base, &a.judge) {
+            (Some(url), _) => format!("{} at {url}", a.remote.api_model.as_deref().unwrap_or("(first listed)")),
+            (None, Some(p)) => p.display().to_string(),
+            (None, None) => "default".into(),
+        },
         "prompts": a.prompts.display().to_string(),
         "mode": a.mode,
         "compared": outcomes.len(),

@@ -7,6 +7,7 @@
 //! the examples every attempt saw, and hence the result, do not depend on where an interrupted
 //! run restarted. The kept prompts go to `OUT` as a whole at the end.
 
+use crate::backend::{self, GenRequest, Outcome, RemoteArgs};
 use crate::model_args::ModelArgs;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -20,7 +21,6 @@ use srlm_core::selfinstruct::{
     Rejection, DEFAULT_BLOCKLIST,
 };
 use srlm_core::stages::{PromptRecord, PROMPT_HINT};
-use srlm_engine::generate::{Event, Generator, Request};
 use srlm_engine::sampling::SamplingParams;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +75,9 @@ pub struct PromptsArgs {
     pub batch_size: usize,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The prompt writer on an OpenAI-compatible server (`/v1/completions`) instead of `--model`.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// One attempt's outcome, a line of the attempts log.
@@ -183,7 +186,7 @@ pub fn write_prompts(a: &PromptsArgs) -> Result<PromptsSummary> {
 
     let needs_model = kept.len() < a.count && attempts < max_attempts;
     if needs_model {
-        let engine = a.model.load()?;
+        let backend = backend::open(&a.model, &a.remote, a.batch_size)?;
         let mut writer = JsonlWriter::append(&log)?;
         let bar = ProgressBar::new(a.count as u64);
         bar.set_style(
@@ -210,11 +213,9 @@ pub fn write_prompts(a: &PromptsArgs) -> Result<PromptsSummary> {
                     a.rng_seed,
                     at,
                 );
-                let text = few_shot_prompt(&examples);
-                let ids = engine.encode_prompt(&PromptInput::Raw(text))?;
-                requests.push(Request {
+                requests.push(GenRequest {
                     id: at.to_string(),
-                    prompt_ids: ids,
+                    prompt: PromptInput::Raw(few_shot_prompt(&examples)),
                     params: SamplingParams {
                         temperature: a.temperature,
                         top_p: a.top_p,
@@ -226,14 +227,23 @@ pub fn write_prompts(a: &PromptsArgs) -> Result<PromptsSummary> {
                 });
             }
             let mut raw: HashMap<u64, String> = HashMap::new();
-            let mut gen = Generator::new(&engine.model, &engine.tokenizer);
-            gen.max_batch = a.batch_size.max(1);
-            gen.run(requests, |ev| {
-                if let Event::Done(c) = ev {
-                    raw.insert(c.id.parse().expect("numeric id"), c.text);
+            let mut failed: Option<(String, String)> = None;
+            backend.generate(requests, &mut |o| {
+                match o {
+                    Outcome::Done(g) => {
+                        raw.insert(g.id.parse().expect("numeric id"), g.text);
+                    }
+                    Outcome::Failed { id, error } => failed = Some((id, error)),
                 }
                 Ok(())
             })?;
+            // A round is committed whole or not at all (later rounds' examples depend on it),
+            // so a failed attempt stops the stage here; a rerun redoes this round.
+            if let Some((id, error)) = failed {
+                anyhow::bail!(
+                    "attempt {id} of round {round} failed: {error}\n  hint: rerun the same command to resume from this round"
+                );
+            }
             // Examine in attempt order, so the outcome does not depend on finishing order.
             let mut records = Vec::with_capacity(size as usize);
             for at in attempts..attempts + size {

@@ -64,6 +64,40 @@ pub struct RunConfig {
     pub dpo: DpoSection,
     #[serde(skip_serializing_if = "EvalSection::is_off")]
     pub eval: EvalSection,
+    /// OpenAI-compatible servers by name, for the roles' `backend` keys.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, BackendSection>,
+}
+
+/// An OpenAI-compatible server (vLLM, SGLang, llama.cpp server, a provider, `srlm serve`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendSection {
+    /// e.g. "http://localhost:8000/v1".
+    pub base_url: String,
+    /// The model name to ask for; empty for the first the server lists.
+    pub model: String,
+    /// The environment variable holding the API key (never written to the run).
+    pub api_key_env: String,
+    pub concurrency: usize,
+    pub timeout_s: f64,
+    pub max_retries: u32,
+    /// Ask for the k judgements (N samples) of one item in one request with `n`.
+    pub n_per_request: bool,
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            model: String::new(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            concurrency: 8,
+            timeout_s: 600.0,
+            max_retries: 6,
+            n_per_request: true,
+        }
+    }
 }
 
 /// Evaluation of every model after the loop (each part skipped while its data is empty).
@@ -82,6 +116,8 @@ pub struct EvalSection {
     pub vs_judge: String,
     /// pairwise (both orders) or scores.
     pub vs_mode: String,
+    /// Where the head-to-head judge runs: "local" (`vs_judge`) or a [backends] name.
+    pub vs_backend: String,
     pub max_new_tokens: usize,
 }
 
@@ -95,6 +131,7 @@ impl Default for EvalSection {
             prompts_limit: 0,
             vs_judge: "base".into(),
             vs_mode: "pairwise".into(),
+            vs_backend: "local".into(),
             max_new_tokens: 256,
         }
     }
@@ -162,6 +199,8 @@ pub struct PromptsSection {
     pub temperature: f32,
     pub top_p: f32,
     pub max_new_tokens: usize,
+    /// "local" (`generator`) or a [backends] name.
+    pub backend: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,6 +211,8 @@ pub struct GenSection {
     pub temperature: f32,
     pub top_p: f32,
     pub max_new_tokens: usize,
+    /// "local" (M_t) or a [backends] name.
+    pub backend: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +223,8 @@ pub struct JudgeSection {
     pub temperature: f32,
     pub top_p: f32,
     pub max_new_tokens: usize,
+    /// "local" (M_t judges itself, as in the paper) or a [backends] name.
+    pub backend: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +262,7 @@ impl Default for RunConfig {
             pairs: PairsSection::default(),
             dpo: DpoSection::default(),
             eval: EvalSection::default(),
+            backends: BTreeMap::new(),
         }
     }
 }
@@ -277,6 +321,7 @@ impl Default for PromptsSection {
             temperature: 0.6,
             top_p: 0.9,
             max_new_tokens: 96,
+            backend: "local".into(),
         }
     }
 }
@@ -288,6 +333,7 @@ impl Default for GenSection {
             temperature: 0.7,
             top_p: 0.9,
             max_new_tokens: 256,
+            backend: "local".into(),
         }
     }
 }
@@ -299,6 +345,7 @@ impl Default for JudgeSection {
             temperature: 0.7,
             top_p: 0.9,
             max_new_tokens: 160,
+            backend: "local".into(),
         }
     }
 }
@@ -505,6 +552,32 @@ fn engine_flags(cfg: &RunConfig) -> Vec<String> {
     v
 }
 
+/// The stage flags of a role's backend: None for the local model, else the server's flags.
+fn remote_flags(cfg: &RunConfig, key: &str, name: &str) -> Result<Option<Vec<String>>> {
+    if name == "local" {
+        return Ok(None);
+    }
+    let Some(b) = cfg.backends.get(name) else {
+        bail!(
+            "config key `{key} = \"{name}\"` names no [backends.{name}] section\n  hint: \"local\" or one of: {:?}",
+            cfg.backends.keys().collect::<Vec<_>>()
+        );
+    };
+    if b.base_url.is_empty() {
+        bail!("[backends.{name}] has no base_url\n  hint: e.g. base_url = \"http://localhost:8000/v1\"");
+    }
+    let args = crate::backend::RemoteArgs {
+        api_base: Some(b.base_url.clone()),
+        api_model: (!b.model.is_empty()).then(|| b.model.clone()),
+        api_key_env: b.api_key_env.clone(),
+        api_concurrency: b.concurrency,
+        api_timeout_s: b.timeout_s,
+        api_max_retries: b.max_retries,
+        api_no_n: !b.n_per_request,
+    };
+    Ok(Some(args.to_flags()))
+}
+
 fn train_flags(cfg: &RunConfig, t: &TrainSection, model: &Path, out: &Path) -> Vec<String> {
     let mut v = vec![
         "--model".into(),
@@ -590,6 +663,11 @@ pub fn run(a: RunArgs) -> Result<()> {
         print!("{}", toml::to_string_pretty(&cfg)?);
         return Ok(());
     }
+    // Every role's backend resolves before anything runs.
+    let prompts_remote = remote_flags(&cfg, "prompts.backend", &cfg.prompts.backend)?;
+    let sample_remote = remote_flags(&cfg, "sample.backend", &cfg.sample.backend)?;
+    let judge_remote = remote_flags(&cfg, "judge.backend", &cfg.judge.backend)?;
+    remote_flags(&cfg, "eval.vs_backend", &cfg.eval.vs_backend)?;
     let dir = a.out.clone();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let cfg_path = dir.join("config.toml");
@@ -743,8 +821,15 @@ pub fn run(a: RunArgs) -> Result<()> {
         for e in &earlier_prompts {
             cmd.extend(["--existing".into(), s(e)]);
         }
-        cmd.extend(model_flags(&cfg, &generator));
-        let mut inputs: Vec<&Path> = vec![&ift_path, &generator];
+        // A remote role's model is the server's, not a file the manifest could hash.
+        let mut inputs: Vec<&Path> = vec![&ift_path];
+        match &prompts_remote {
+            Some(flags) => cmd.extend(flags.iter().cloned()),
+            None => {
+                cmd.extend(model_flags(&cfg, &generator));
+                inputs.push(&generator);
+            }
+        }
         inputs.extend(earlier_prompts.iter().map(|p| p.as_path()));
         let count = p.count;
         run.stage(&format!("prompts {t}"), cmd, &inputs, &[&prompts], |c| {
@@ -777,17 +862,18 @@ pub fn run(a: RunArgs) -> Result<()> {
             "--seed".into(),
             (cfg.seed + 100 + t as u64).to_string(),
         ];
-        cmd.extend(model_flags(&cfg, &current));
-        run.stage(
-            &format!("sample {t}"),
-            cmd,
-            &[&prompts, &current],
-            &[&cands],
-            |c| {
-                srlm(c)?;
-                Ok(None)
-            },
-        )?;
+        let mut inputs: Vec<&Path> = vec![&prompts];
+        match &sample_remote {
+            Some(flags) => cmd.extend(flags.iter().cloned()),
+            None => {
+                cmd.extend(model_flags(&cfg, &current));
+                inputs.push(&current);
+            }
+        }
+        run.stage(&format!("sample {t}"), cmd, &inputs, &[&cands], |c| {
+            srlm(c)?;
+            Ok(None)
+        })?;
 
         let j = &cfg.judge;
         let mut cmd = vec![
@@ -809,8 +895,15 @@ pub fn run(a: RunArgs) -> Result<()> {
             "--seed".into(),
             (cfg.seed + 200 + t as u64).to_string(),
         ];
-        cmd.extend(model_flags(&cfg, &current));
-        run.stage(&format!("judge {t}"), cmd, &[&cands, &current], &[&judgements], |c| {
+        let mut inputs: Vec<&Path> = vec![&cands];
+        match &judge_remote {
+            Some(flags) => cmd.extend(flags.iter().cloned()),
+            None => {
+                cmd.extend(model_flags(&cfg, &current));
+                inputs.push(&current);
+            }
+        }
+        run.stage(&format!("judge {t}"), cmd, &inputs, &[&judgements], |c| {
             srlm(c)?;
             let all = read_jsonl::<srlm_core::stages::JudgementRecord>(&judgements, "")?;
             let failed = all.iter().filter(|j| j.record.score.is_none()).count();
@@ -949,6 +1042,7 @@ fn evaluate(run: &mut Run, cfg: &RunConfig, models: &Path) -> Result<()> {
     }
     if !e.prompts.is_empty() {
         let prompts = PathBuf::from(&e.prompts);
+        let vs_remote = remote_flags(cfg, "eval.vs_backend", &e.vs_backend)?;
         let judge = match e.vs_judge.as_str() {
             "base" => run.base.clone(),
             "m1" => all[0].clone(),
@@ -985,11 +1079,16 @@ fn evaluate(run: &mut Run, cfg: &RunConfig, models: &Path) -> Result<()> {
                     cmd.extend(["--limit".into(), e.prompts_limit.to_string()]);
                 }
                 cmd.extend(engine_flags(cfg));
+                let mut inputs: Vec<&Path> = vec![&prompts, &all[later], &all[earlier]];
+                match &vs_remote {
+                    Some(flags) => cmd.extend(flags.iter().cloned()),
+                    None => inputs.push(&judge),
+                }
                 let summary = out.join("summary.json");
                 run.stage(
                     &format!("eval vs m{} m{}", later + 1, earlier + 1),
                     cmd,
-                    &[&prompts, &all[later], &all[earlier], &judge],
+                    &inputs,
                     &[&summary],
                     |c| {
                         srlm(c)?;
@@ -1031,6 +1130,36 @@ mod tests {
         let prompts: std::collections::HashSet<&str> =
             ift.iter().map(|e| e.prompt.as_str()).collect();
         assert_eq!(prompts.len(), ift.len());
+    }
+
+    #[test]
+    fn a_role_runs_on_the_backend_its_config_names() {
+        let cfg: RunConfig = toml::from_str(
+            "[judge]\nbackend = \"big\"\n[backends.big]\nbase_url = \"http://h:8000/v1\"\nmodel = \"llama-70b\"\nconcurrency = 32\n",
+        )
+        .unwrap();
+        let flags = remote_flags(&cfg, "judge.backend", &cfg.judge.backend)
+            .unwrap()
+            .unwrap();
+        let has = |k: &str, v: &str| flags.windows(2).any(|w| w[0] == k && w[1] == v);
+        assert!(has("--api-base", "http://h:8000/v1"), "{flags:?}");
+        assert!(has("--api-model", "llama-70b"), "{flags:?}");
+        assert!(has("--api-concurrency", "32"), "{flags:?}");
+        assert!(has("--api-key-env", "OPENAI_API_KEY"), "{flags:?}");
+        // The flags parse as the stage's own command line.
+        let mut argv = vec!["srlm", "judge", "--candidates", "c", "--out", "o"];
+        argv.extend(flags.iter().map(|s| s.as_str()));
+        assert!(crate::Cli::try_parse_from(argv).is_ok());
+        assert_eq!(remote_flags(&cfg, "sample.backend", "local").unwrap(), None);
+        let e = remote_flags(&cfg, "sample.backend", "small")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sample.backend") && e.contains("[backends.small]"),
+            "{e}"
+        );
+        let text = toml::to_string_pretty(&cfg).unwrap();
+        assert_eq!(toml::from_str::<RunConfig>(&text).unwrap(), cfg);
     }
 
     #[test]

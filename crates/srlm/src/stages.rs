@@ -1,8 +1,10 @@
 //! The loop's stages as commands on explicit files (schemas in `srlm_core::stages`):
 //! `srlm sample` (N candidate responses per prompt), `srlm judge` (k additive-prompt judgements
 //! per candidate), `srlm pairs` (best against worst per prompt). Sampling and judging append
-//! records as they finish and resume by id when rerun.
+//! records as they finish and resume by id when rerun. Sampling and judging run on the local
+//! model or, with `--api-base`, on an OpenAI-compatible server (`crate::backend`).
 
+use crate::backend::{self, Backend, GenRequest, Generated, Outcome, RemoteArgs};
 use crate::generate::record_seed;
 use crate::model_args::{ModelArgs, SamplingArgs};
 use anyhow::Result;
@@ -16,9 +18,7 @@ use srlm_core::pairs::{build_pairs, PairOptions};
 use srlm_core::stages::{
     CandidateRecord, JudgementRecord, PromptRecord, CANDIDATE_HINT, JUDGEMENT_HINT, PROMPT_HINT,
 };
-use srlm_engine::generate::{Completion, Event, Generator, Request};
 use srlm_engine::sampling::SamplingParams;
-use srlm_engine::Engine;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -37,6 +37,8 @@ pub struct SampleArgs {
     pub batch_size: usize,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// The paper samples at temperature 0.7, top-p 0.9 (the defaults).
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -58,6 +60,8 @@ pub struct JudgeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
@@ -78,19 +82,41 @@ pub struct PairsArgs {
     pub length_control: Option<f64>,
 }
 
-/// Generates for `requests`, skipping ids already in `out`, appending `make(completion)` for
-/// each as it finishes.
+/// What a stage's generation came to.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RunSummary {
+    pub done: usize,
+    pub failed: usize,
+}
+
+/// A request that could not be answered, a line of `OUT.failures.jsonl`.
+#[derive(Debug, Serialize)]
+struct FailureRecord<'a> {
+    id: &'a str,
+    error: &'a str,
+}
+
+pub(crate) fn failures_path(out: &Path) -> PathBuf {
+    out.with_extension("failures.jsonl")
+}
+
+/// Generates `requests` (those not yet in `out`) through `backend`, appending `make(completion)`
+/// for each as it finishes. Requests that fail are listed in `OUT.failures.jsonl` (rewritten
+/// by every invocation) and left out of `out`, so rerunning the command asks for them again.
 pub(crate) fn run_resumable<R: Serialize>(
-    engine: &Engine,
-    requests: Vec<Request>,
+    backend: &dyn Backend,
+    requests: Vec<GenRequest>,
     out: &Path,
-    batch_size: usize,
     label: &str,
-    mut make: impl FnMut(Completion) -> R,
-) -> Result<()> {
+    mut make: impl FnMut(Generated) -> R,
+) -> Result<RunSummary> {
+    let failures_file = failures_path(out);
     if requests.is_empty() {
         eprintln!("srlm: nothing to do: {} is complete", out.display());
-        return Ok(());
+        if failures_file.exists() {
+            std::fs::remove_file(&failures_file)?;
+        }
+        return Ok(RunSummary::default());
     }
     let mut writer = JsonlWriter::append(out)?;
     let bar = ProgressBar::new(requests.len() as u64);
@@ -100,47 +126,55 @@ pub(crate) fn run_resumable<R: Serialize>(
         ))
         .expect("valid template"),
     );
-    let mut gen = Generator::new(&engine.model, &engine.tokenizer);
-    gen.max_batch = batch_size.max(1);
-    gen.run(requests, |ev| {
-        if let Event::Done(c) = ev {
-            writer
-                .write(&make(c))
-                .map_err(|e| srlm_engine::EngineError::Config(e.to_string()))?;
-            bar.inc(1);
-            crate::faults::crash_point(out, bar.position());
+    let total = requests.len();
+    let mut summary = RunSummary::default();
+    let mut failures: Vec<(String, String)> = Vec::new();
+    backend.generate(requests, &mut |outcome| {
+        match outcome {
+            Outcome::Done(g) => {
+                writer.write(&make(g))?;
+                summary.done += 1;
+            }
+            Outcome::Failed { id, error } => failures.push((id, error)),
         }
+        bar.inc(1);
+        crate::faults::crash_point(out, bar.position());
         Ok(())
     })?;
     bar.finish_and_clear();
-    Ok(())
+    summary.failed = failures.len();
+    if failures.is_empty() {
+        if failures_file.exists() {
+            std::fs::remove_file(&failures_file)?;
+        }
+    } else {
+        failures.sort();
+        let records: Vec<FailureRecord> = failures
+            .iter()
+            .map(|(id, error)| FailureRecord { id, error })
+            .collect();
+        write_jsonl_atomic(&failures_file, &records)?;
+        eprintln!(
+            "srlm: {} of {total} requests failed (first: {}: {}); they are listed in {} and left out of {}\n  hint: rerun the same command to ask for them again",
+            failures.len(),
+            failures[0].0,
+            failures[0].1,
+            failures_file.display(),
+            out.display()
+        );
+    }
+    Ok(summary)
 }
 
-/// The token ids of `user` as one chat turn, or None when they leave no room in the context.
-/// Encoded once per prompt; `seeded` then makes each sample's request.
-pub(crate) fn encode_user(engine: &Engine, user: &str) -> Result<Option<Vec<u32>>> {
-    let ids = engine.encode_prompt(&PromptInput::Chat(vec![Message::new("user", user)]))?;
-    Ok((ids.len() < engine.model.max_positions()).then_some(ids))
-}
-
-/// A request whose seed derives from the run seed and its id, so a sample does not depend on
-/// batching or on where a resumed run restarted.
-pub(crate) fn seeded(id: String, prompt_ids: Vec<u32>, base: &SamplingParams) -> Request {
+/// A request for `user` as one chat turn, whose seed derives from the run seed and its id, so
+/// a sample does not depend on batching or on where a resumed run restarted.
+pub(crate) fn seeded(id: String, user: &str, base: &SamplingParams) -> GenRequest {
     let mut params = base.clone();
     params.seed = record_seed(base.seed, &id);
-    Request {
+    GenRequest {
         id,
-        prompt_ids,
+        prompt: PromptInput::Chat(vec![Message::new("user", user)]),
         params,
-    }
-}
-
-pub(crate) fn warn_too_long(n: usize, engine: &Engine) {
-    if n > 0 {
-        eprintln!(
-            "srlm: {n} requests left out: longer than the context of {} tokens (raise --context-length)",
-            engine.model.max_positions()
-        );
     }
 }
 
@@ -161,29 +195,18 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         .into_iter()
         .map(|c| c.id)
         .collect();
-    let engine = a.model.load()?;
+    let backend = backend::open(&a.model, &a.remote, a.batch_size)?;
     let base = a.sampling.params();
     let mut meta = HashMap::new();
-    let (mut requests, mut too_long) = (Vec::new(), 0);
+    let mut requests = Vec::new();
     for p in &prompts {
-        let todo: Vec<usize> = (0..a.n)
-            .filter(|c| !done.contains(&format!("{}/{c}", p.record.id)))
-            .collect();
-        if todo.is_empty() {
-            continue;
-        }
-        let Some(ids) = encode_user(&engine, &p.record.prompt)? else {
-            too_long += todo.len();
-            continue;
-        };
-        for c in todo {
+        for c in (0..a.n).filter(|c| !done.contains(&format!("{}/{c}", p.record.id))) {
             let id = format!("{}/{c}", p.record.id);
             meta.insert(id.clone(), (p.record.clone(), c));
-            requests.push(seeded(id, ids.clone(), &base));
+            requests.push(seeded(id, &p.record.prompt, &base));
         }
     }
-    warn_too_long(too_long, &engine);
-    run_resumable(&engine, requests, &a.out, a.batch_size, "sampling", |c| {
+    run_resumable(backend.as_ref(), requests, &a.out, "sampling", |c| {
         let (p, cand) = meta[&c.id].clone();
         CandidateRecord {
             id: c.id,
@@ -193,7 +216,8 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             response: c.text,
             finish_reason: Some(format!("{:?}", c.finish_reason).to_lowercase()),
         }
-    })
+    })?;
+    Ok(())
 }
 
 pub fn judge(a: JudgeArgs) -> Result<()> {
@@ -202,30 +226,20 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
         .into_iter()
         .map(|j| j.id)
         .collect();
-    let engine = a.model.load()?;
+    let backend = backend::open(&a.model, &a.remote, a.batch_size)?;
     let base = a.sampling.params();
     let mut meta = HashMap::new();
-    let (mut requests, mut too_long) = (Vec::new(), 0);
+    let mut requests = Vec::new();
     for c in &candidates {
         let c = &c.record;
-        let todo: Vec<usize> = (0..a.k)
-            .filter(|s| !done.contains(&format!("{}/{s}", c.id)))
-            .collect();
-        if todo.is_empty() {
-            continue;
-        }
-        let Some(ids) = encode_user(&engine, &judge_prompt(&c.prompt, &c.response))? else {
-            too_long += todo.len();
-            continue;
-        };
-        for s in todo {
+        let prompt = judge_prompt(&c.prompt, &c.response);
+        for s in (0..a.k).filter(|s| !done.contains(&format!("{}/{s}", c.id))) {
             let id = format!("{}/{s}", c.id);
             meta.insert(id.clone(), (c.id.clone(), c.prompt_id.clone(), s));
-            requests.push(seeded(id, ids.clone(), &base));
+            requests.push(seeded(id, &prompt, &base));
         }
     }
-    warn_too_long(too_long, &engine);
-    run_resumable(&engine, requests, &a.out, a.batch_size, "judging", |c| {
+    run_resumable(backend.as_ref(), requests, &a.out, "judging", |c| {
         let (candidate_id, prompt_id, sample) = meta[&c.id].clone();
         let j = JudgeSample::parse(&c.text);
         JudgementRecord {
@@ -237,7 +251,8 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
             score: j.score,
             failure: j.failure,
         }
-    })
+    })?;
+    Ok(())
 }
 
 pub fn pairs(a: PairsArgs) -> Result<()> {

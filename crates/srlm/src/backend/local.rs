@@ -1,0 +1,93 @@
+//! The local engine as a backend: continuous batching with prefix reuse, on this machine.
+
+use super::{Backend, GenRequest, Generated, Outcome};
+use anyhow::Result;
+use srlm_core::generation::PromptInput;
+use srlm_engine::generate::{Event, Generator, Request};
+use srlm_engine::Engine;
+use std::collections::HashMap;
+
+pub struct LocalBackend {
+    pub engine: Engine,
+    /// Sequences decoded together.
+    pub batch_size: usize,
+}
+
+impl LocalBackend {
+    pub fn new(engine: Engine, batch_size: usize) -> Self {
+        Self {
+            engine,
+            batch_size: batch_size.max(1),
+        }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn describe(&self) -> String {
+        self.engine.path.display().to_string()
+    }
+
+    fn generate(
+        &self,
+        requests: Vec<GenRequest>,
+        on_outcome: &mut dyn FnMut(Outcome) -> Result<()>,
+    ) -> Result<()> {
+        let context = self.engine.model.max_positions();
+        // Each distinct prompt is rendered and tokenized once (k judgements share one).
+        let mut encoded: HashMap<PromptInput, Vec<u32>> = HashMap::new();
+        let mut todo = Vec::with_capacity(requests.len());
+        for r in requests {
+            let ids = match encoded.get(&r.prompt) {
+                Some(ids) => ids.clone(),
+                None => {
+                    let ids = self.engine.encode_prompt(&r.prompt)?;
+                    encoded.insert(r.prompt.clone(), ids.clone());
+                    ids
+                }
+            };
+            if ids.is_empty() || ids.len() >= context {
+                on_outcome(Outcome::Failed {
+                    id: r.id,
+                    error: format!(
+                        "the prompt is {} tokens, the context is {context} (raise --context-length)",
+                        ids.len()
+                    ),
+                })?;
+                continue;
+            }
+            todo.push(Request {
+                id: r.id,
+                prompt_ids: ids,
+                params: r.params,
+            });
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let mut gen = Generator::new(&self.engine.model, &self.engine.tokenizer);
+        gen.max_batch = self.batch_size;
+        // The callback's error is carried out through the engine's error type and back.
+        let mut failed: Option<anyhow::Error> = None;
+        let run = gen.run(todo, |ev| {
+            if let Event::Done(c) = ev {
+                let out = Outcome::Done(Generated {
+                    completion_tokens: Some(c.token_ids.len()),
+                    prompt_tokens: Some(c.prompt_tokens),
+                    id: c.id,
+                    text: c.text,
+                    finish_reason: c.finish_reason,
+                });
+                if let Err(e) = on_outcome(out) {
+                    let msg = format!("{e:#}");
+                    failed = Some(e);
+                    return Err(srlm_engine::EngineError::Config(msg));
+                }
+            }
+            Ok(())
+        });
+        match (run, failed) {
+            (_, Some(e)) => Err(e),
+            (r, None) => r.map(|_| ()).map_err(Into::into),
+        }
+    }
+}
