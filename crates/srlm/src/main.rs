@@ -1,5 +1,6 @@
 //! `srlm`: Self-Rewarding Language Models on your own machine.
 
+mod backend;
 mod bench;
 mod chat;
 mod eft;
@@ -12,6 +13,7 @@ mod model_args;
 mod prompts;
 mod report;
 mod run;
+mod serve;
 mod stages;
 mod train;
 
@@ -66,6 +68,9 @@ pub(crate) enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// An OpenAI-compatible HTTP server over a model: chat completions (SSE streaming),
+    /// completions, models list; concurrent requests are batched together.
+    Serve(serve::ServeArgs),
     /// Fetch the default model (SmolLM2-135M-Instruct) into SRLM_HOME and print its path.
     Fetch,
 }
@@ -102,6 +107,7 @@ pub(crate) fn dispatch(command: Command) -> Result<()> {
         Command::Eval(e) => eval::run(e),
         Command::Export(e) => export::run(e),
         Command::Bench(b) => bench::run(b),
+        Command::Serve(a) => serve::run(a),
         Command::Fetch => {
             println!("{}", srlm_engine::fetch::default_model()?.display());
             Ok(())

@@ -1,0 +1,566 @@
+//! `srlm serve`: the engine behind an OpenAI-compatible HTTP API, so any M_t can answer or
+//! judge for other tools (and for srlm's own remote backend).
+//!
+//! ```text
+//! GET  /v1/models            the one model served
+//! POST /v1/chat/completions  messages -> chat template; n, stream (SSE), stop, seed, ...
+//! POST /v1/completions       raw prompt text; the same options
+//! GET  /health
+//! ```
+//!
+//! HTTP is handled on a small tokio runtime; one engine thread owns the generator. Requests
+//! that arrive while others decode join the running batch (continuous batching, with prefix
+//! reuse across requests): a handler renders and tokenizes its prompt, hands the engine thread
+//! one sequence per choice, and turns the pieces and completions that come back into a JSON
+//! reply or an SSE stream.
+
+use crate::model_args::ModelArgs;
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Args;
+use srlm_core::generation::{Message, PromptInput};
+use srlm_core::openai::{
+    finish_reason_name, ChatRequest, Choice, ChoiceMessage, CompletionRequest, CompletionResponse,
+    ErrorBody, ErrorDetail, ModelCard, ModelList, PromptText, SamplingFields, Usage,
+};
+use srlm_engine::generate::{Completion, Event, Generator, Next, Request};
+use srlm_engine::sampling::SamplingParams;
+use srlm_engine::Engine;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::mpsc as tmpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (printed at start).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The model name clients ask for (default: the model file's or folder's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Sequences decoded together, across all requests.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Completion tokens when a request sets no max_tokens.
+    #[arg(long, default_value_t = 512)]
+    pub default_max_tokens: usize,
+}
+
+/// Most choices one request may ask for.
+const MAX_N: usize = 16;
+
+/// What the engine thread sends back for one choice of a request.
+enum ChoiceEvent {
+    Piece(usize, String),
+    Done(usize, Completion),
+}
+
+/// One HTTP request's sequences, handed to the engine thread.
+struct Job {
+    requests: Vec<Request>,
+    events: tmpsc::UnboundedSender<ChoiceEvent>,
+}
+
+struct AppState {
+    engine: Arc<Engine>,
+    name: String,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    default_max_tokens: usize,
+    next_id: AtomicU64,
+}
+
+/// A running server: where it listens.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let engine = a.model.load()?;
+    let name = a.name.clone().unwrap_or_else(|| default_name(&engine));
+    let (server, http) = start(
+        engine,
+        name,
+        &format!("{}:{}", a.host, a.port),
+        a.batch_size,
+        a.default_max_tokens,
+    )?;
+    eprintln!(
+        "srlm: serving `{}` at http://{}/v1 (up to {} sequences decoded together)",
+        server.name, server.addr, a.batch_size
+    );
+    http.join()
+        .map_err(|_| anyhow::anyhow!("the HTTP server thread panicked"))?
+}
+
+fn default_name(engine: &Engine) -> String {
+    engine
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "srlm".into())
+}
+
+/// Starts the engine thread and the HTTP server on `addr`; returns where it listens and the
+/// HTTP thread (which runs until the process ends).
+pub fn start(
+    engine: Engine,
+    name: String,
+    addr: &str,
+    batch_size: usize,
+    default_max_tokens: usize,
+) -> Result<(Server, std::thread::JoinHandle<Result<()>>)> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let engine = Arc::new(engine);
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+    {
+        let engine = engine.clone();
+        std::thread::Builder::new()
+            .name("srlm-engine".into())
+            .spawn(move || engine_loop(&engine, jobs_rx, batch_size))?;
+    }
+    let state = Arc::new(AppState {
+        engine,
+        name: name.clone(),
+        jobs: Mutex::new(jobs_tx),
+        default_max_tokens,
+        next_id: AtomicU64::new(0),
+    });
+    let app = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(state);
+    let http =
+        std::thread::Builder::new()
+            .name("srlm-http".into())
+            .spawn(move || -> Result<()> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    axum::serve(listener, app).await?;
+                    Ok(())
+                })
+            })?;
+    Ok((Server { addr: local, name }, http))
+}
+
+/// The engine thread: one generator over every request, taking new ones between steps.
+fn engine_loop(engine: &Engine, jobs: mpsc::Receiver<Job>, batch_size: usize) {
+    let mut gen = Generator::new(&engine.model, &engine.tokenizer);
+    gen.max_batch = batch_size.max(1);
+    // Request id -> where its events go, and which choice it is.
+    let routes: RefCell<HashMap<String, (tmpsc::UnboundedSender<ChoiceEvent>, usize)>> =
+        RefCell::default();
+    let mut queued: VecDeque<Request> = VecDeque::new();
+    let result = gen.serve(
+        |idle| {
+            if queued.is_empty() {
+                let job = if idle {
+                    match jobs.recv() {
+                        Ok(j) => j,
+                        Err(_) => return Next::End,
+                    }
+                } else {
+                    match jobs.try_recv() {
+                        Ok(j) => j,
+                        Err(mpsc::TryRecvError::Empty) => return Next::Later,
+                        Err(mpsc::TryRecvError::Disconnected) => return Next::End,
+                    }
+                };
+                let mut routes = routes.borrow_mut();
+                for (i, r) in job.requests.into_iter().enumerate() {
+                    routes.insert(r.id.clone(), (job.events.clone(), i));
+                    queued.push_back(r);
+                }
+            }
+            match queued.pop_front() {
+                Some(r) => Next::Request(r),
+                None => Next::Later,
+            }
+        },
+        |ev| {
+            // A client that went away no longer listens; its sequences still finish.
+            match ev {
+                Event::Text { id, piece } => {
+                    if let Some((tx, i)) = routes.borrow().get(id) {
+                        let _ = tx.send(ChoiceEvent::Piece(*i, piece.to_string()));
+                    }
+                }
+                Event::Done(c) => {
+                    if let Some((tx, i)) = routes.borrow_mut().remove(&c.id) {
+                        let _ = tx.send(ChoiceEvent::Done(i, c));
+                    }
+                }
+            }
+            Ok(())
+        },
+    );
+    if let Err(e) = result {
+        tracing::error!("the engine stopped: {e}");
+        eprintln!("srlm: the engine stopped: {e}");
+    }
+}
+
+fn error(status: StatusCode, kind: &str, message: String) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message,
+            kind: kind.into(),
+            code: None,
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![ModelCard {
+            id: s.name.clone(),
+            object: "model".into(),
+            created: 0,
+            owned_by: "srlm".into(),
+        }],
+    })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoint {
+    Chat,
+    Text,
+}
+
+impl Endpoint {
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Text, _) => "text_completion",
+        }
+    }
+
+    /// A choice carrying `text`: as a message, a streamed delta, or plain text.
+    fn choice(self, index: usize, text: String, chunk: bool, finish: Option<String>) -> Choice {
+        let msg = |role: Option<String>| ChoiceMessage {
+            role,
+            content: Some(text.clone()),
+        };
+        match (self, chunk) {
+            (Endpoint::Chat, false) => Choice {
+                index,
+                message: Some(msg(Some("assistant".into()))),
+                finish_reason: finish,
+                ..Default::default()
+            },
+            (Endpoint::Chat, true) => Choice {
+                index,
+                delta: Some(msg(None)),
+                finish_reason: finish,
+                ..Default::default()
+            },
+            (Endpoint::Text, _) => Choice {
+                index,
+                text: Some(text),
+                finish_reason: finish,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+async fn chat_completions(State(s): State<Arc<AppState>>, body: String) -> Response {
+    let req: ChatRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid chat completion request: {e}")),
+    };
+    if req.messages.is_empty() {
+        return bad_request("`messages` is empty".into());
+    }
+    let messages: Vec<Message> = req.messages;
+    respond(
+        s,
+        &req.model,
+        PromptInput::Chat(messages),
+        req.sampling,
+        Endpoint::Chat,
+    )
+    .await
+}
+
+async fn completions(State(s): State<Arc<AppState>>, body: String) -> Response {
+    let req: CompletionRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid completion request: {e}")),
+    };
+    let text = match req.prompt {
+        PromptText::One(t) => t,
+        PromptText::Many(mut v) if v.len() == 1 => v.remove(0),
+        PromptText::Many(_) => {
+            return bad_request("`prompt` must be one string (send one request per prompt)".into())
+        }
+    };
+    respond(
+        s,
+        &req.model,
+        PromptInput::Raw(text),
+        req.sampling,
+        Endpoint::Text,
+    )
+    .await
+}
+
+/// Validates a request, hands its sequences to the engine, and answers: whole, or streamed.
+async fn respond(
+    s: Arc<AppState>,
+    model: &str,
+    prompt: PromptInput,
+    f: SamplingFields,
+    endpoint: Endpoint,
+) -> Response {
+    if model != s.name {
+        return error(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!(
+                "model `{model}` is not served here; this server serves `{}`",
+                s.name
+            ),
+        );
+    }
+    let n = f.n.unwrap_or(1);
+    if n == 0 || n > MAX_N {
+        return bad_request(format!("`n` must be 1 to {MAX_N}, not {n}"));
+    }
+    let prompt_ids = match s.engine.encode_prompt(&prompt) {
+        Ok(ids) => ids,
+        Err(e) => return bad_request(format!("cannot render the prompt: {e}")),
+    };
+    let context = s.engine.model.max_positions();
+    if prompt_ids.is_empty() || prompt_ids.len() >= context {
+        return bad_request(format!(
+            "the prompt is {} tokens; this server's context is {context}",
+            prompt_ids.len()
+        ));
+    }
+    let job = s.next_id.fetch_add(1, Ordering::Relaxed);
+    let seed = f
+        .seed
+        .unwrap_or_else(|| srlm_core::hash::fnv1a_from(unix_now() ^ job, b"srlm-serve"));
+    let params = SamplingParams {
+        temperature: f.temperature.unwrap_or(1.0),
+        top_p: f.top_p.unwrap_or(1.0),
+        top_k: f.top_k.unwrap_or(0),
+        repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
+        max_new_tokens: f
+            .max_completion_tokens
+            .or(f.max_tokens)
+            .unwrap_or(s.default_max_tokens)
+            .min(context - prompt_ids.len()),
+        stop: f.stop.clone().map(|x| x.into_vec()).unwrap_or_default(),
+        seed,
+    };
+    // Choice 0 uses the request's seed as given; the others derive their own from it.
+    let requests: Vec<Request> = (0..n)
+        .map(|i| {
+            let mut p = params.clone();
+            if i > 0 {
+                p.seed = srlm_core::hash::fnv1a_from(seed, &(i as u64).to_le_bytes());
+            }
+            Request {
+                id: format!("{job}:{i}"),
+                prompt_ids: prompt_ids.clone(),
+                params: p,
+            }
+        })
+        .collect();
+    let (tx, rx) = tmpsc::unbounded_channel();
+    let sent = s
+        .jobs
+        .lock()
+        .map(|jobs| {
+            jobs.send(Job {
+                requests,
+                events: tx,
+            })
+            .is_ok()
+        })
+        .unwrap_or(false);
+    if !sent {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the engine has stopped".into(),
+        );
+    }
+    let head = Head {
+        id: match endpoint {
+            Endpoint::Chat => format!("chatcmpl-{job}"),
+            Endpoint::Text => format!("cmpl-{job}"),
+        },
+        created: unix_now(),
+        model: s.name.clone(),
+        endpoint,
+        n,
+        prompt_tokens: prompt_ids.len(),
+    };
+    if f.stream.unwrap_or(false) {
+        let usage = f.stream_options.map(|o| o.include_usage).unwrap_or(false);
+        stream(head, rx, usage).into_response()
+    } else {
+        whole(head, rx).await
+    }
+}
+
+/// What every reply of one request shares.
+struct Head {
+    id: String,
+    created: u64,
+    model: String,
+    endpoint: Endpoint,
+    n: usize,
+    prompt_tokens: usize,
+}
+
+impl Head {
+    fn reply(&self, chunk: bool, choices: Vec<Choice>, usage: Option<Usage>) -> CompletionResponse {
+        CompletionResponse {
+            id: self.id.clone(),
+            object: self.endpoint.object(chunk).into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
+    }
+
+    fn usage(&self, completion_tokens: usize) -> Usage {
+        // As OpenAI counts: the prompt once, however many choices share it.
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens,
+            total_tokens: self.prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+async fn whole(head: Head, mut rx: tmpsc::UnboundedReceiver<ChoiceEvent>) -> Response {
+    let mut done: Vec<Option<Completion>> = vec![None; head.n];
+    let mut left = head.n;
+    while left > 0 {
+        match rx.recv().await {
+            Some(ChoiceEvent::Done(i, c)) => {
+                done[i] = Some(c);
+                left -= 1;
+            }
+            Some(ChoiceEvent::Piece(..)) => {}
+            None => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the engine stopped before the request finished".into(),
+                )
+            }
+        }
+    }
+    let mut tokens = 0;
+    let choices = done
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let c = c.expect("every choice finished");
+            tokens += c.token_ids.len();
+            let finish = finish_reason_name(&c.finish_reason).to_string();
+            head.endpoint.choice(i, c.text, false, Some(finish))
+        })
+        .collect();
+    let usage = head.usage(tokens);
+    Json(head.reply(false, choices, Some(usage))).into_response()
+}
+
+/// An SSE stream as OpenAI sends it: for chat, a first chunk per choice with the role; a chunk
+/// per piece of text; a last chunk per choice with its finish reason; the usage chunk if asked
+/// for; then `data: [DONE]`.
+fn stream(
+    head: Head,
+    mut rx: tmpsc::UnboundedReceiver<ChoiceEvent>,
+    include_usage: bool,
+) -> Sse<UnboundedReceiverStream<Result<SseEvent, Infallible>>> {
+    let (tx, out) = tmpsc::unbounded_channel::<Result<SseEvent, Infallible>>();
+    tokio::spawn(async move {
+        let send = |r: &CompletionResponse| {
+            let data = serde_json::to_string(r).expect("replies serialise");
+            tx.send(Ok(SseEvent::default().data(data))).is_ok()
+        };
+        if head.endpoint == Endpoint::Chat {
+            for i in 0..head.n {
+                let mut c = head.endpoint.choice(i, String::new(), true, None);
+                if let Some(d) = c.delta.as_mut() {
+                    d.role = Some("assistant".into());
+                }
+                if !send(&head.reply(true, vec![c], None)) {
+                    return;
+                }
+            }
+        }
+        let (mut left, mut tokens) = (head.n, 0);
+        while left > 0 {
+            let (i, text, finish) = match rx.recv().await {
+                Some(ChoiceEvent::Piece(i, text)) => (i, text, None),
+                Some(ChoiceEvent::Done(i, c)) => {
+                    left -= 1;
+                    tokens += c.token_ids.len();
+                    (
+                        i,
+                        String::new(),
+                        Some(finish_reason_name(&c.finish_reason).to_string()),
+                    )
+                }
+                None => return, // the engine stopped: the stream ends without [DONE]
+            };
+            let choice = head.endpoint.choice(i, text, true, finish);
+            if !send(&head.reply(true, vec![choice], None)) {
+                return; // the client went away
+            }
+        }
+        if include_usage {
+            let usage = head.usage(tokens);
+            if !send(&head.reply(true, Vec::new(), Some(usage))) {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]")));
+    });
+    Sse::new(UnboundedReceiverStream::new(out))
+}

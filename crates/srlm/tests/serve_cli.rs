@@ -1,0 +1,327 @@
+//! `srlm serve` as an OpenAI-compatible server: its endpoints and errors (tiny model), requests
+//! sent at once batched without changing their answers, the official `openai` Python client
+//! streaming from it, and srlm's own remote backend judging through it exactly as the local
+//! backend judges (greedy, the real default model).
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running `srlm serve`, killed when dropped.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    let url = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("srlm serve ended: {said}"))
+            .unwrap();
+        said.push_str(&line);
+        if let Some(at) = line.find("http://") {
+            break line[at..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served { child, url }
+}
+
+fn tiny_model(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srlm-engine/tests/goldens/tiny-llama");
+    let dst = dir.join("tiny");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 4096.into();
+    std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
+    dst
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// (status, body) of a POST.
+fn post(url: &str, body: &str) -> (u16, String) {
+    let mut r = agent()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+fn post_json(url: &str, body: &Value) -> Value {
+    let (status, text) = post(url, &body.to_string());
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn chat(model: &str, user: &str, extra: Value) -> Value {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": user}],
+        "temperature": 0, "max_tokens": 10});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[test]
+fn serve_speaks_the_openai_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let s = serve(&["--model", model.to_str().unwrap(), "--name", "tiny"]);
+    let base = &s.url;
+
+    let models: Value = serde_json::from_str(
+        &agent()
+            .get(format!("{base}/models"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny");
+
+    // Whole, two greedy choices: the same text twice, usage counted over both.
+    let whole = post_json(
+        &format!("{base}/chat/completions"),
+        &chat("tiny", "Name a colour.", json!({"n": 2})),
+    );
+    assert_eq!(whole["object"], "chat.completion");
+    let c = &whole["choices"];
+    assert_eq!(c.as_array().unwrap().len(), 2);
+    assert_eq!(c[0]["message"]["role"], "assistant");
+    assert_eq!(c[0]["message"]["content"], c[1]["message"]["content"]);
+    assert_eq!(c[0]["finish_reason"], "length");
+    assert_eq!(whole["usage"]["completion_tokens"], 20);
+    let greedy = c[0]["message"]["content"].as_str().unwrap().to_string();
+
+    // Streamed: SSE chunks whose deltas add up to the same text, then [DONE].
+    let (status, sse) = post(
+        &format!("{base}/chat/completions"),
+        &chat(
+            "tiny",
+            "Name a colour.",
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        )
+        .to_string(),
+    );
+    assert_eq!(status, 200);
+    let events: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, greedy);
+    assert!(chunks.len() >= 5, "{} chunks", chunks.len());
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "length"
+    );
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 10);
+
+    // Plain completions of raw text, with a stop string honoured.
+    let text = post_json(
+        &format!("{base}/completions"),
+        &json!({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 6, "temperature": 0}),
+    );
+    assert_eq!(text["object"], "text_completion");
+    assert!(text["choices"][0]["text"].is_string());
+
+    // Errors in OpenAI's shape.
+    let (status, body) = post(
+        &format!("{base}/chat/completions"),
+        &chat("other", "hi", json!({})).to_string(),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("serves `tiny`"), "{body}");
+    let (status, body) = post(&format!("{base}/chat/completions"), "{\"model\": ");
+    assert_eq!(status, 400);
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid"),
+        "{body}"
+    );
+    let long = "word ".repeat(5000);
+    let (status, body) = post(
+        &format!("{base}/chat/completions"),
+        &chat("tiny", &long, json!({})).to_string(),
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("context is 4096"), "{body}");
+    let (status, _) = post(
+        &format!("{base}/chat/completions"),
+        &chat("tiny", "hi", json!({"n": 0})).to_string(),
+    );
+    assert_eq!(status, 400);
+
+    // Eight different requests at once are batched; each gets what it gets alone.
+    let prompts: Vec<String> = (0..8).map(|i| format!("Question number {i}?")).collect();
+    let alone: Vec<Value> = prompts
+        .iter()
+        .map(|p| {
+            post_json(
+                &format!("{base}/chat/completions"),
+                &chat("tiny", p, json!({})),
+            )["choices"][0]["message"]["content"]
+                .clone()
+        })
+        .collect();
+    let together: Vec<Value> = std::thread::scope(|sc| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let url = format!("{base}/chat/completions");
+                sc.spawn(move || {
+                    post_json(&url, &chat("tiny", p, json!({})))["choices"][0]["message"]["content"]
+                        .clone()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+}
+
+#[test]
+fn the_openai_python_client_streams_from_srlm_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let s = serve(&["--model", model.to_str().unwrap(), "--name", "tiny"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_client_check.sh");
+    let o = Command::new("bash")
+        .arg(&script)
+        .args([&s.url, "tiny"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let seen: Value = serde_json::from_slice(o.stdout.trim_ascii()).unwrap();
+    eprintln!("openai client: {seen}");
+    assert!(seen["chunks"].as_u64().unwrap() >= 2, "{seen}");
+    assert_eq!(seen["roles"], json!(["assistant"]));
+    assert_eq!(seen["finish_reason"], "length");
+    assert_eq!(seen["usage_completion_tokens"], 16);
+    // The streamed text is the whole reply's, and both greedy choices agree.
+    assert_eq!(seen["whole"][0], seen["streamed"]);
+    assert_eq!(seen["whole"][1], seen["streamed"]);
+    assert_eq!(seen["whole_completion_tokens"], 32);
+    assert_eq!(seen["models"], json!(["tiny"]));
+    assert_eq!(seen["completion_finish"], "length");
+}
+
+fn lines(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn remote_judge_through_srlm_serve_equals_the_local_judge() {
+    // The real default model, greedy: srlm judge through `srlm serve` on loopback (its k
+    // judgements sent as one request with n = k) against srlm judge on the local engine.
+    let dir = tempfile::tempdir().unwrap();
+    let cands = dir.path().join("cands.jsonl");
+    let answers = [
+        (
+            "q1",
+            "What is the capital of France?",
+            "The capital of France is Paris.",
+        ),
+        (
+            "q1",
+            "What is the capital of France?",
+            "I think it is Lyon, or maybe Marseille.",
+        ),
+        (
+            "q2",
+            "Give one tip for better sleep.",
+            "Keep a regular bedtime, even on weekends.",
+        ),
+    ];
+    let text: String = answers
+        .iter()
+        .enumerate()
+        .map(|(i, (q, prompt, response))| {
+            json!({"id": format!("{q}/{i}"), "prompt_id": q, "prompt": prompt, "candidate": i,
+                "response": response})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&cands, text).unwrap();
+    let s = serve(&[]);
+    let judge = |out: &str, remote: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_srlm"));
+        c.args(["judge", "--candidates", cands.to_str().unwrap()])
+            .args(["--out", dir.path().join(out).to_str().unwrap()])
+            .args(["--k", "2", "--temperature", "0", "--max-new-tokens", "48"]);
+        if remote {
+            c.args(["--api-base", &s.url]);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut js = lines(&dir.path().join(out));
+        js.sort_by_key(|j| j["id"].as_str().unwrap().to_string());
+        js
+    };
+    let local = judge("local.jsonl", false);
+    let remote = judge("remote.jsonl", true);
+    assert_eq!(local.len(), 6);
+    assert_eq!(remote, local);
+    assert!(local.iter().all(|j| !j["raw"].as_str().unwrap().is_empty()));
+}
