@@ -17,6 +17,9 @@ pub enum BenchCommand {
     /// Judgements per minute (N candidates per prompt, k judgements each), with and without
     /// reuse of the shared prompt prefixes' keys and values.
     Judge(BenchJudgeArgs),
+    /// Requests/s and tokens/s of `srlm serve` (or another OpenAI-compatible server) at 1, 4
+    /// and 16 concurrent clients.
+    Serve(crate::bench_serve::BenchServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +87,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Generate(a) => bench_generate(a),
         BenchCommand::Train(a) => bench_train(a),
         BenchCommand::Judge(a) => bench_judge(a),
+        BenchCommand::Serve(a) => crate::bench_serve::run(a),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod bench_serve;
 mod chat;
 mod eft;
 mod eval;

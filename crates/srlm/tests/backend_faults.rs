@@ -4,10 +4,11 @@
 //! Each is retried or recorded as a failure; the judge stage finishes, keeps every judgement
 //! it got, and a rerun against a healed server completes the rest.
 
+mod common;
+use common::reply;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,52 +37,12 @@ const MARKERS: [&str; 7] = [
     "slow", "busy", "crash", "drop", "garbled", "single", "doomed",
 ];
 
-fn read_request(stream: &mut TcpStream) -> Option<(HashMap<String, String>, String)> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_lowercase(), v.trim().to_string());
-    }
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some((headers, String::from_utf8(body).ok()?))
-}
-
-fn reply(stream: &mut TcpStream, status: &str, extra: &str, body: &str) {
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
-        body.len()
-    );
-    let _ = stream.flush();
-}
-
 fn ok_body(n: usize, score: u32) -> String {
-    let choices: Vec<Value> = (0..n)
-        .map(|i| {
-            serde_json::json!({"index": i, "finish_reason": "stop",
-                "message": {"role": "assistant", "content": format!("Fine.\nScore: {score}")}})
-        })
-        .collect();
-    serde_json::json!({"id": "x", "object": "chat.completion", "created": 0, "model": "fake",
-        "choices": choices, "usage": {"prompt_tokens": 10, "completion_tokens": 4 * n, "total_tokens": 10 + 4 * n}})
-    .to_string()
+    common::chat_reply(n, &format!("Fine.\nScore: {score}"))
 }
 
-fn handle(fake: &Fake, mut stream: TcpStream) {
-    let Some((headers, body)) = read_request(&mut stream) else {
-        return;
-    };
+fn handle(fake: &Fake, stream: &mut TcpStream, req: common::HttpRequest) {
+    let common::HttpRequest { headers, body } = req;
     fake.auth
         .lock()
         .unwrap()
@@ -107,40 +68,32 @@ fn handle(fake: &Fake, mut stream: TcpStream) {
     match (marker, first) {
         ("slow", true) => {
             std::thread::sleep(Duration::from_millis(2500));
-            reply(&mut stream, "200 OK", "", &ok_body(n, 1));
+            reply(stream, "200 OK", "", &ok_body(n, 1));
         }
         ("busy", true) => reply(
-            &mut stream,
+            stream,
             "429 Too Many Requests",
             "Retry-After: 2\r\n",
             r#"{"error": {"message": "slow down", "type": "rate_limit", "code": null}}"#,
         ),
-        ("crash", true) => reply(&mut stream, "500 Internal Server Error", "", "oops"),
-        ("drop", true) => drop(stream), // closed without a word
-        ("garbled", true) => reply(&mut stream, "200 OK", "", "{\"choices\": [tru"),
-        ("single", _) => reply(&mut stream, "200 OK", "", &ok_body(1, 4)),
+        ("crash", true) => reply(stream, "500 Internal Server Error", "", "oops"),
+        ("drop", true) => {} // closed without a word
+        ("garbled", true) => reply(stream, "200 OK", "", "{\"choices\": [tru"),
+        ("single", _) => reply(stream, "200 OK", "", &ok_body(1, 4)),
         ("doomed", _) if !fake.healed.load(Ordering::SeqCst) => reply(
-            &mut stream,
+            stream,
             "503 Service Unavailable",
             "",
             r#"{"error": {"message": "overloaded", "type": "server_error", "code": null}}"#,
         ),
-        _ => reply(&mut stream, "200 OK", "", &ok_body(n, 3)),
+        _ => reply(stream, "200 OK", "", &ok_body(n, 3)),
     }
 }
 
 fn start_fake() -> (String, Arc<Fake>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let fake = Arc::new(Fake::default());
     let f = fake.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let f = f.clone();
-            std::thread::spawn(move || handle(&f, stream));
-        }
-    });
-    (url, fake)
+    (common::start(move |s, r| handle(&f, s, r)), fake)
 }
 
 fn judge(dir: &Path, url: &str) -> Output {
@@ -276,22 +229,16 @@ fn faults_are_retried_or_recorded_and_nothing_is_lost() {
 #[test]
 fn a_wrong_key_or_bad_request_is_not_retried() {
     // 401 will not mend: one try, then recorded.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let count = Arc::new(Mutex::new(0usize));
     let c = count.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            if read_request(&mut stream).is_some() {
-                *c.lock().unwrap() += 1;
-                reply(
-                    &mut stream,
-                    "401 Unauthorized",
-                    "",
-                    r#"{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}"#,
-                );
-            }
-        }
+    let url = common::start(move |stream, _| {
+        *c.lock().unwrap() += 1;
+        reply(
+            stream,
+            "401 Unauthorized",
+            "",
+            r#"{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}"#,
+        );
     });
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

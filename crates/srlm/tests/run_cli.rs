@@ -3,6 +3,7 @@
 //! (M2, M3); then the same run crashed at several points (in prompt writing, judging, DPO and
 //! sampling) and resumed each time ends with the same artifacts and weights.
 
+mod common;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -443,4 +444,79 @@ fn eft_keeps_judgements_that_agree_with_the_human_ranking() {
     );
     // The EFT file is what `srlm run`'s [seed_data] eft takes.
     assert!(eft[1]["judgement"].as_str().unwrap().ends_with("Score: 2"));
+}
+
+#[test]
+fn a_run_judges_on_the_backend_its_config_names() {
+    // The judge role on a remote server (a stand-in for a large fixed judge, scoring by a rule
+    // no tiny model would follow); the rest of the loop local.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let s = seen.clone();
+    let url = common::start(move |stream, req| {
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        let n = body["n"].as_u64().unwrap_or(1) as usize;
+        let score = req.body.len() % 6;
+        s.lock().unwrap().push(body);
+        common::reply(
+            stream,
+            "200 OK",
+            "",
+            &common::chat_reply(n, &format!("Remote judge.\nScore: {score}")),
+        );
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg_text = config(&model);
+    let cfg_text = cfg_text[..cfg_text.find("[eval]").unwrap()]
+        .replace("iterations = 2", "iterations = 1")
+        .replace("[judge]\n", "[judge]\nbackend = \"big\"\n")
+        + &format!(
+            "[backends.big]\nbase_url = \"{url}\"\nmodel = \"judge-70b\"\nconcurrency = 2\n"
+        );
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let out = dir.path().join("run");
+    ok(&srlm_run(&cfg, &out, None));
+
+    let judgements = lines(&out.join("iter1/judgements.jsonl"));
+    assert_eq!(judgements.len(), 24);
+    assert!(judgements
+        .iter()
+        .all(|j| j["raw"].as_str().unwrap().starts_with("Remote judge.")));
+    // The k judgements of a candidate go as one request with n = k (identical candidates, which
+    // a tiny model writes, share one), all for the named model.
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.len() <= 12 && seen.len() >= 6,
+        "{} requests",
+        seen.len()
+    );
+    let n: Vec<u64> = seen.iter().map(|b| b["n"].as_u64().unwrap()).collect();
+    assert_eq!(n.iter().sum::<u64>(), 24, "{n:?}");
+    assert!(n.iter().all(|n| n % 2 == 0), "{n:?}");
+    assert!(seen.iter().all(|b| b["model"] == "judge-70b"));
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let judge = &manifest["stages"]["judge 1"];
+    let cmd: Vec<&str> = judge["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        cmd.windows(2).any(|w| w == ["--api-base", url.as_str()]),
+        "{cmd:?}"
+    );
+    assert!(!cmd.contains(&"--model"), "{cmd:?}");
+    // The server's model is no file: the stage's inputs are the candidates alone.
+    assert_eq!(
+        judge["inputs"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["iter1/candidates.jsonl"]
+    );
+    assert!(out.join("models/m2/model.safetensors").exists());
 }
