@@ -191,6 +191,7 @@ impl<'a> Generator<'a> {
                 Some(r) => Next::Request(r),
                 None => Next::End,
             },
+            |_| true,
             on_event,
         )
     }
@@ -199,10 +200,13 @@ impl<'a> Generator<'a> {
     /// admitted request has finished: how a server batches requests that arrive while others
     /// decode. `next(idle)` is asked whenever there is room in the batch; with `idle` true
     /// nothing is decoding, so it may block until a request comes, and otherwise it should
-    /// answer at once (`Later` when it has none).
+    /// answer at once (`Later` when it has none). Before every step, `wanted(id)` is asked of
+    /// each admitted request: one no longer wanted (its client went away) is dropped at once,
+    /// without a `Done` event.
     pub fn serve(
         &self,
         mut next: impl FnMut(bool) -> Next,
+        mut wanted: impl FnMut(&str) -> bool,
         mut on_event: impl FnMut(Event<'_>) -> Result<()>,
     ) -> Result<RunStats> {
         let mut stats = RunStats::default();
@@ -211,6 +215,8 @@ impl<'a> Generator<'a> {
         let mut active: Vec<Sequence> = Vec::new();
         let mut exhausted = false;
         loop {
+            active.retain(|s| wanted(&s.req.id));
+            waiting.retain(|r| wanted(&r.id));
             // Admit waiting requests first (in order), then new ones. A request that shares a
             // longer prefix with a prompt still being prefilled than with any cached one waits.
             let mut still_waiting = VecDeque::new();

@@ -253,6 +253,7 @@ fn requests_arriving_while_others_decode_join_the_batch() {
                 None => Next::End,
             }
         },
+        |_| true,
         |ev| {
             if let Event::Done(c) = ev {
                 out.push((c.id, c.token_ids));
@@ -269,6 +270,48 @@ fn requests_arriving_while_others_decode_join_the_batch() {
     let mut alone = run(&engine, reqs, 1);
     alone.sort();
     assert_eq!(out, alone);
+}
+
+#[test]
+fn a_request_no_longer_wanted_is_dropped_and_the_others_unchanged() {
+    use srlm_engine::generate::{Event, Next};
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let reqs = greedy_requests(4);
+    let mut queue: std::collections::VecDeque<Request> = reqs.clone().into();
+    let (mut out, mut pieces_of_r1) = (Vec::new(), 0usize);
+    let gen = Generator::new(&engine.model, &engine.tokenizer);
+    // r1's client goes away after its third piece of text.
+    let gone = std::cell::Cell::new(false);
+    gen.serve(
+        |_| match queue.pop_front() {
+            Some(r) => Next::Request(r),
+            None => Next::End,
+        },
+        |id| !(id == "r1" && gone.get()),
+        |ev| {
+            match ev {
+                Event::Text { id: "r1", .. } => {
+                    pieces_of_r1 += 1;
+                    if pieces_of_r1 == 3 {
+                        gone.set(true);
+                    }
+                }
+                Event::Done(c) => out.push((c.id, c.token_ids)),
+                _ => {}
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(pieces_of_r1, 3, "r1 went on after it was dropped");
+    out.sort();
+    let mut others = run(
+        &engine,
+        reqs.into_iter().filter(|r| r.id != "r1").collect(),
+        4,
+    );
+    others.sort();
+    assert_eq!(out, others);
 }
 
 #[test]

@@ -578,6 +578,24 @@ fn remote_flags(cfg: &RunConfig, key: &str, name: &str) -> Result<Option<Vec<Str
     Ok(Some(args.to_flags()))
 }
 
+/// Who plays a role: the server of `remote` (its model is no file for the manifest to hash),
+/// or the local `model`, which then is one of the stage's inputs.
+fn role_model<'a>(
+    cfg: &RunConfig,
+    remote: &Option<Vec<String>>,
+    model: &'a Path,
+    cmd: &mut Vec<String>,
+    inputs: &mut Vec<&'a Path>,
+) {
+    match remote {
+        Some(flags) => cmd.extend(flags.iter().cloned()),
+        None => {
+            cmd.extend(model_flags(cfg, model));
+            inputs.push(model);
+        }
+    }
+}
+
 fn train_flags(cfg: &RunConfig, t: &TrainSection, model: &Path, out: &Path) -> Vec<String> {
     let mut v = vec![
         "--model".into(),
@@ -821,15 +839,8 @@ pub fn run(a: RunArgs) -> Result<()> {
         for e in &earlier_prompts {
             cmd.extend(["--existing".into(), s(e)]);
         }
-        // A remote role's model is the server's, not a file the manifest could hash.
         let mut inputs: Vec<&Path> = vec![&ift_path];
-        match &prompts_remote {
-            Some(flags) => cmd.extend(flags.iter().cloned()),
-            None => {
-                cmd.extend(model_flags(&cfg, &generator));
-                inputs.push(&generator);
-            }
-        }
+        role_model(&cfg, &prompts_remote, &generator, &mut cmd, &mut inputs);
         inputs.extend(earlier_prompts.iter().map(|p| p.as_path()));
         let count = p.count;
         run.stage(&format!("prompts {t}"), cmd, &inputs, &[&prompts], |c| {
@@ -863,13 +874,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             (cfg.seed + 100 + t as u64).to_string(),
         ];
         let mut inputs: Vec<&Path> = vec![&prompts];
-        match &sample_remote {
-            Some(flags) => cmd.extend(flags.iter().cloned()),
-            None => {
-                cmd.extend(model_flags(&cfg, &current));
-                inputs.push(&current);
-            }
-        }
+        role_model(&cfg, &sample_remote, &current, &mut cmd, &mut inputs);
         run.stage(&format!("sample {t}"), cmd, &inputs, &[&cands], |c| {
             srlm(c)?;
             Ok(None)
@@ -896,13 +901,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             (cfg.seed + 200 + t as u64).to_string(),
         ];
         let mut inputs: Vec<&Path> = vec![&cands];
-        match &judge_remote {
-            Some(flags) => cmd.extend(flags.iter().cloned()),
-            None => {
-                cmd.extend(model_flags(&cfg, &current));
-                inputs.push(&current);
-            }
-        }
+        role_model(&cfg, &judge_remote, &current, &mut cmd, &mut inputs);
         run.stage(&format!("judge {t}"), cmd, &inputs, &[&judgements], |c| {
             srlm(c)?;
             let all = read_jsonl::<srlm_core::stages::JudgementRecord>(&judgements, "")?;

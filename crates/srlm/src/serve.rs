@@ -199,8 +199,16 @@ fn engine_loop(engine: &Engine, jobs: mpsc::Receiver<Job>, batch_size: usize) {
                 None => Next::Later,
             }
         },
+        // A client that went away drops its reply channel: its sequences stop here.
+        |id| {
+            let mut routes = routes.borrow_mut();
+            let open = routes.get(id).is_some_and(|(tx, _)| !tx.is_closed());
+            if !open {
+                routes.remove(id);
+            }
+            open
+        },
         |ev| {
-            // A client that went away no longer listens; its sequences still finish.
             match ev {
                 Event::Text { id, piece } => {
                     if let Some((tx, i)) = routes.borrow().get(id) {

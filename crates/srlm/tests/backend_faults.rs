@@ -5,6 +5,7 @@
 //! it got, and a rerun against a healed server completes the rest.
 
 mod common;
+use common::lines;
 use common::reply;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -124,14 +125,6 @@ fn judge(dir: &Path, url: &str) -> Output {
         .env("SRLM_LOG", "warn")
         .output()
         .unwrap()
-}
-
-fn lines(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! sampling) and resumed each time ends with the same artifacts and weights.
 
 mod common;
+use common::{lines, tiny_model};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,26 +12,6 @@ use std::process::{Command, Output};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// The engine's tiny random Llama with a context long enough for the judge prompt.
-fn tiny_model(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srlm-engine/tests/goldens/tiny-llama");
-    let dst = dir.join("tiny");
-    std::fs::create_dir_all(&dst).unwrap();
-    for f in [
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
-    }
-    let mut cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    cfg["max_position_embeddings"] = 4096.into();
-    std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
-    dst
 }
 
 /// The real human data beside the repository (never copied into it).
@@ -137,14 +118,6 @@ fn artifacts(run: &Path) -> BTreeMap<String, Vec<String>> {
         }
     }
     out
-}
-
-fn lines(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -3,9 +3,11 @@
 //! streaming from it, and srlm's own remote backend judging through it exactly as the local
 //! backend judges (greedy, the real default model).
 
+mod common;
+use common::{lines, tiny_model};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 /// A running `srlm serve`, killed when dropped.
@@ -43,25 +45,6 @@ fn serve(args: &[&str]) -> Served {
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Served { child, url }
-}
-
-fn tiny_model(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srlm-engine/tests/goldens/tiny-llama");
-    let dst = dir.join("tiny");
-    std::fs::create_dir_all(&dst).unwrap();
-    for f in [
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
-    }
-    let mut cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    cfg["max_position_embeddings"] = 4096.into();
-    std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
-    dst
 }
 
 fn agent() -> ureq::Agent {
@@ -260,14 +243,6 @@ fn the_openai_python_client_streams_from_srlm_serve() {
     assert_eq!(seen["whole_completion_tokens"], 32);
     assert_eq!(seen["models"], json!(["tiny"]));
     assert_eq!(seen["completion_finish"], "length");
-}
-
-fn lines(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -1,13 +1,46 @@
-//! A bare HTTP/1.1 server for tests that need an OpenAI-compatible server to misbehave, or to
-//! answer in a way no real model would: one thread per connection, one request per
-//! connection, and the handler writes whatever reply it likes (or none).
+//! What the binary's tests share: the engine's tiny random Llama as a model folder, JSONL
+//! reading, and a bare HTTP/1.1 server for tests that need an OpenAI-compatible server to
+//! misbehave, or to answer in a way no real model would (one thread per connection, one
+//! request per connection, and the handler writes whatever reply it likes, or none).
 
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The engine's tiny random Llama (its goldens), copied into `dir` with a context long enough
+/// for the judge prompt.
+pub fn tiny_model(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srlm-engine/tests/goldens/tiny-llama");
+    let dst = dir.join("tiny");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 4096.into();
+    std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
+    dst
+}
+
+/// Every line of a JSONL file (none if it does not exist).
+pub fn lines(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
 
 /// One request: lower-cased headers and the body.
 pub struct HttpRequest {
