@@ -80,13 +80,13 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         Some(u) => (u.trim_end_matches('/').to_string(), a.api_model.clone()),
         None => {
             let engine = a.model.load()?;
-            let (server, _http) = crate::serve::start(
-                engine,
-                "srlm".into(),
-                "127.0.0.1:0",
-                a.batch_size,
-                a.max_tokens,
-            )?;
+            let opts = crate::serve::ServeOptions {
+                name: "srlm".into(),
+                batch_size: a.batch_size,
+                default_max_tokens: a.max_tokens,
+                api_key: None,
+            };
+            let (server, _http) = crate::serve::start(engine, "127.0.0.1:0", opts)?;
             (format!("http://{}/v1", server.addr), server.name)
         }
     };

@@ -17,7 +17,7 @@
 use crate::model_args::ModelArgs;
 use anyhow::{Context, Result};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -58,6 +58,19 @@ pub struct ServeArgs {
     /// Completion tokens when a request sets no max_tokens.
     #[arg(long, default_value_t = 512)]
     pub default_max_tokens: usize,
+    /// Require `Authorization: Bearer <key>` on every /v1 request, the key read from this
+    /// environment variable (never from the command line, where `ps` would show it).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+}
+
+/// How `start` serves.
+pub struct ServeOptions {
+    pub name: String,
+    pub batch_size: usize,
+    pub default_max_tokens: usize,
+    /// Required bearer token, if any.
+    pub api_key: Option<String>,
 }
 
 /// Most choices one request may ask for.
@@ -80,6 +93,7 @@ struct AppState {
     name: String,
     jobs: Mutex<mpsc::Sender<Job>>,
     default_max_tokens: usize,
+    api_key: Option<String>,
     next_id: AtomicU64,
 }
 
@@ -90,18 +104,33 @@ pub struct Server {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    let api_key = match &a.api_key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(k) if !k.is_empty() => Some(k),
+            _ => anyhow::bail!(
+                "--api-key-env {var}: the variable is not set\n  hint: export {var}=<key>, or leave out --api-key-env to serve without a key"
+            ),
+        },
+    };
     let engine = a.model.load()?;
-    let name = a.name.clone().unwrap_or_else(|| default_name(&engine));
-    let (server, http) = start(
-        engine,
-        name,
-        &format!("{}:{}", a.host, a.port),
-        a.batch_size,
-        a.default_max_tokens,
-    )?;
+    let opts = ServeOptions {
+        name: a.name.clone().unwrap_or_else(|| default_name(&engine)),
+        batch_size: a.batch_size,
+        default_max_tokens: a.default_max_tokens,
+        api_key,
+    };
+    let (server, http) = start(engine, &format!("{}:{}", a.host, a.port), opts)?;
     eprintln!(
-        "srlm: serving `{}` at http://{}/v1 (up to {} sequences decoded together)",
-        server.name, server.addr, a.batch_size
+        "srlm: serving `{}` at http://{}/v1 (up to {} sequences decoded together{})",
+        server.name,
+        server.addr,
+        a.batch_size,
+        if a.api_key_env.is_some() {
+            "; a key is required"
+        } else {
+            ""
+        }
     );
     http.join()
         .map_err(|_| anyhow::anyhow!("the HTTP server thread panicked"))?
@@ -119,11 +148,15 @@ fn default_name(engine: &Engine) -> String {
 /// HTTP thread (which runs until the process ends).
 pub fn start(
     engine: Engine,
-    name: String,
     addr: &str,
-    batch_size: usize,
-    default_max_tokens: usize,
+    opts: ServeOptions,
 ) -> Result<(Server, std::thread::JoinHandle<Result<()>>)> {
+    let ServeOptions {
+        name,
+        batch_size,
+        default_max_tokens,
+        api_key,
+    } = opts;
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -140,6 +173,7 @@ pub fn start(
         name: name.clone(),
         jobs: Mutex::new(jobs_tx),
         default_max_tokens,
+        api_key,
         next_id: AtomicU64::new(0),
     });
     let app = Router::new()
@@ -252,7 +286,27 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn models(State(s): State<Arc<AppState>>) -> Json<ModelList> {
+/// None if the request may proceed; else the 401 to send.
+fn refuse_unauthorized(s: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let want = s.api_key.as_ref()?;
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(want.as_str()) {
+        return None;
+    }
+    Some(error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "a valid API key is required: send `Authorization: Bearer <key>`".into(),
+    ))
+}
+
+async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refuse_unauthorized(&s, &headers) {
+        return r;
+    }
     Json(ModelList {
         object: "list".into(),
         data: vec![ModelCard {
@@ -262,6 +316,7 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<ModelList> {
             owned_by: "srlm".into(),
         }],
     })
+    .into_response()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -308,7 +363,14 @@ impl Endpoint {
     }
 }
 
-async fn chat_completions(State(s): State<Arc<AppState>>, body: String) -> Response {
+async fn chat_completions(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Some(r) = refuse_unauthorized(&s, &headers) {
+        return r;
+    }
     let req: ChatRequest = match serde_json::from_str(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid chat completion request: {e}")),
@@ -327,7 +389,10 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: String) -> Respo
     .await
 }
 
-async fn completions(State(s): State<Arc<AppState>>, body: String) -> Response {
+async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: String) -> Response {
+    if let Some(r) = refuse_unauthorized(&s, &headers) {
+        return r;
+    }
     let req: CompletionRequest = match serde_json::from_str(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid completion request: {e}")),

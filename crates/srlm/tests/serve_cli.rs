@@ -24,9 +24,14 @@ impl Drop for Served {
 }
 
 fn serve(args: &[&str]) -> Served {
+    serve_with_env(args, &[])
+}
+
+fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_srlm"))
         .args(["serve", "--port", "0"])
         .args(args)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -299,4 +304,68 @@ fn remote_judge_through_srlm_serve_equals_the_local_judge() {
     assert_eq!(local.len(), 6);
     assert_eq!(remote, local);
     assert!(local.iter().all(|j| !j["raw"].as_str().unwrap().is_empty()));
+}
+
+#[test]
+fn a_served_model_with_a_key_refuses_requests_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let s = serve_with_env(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--name",
+            "tiny",
+            "--api-key-env",
+            "SRLM_TEST_SERVE_KEY",
+        ],
+        &[("SRLM_TEST_SERVE_KEY", "sk-serve")],
+    );
+    let get = |path: &str, auth: Option<&str>| {
+        let mut req = agent().get(format!("{}{path}", s.url));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        req.call().unwrap().status().as_u16()
+    };
+    assert_eq!(get("/models", None), 401);
+    assert_eq!(get("/models", Some("Bearer wrong")), 401);
+    assert_eq!(get("/models", Some("Bearer sk-serve")), 200);
+    let (status, body) = post(
+        &format!("{}/chat/completions", s.url),
+        &chat("tiny", "hi", json!({})).to_string(),
+    );
+    assert_eq!(status, 401, "{body}");
+    // srlm's own remote backend sends the key it is told to read.
+    let cands = dir.path().join("cands.jsonl");
+    std::fs::write(
+        &cands,
+        "{\"id\": \"a/0\", \"prompt_id\": \"a\", \"prompt\": \"Hi\", \"candidate\": 0, \"response\": \"Hello\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("judge.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args(["judge", "--candidates", cands.to_str().unwrap()])
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ])
+        .args(["--api-base", &s.url, "--api-key-env", "SRLM_TEST_SERVE_KEY"])
+        .env("SRLM_TEST_SERVE_KEY", "sk-serve")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&out).len(), 2);
+    // Without the variable, the server will not start.
+    let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args(["serve", "--port", "0", "--model", model.to_str().unwrap()])
+        .args(["--api-key-env", "SRLM_TEST_NO_SUCH_VARIABLE"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("SRLM_TEST_NO_SUCH_VARIABLE"));
 }
