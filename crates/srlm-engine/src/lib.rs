@@ -4,6 +4,7 @@
 pub mod autograd;
 pub mod chat;
 pub mod config;
+pub mod decode_attention;
 pub mod engine;
 pub mod error;
 pub mod fetch;

@@ -502,11 +502,21 @@ impl Attention {
         ops: Ops,
     ) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, rope, positions, ops)?;
-        let mut outs = Vec::with_capacity(spans.len());
-        for (&(start, len), cache) in spans.iter().zip(caches.iter_mut()) {
-            let q = q.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?; // (h, t, d)
+        // Segments of one new token (decoding) go through one kernel over all their caches;
+        // the rest (prompts) through `attend`, one segment at a time. Which path a decoding
+        // sequence takes does not depend on what it is batched with.
+        let fast = ops == Ops::Fused && q.dtype() == DType::F32 && q.device().is_cpu();
+        let mut outs: Vec<Option<Tensor>> = vec![None; spans.len()];
+        let mut decoding: Vec<usize> = Vec::new();
+        for (si, (&(start, len), cache)) in spans.iter().zip(caches.iter_mut()).enumerate() {
             let k = k.narrow(0, start, len)?.transpose(0, 1)?; // (kvh, t, d)
             let v = v.narrow(0, start, len)?.transpose(0, 1)?;
+            if fast && len == 1 {
+                cache.append(layer, &k, &v)?;
+                decoding.push(si);
+                continue;
+            }
+            let q = q.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?; // (h, t, d)
             let (k, v) = cache.append(layer, &k, &v)?; // (kvh, T, d)
             let y = attend(
                 &q.unsqueeze(0)?,
@@ -516,18 +526,84 @@ impl Attention {
                 ops,
                 None,
             )?; // (1, h, t, d)
-            outs.push(
+            outs[si] = Some(
                 y.squeeze(0)?
                     .transpose(0, 1)?
                     .reshape((len, self.n_heads * self.head_dim))?,
             ); // (t, h*d)
         }
+        if !decoding.is_empty() {
+            let y = self.decode_attention(&q, spans, &decoding, caches, layer)?; // (m, h*d)
+            for (j, &si) in decoding.iter().enumerate() {
+                outs[si] = Some(y.narrow(0, j, 1)?);
+            }
+        }
+        let mut outs: Vec<Tensor> = outs
+            .into_iter()
+            .map(|o| o.expect("every segment attended"))
+            .collect();
         let y = if outs.len() == 1 {
             outs.pop().expect("one")
         } else {
             Tensor::cat(&outs, 0)?
         };
         self.o_proj.forward(&y)
+    }
+}
+
+/// The f32 data of a CPU tensor from its storage guard, from its layout's offset on.
+fn f32_slice<'a>(g: &'a (candle_core::StorageRef<'_>, &candle_core::Layout)) -> Result<&'a [f32]> {
+    match &*g.0 {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(&v[g.1.start_offset()..]),
+        _ => candle_core::bail!("decode attention takes f32 caches on the CPU"),
+    }
+}
+
+impl Attention {
+    /// Attention of the one new token of each segment in `decoding`, whose keys and values
+    /// are already appended to its cache. `q`: (n, h, d). Returns (decoding.len(), h*d).
+    fn decode_attention(
+        &self,
+        q: &Tensor,
+        spans: &[(usize, usize)],
+        decoding: &[usize],
+        caches: &[&mut KvCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let m = decoding.len();
+        let rows: Vec<u32> = decoding.iter().map(|&si| spans[si].0 as u32).collect();
+        let rows = Tensor::from_vec(rows, m, q.device())?;
+        let q = q.index_select(&rows, 0)?.flatten_all()?.to_vec1::<f32>()?; // (m*h*d,)
+                                                                            // The caches' whole buffers, each holding len + 1 positions now.
+        let bufs: Vec<(Tensor, Tensor, usize)> = decoding
+            .iter()
+            .map(|&si| {
+                let c = &caches[si];
+                let (k, v) = c.layers[layer].as_ref().expect("appended above");
+                (k.clone(), v.clone(), c.len() + 1)
+            })
+            .collect();
+        let guards: Vec<_> = bufs
+            .iter()
+            .map(|(k, v, _)| (k.storage_and_layout(), v.storage_and_layout()))
+            .collect();
+        let mut views = Vec::with_capacity(m);
+        for ((kg, vg), (k, _, len)) in guards.iter().zip(&bufs) {
+            views.push(crate::decode_attention::CacheView {
+                k: f32_slice(kg)?,
+                v: f32_slice(vg)?,
+                cap: k.dim(1)?,
+                len: *len,
+            });
+        }
+        let y = crate::decode_attention::decode_attention(
+            &q,
+            &views,
+            self.n_heads,
+            self.n_kv_heads,
+            self.head_dim,
+        );
+        Tensor::from_vec(y, (m, self.n_heads * self.head_dim), &Device::Cpu)
     }
 }
 
