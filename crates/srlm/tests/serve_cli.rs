@@ -254,6 +254,10 @@ fn the_openai_python_client_streams_from_srlm_serve() {
 fn remote_judge_through_srlm_serve_equals_the_local_judge() {
     // The real default model, greedy: srlm judge through `srlm serve` on loopback (its k
     // judgements sent as one request with n = k) against srlm judge on the local engine.
+    // Both hold the file's own Q4_1 blocks (`--weights native`), whose matmul computes each
+    // row alike whatever it is batched with (`mixed` switches to f32 for wide batches, which
+    // can flip a greedy near tie). Local and remote then batch the k judgements of a
+    // candidate alike: the first prefills the prompt, the second reuses its cached prefix.
     let dir = tempfile::tempdir().unwrap();
     let cands = dir.path().join("cands.jsonl");
     let answers = [
@@ -284,7 +288,7 @@ fn remote_judge_through_srlm_serve_equals_the_local_judge() {
         })
         .collect();
     std::fs::write(&cands, text).unwrap();
-    let s = serve(&[]);
+    let s = serve(&["--weights", "native"]);
     let judge = |out: &str, remote: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_srlm"));
         c.args(["judge", "--candidates", cands.to_str().unwrap()])
@@ -292,6 +296,8 @@ fn remote_judge_through_srlm_serve_equals_the_local_judge() {
             .args(["--k", "2", "--temperature", "0", "--max-new-tokens", "48"]);
         if remote {
             c.args(["--api-base", &s.url]);
+        } else {
+            c.args(["--weights", "native"]);
         }
         let o = c.output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -303,6 +309,7 @@ fn remote_judge_through_srlm_serve_equals_the_local_judge() {
     let remote = judge("remote.jsonl", true);
     assert_eq!(local.len(), 6);
     assert_eq!(remote, local);
+
     assert!(local.iter().all(|j| !j["raw"].as_str().unwrap().is_empty()));
 }
 
