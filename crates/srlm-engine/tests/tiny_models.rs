@@ -245,7 +245,7 @@ fn requests_arriving_while_others_decode_join_the_batch() {
                 busy_asks += 1;
             }
             // Hand over a request on every other ask only: the rest are `Later`.
-            if pending.len() > 4 && asks % 2 == 0 {
+            if pending.len() > 4 && asks.is_multiple_of(2) {
                 return Next::Later;
             }
             match pending.pop_front() {
