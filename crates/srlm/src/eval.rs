@@ -3,8 +3,8 @@
 //! a JSONL file as they finish (rerun to resume); the agreement metrics go to stdout and to
 //! `<out>.metrics.json`.
 
-use crate::backend::{self, RemoteArgs};
-use crate::model_args::{ModelArgs, SamplingArgs};
+use crate::backend::BackendArgs;
+use crate::model_args::SamplingArgs;
 use crate::stages::{run_resumable, seeded};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -41,13 +41,9 @@ pub struct EvalJudgeArgs {
     /// Keep machine-written (synthetic) prompts and replies.
     #[arg(long)]
     pub keep_synthetic: bool,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    /// The judge: `--model`, or a server (`--api-base`).
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// The judge on an OpenAI-compatible server instead of `--model`.
-    #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub backend: BackendArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -96,7 +92,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     }
     let done: Vec<JudgementRecord> = recover_jsonl(&a.out)?;
     let done_ids: HashSet<String> = done.iter().map(|r| r.id.clone()).collect();
-    let backend = backend::open(&a.model, &a.remote, a.batch_size)?;
+    let backend = a.backend.open()?;
     let base = a.sampling.params();
     let mut meta = BTreeMap::new();
     let mut requests = Vec::new();

@@ -7,8 +7,8 @@
 //! additive prompt (k samples) and compares the means. Every step appends as it goes and
 //! resumes when rerun; the result goes to `OUT/summary.json`.
 
-use crate::backend::{self, local::LocalBackend, RemoteArgs};
-use crate::model_args::{ModelArgs, SamplingArgs};
+use crate::backend::BackendArgs;
+use crate::model_args::SamplingArgs;
 use crate::stages::{run_resumable, seeded};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
@@ -60,14 +60,10 @@ pub struct EvalVsArgs {
     pub judge_temperature: f32,
     #[arg(long, default_value_t = 256)]
     pub judge_max_new_tokens: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Weights, context and threads for all three models (`--model` is ignored).
+    /// Weights, context, threads and batch size for all three models (`--model` is ignored);
+    /// `--api-base` puts the judge on a server instead of `--judge` (the answers stay local).
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// The judge on an OpenAI-compatible server instead of `--judge` (the answers stay local).
-    #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub backend: BackendArgs,
     /// How the two models answer.
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -132,13 +128,6 @@ pub fn load_prompts(path: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-fn model_args(base: &ModelArgs, path: &Path) -> ModelArgs {
-    ModelArgs {
-        model: Some(path.to_path_buf()),
-        ..base.clone()
-    }
-}
-
 fn answer(
     a: &EvalVsArgs,
     model: &Path,
@@ -155,7 +144,7 @@ fn answer(
         .filter(|(id, _)| !done.contains(id))
         .collect();
     if !todo.is_empty() {
-        let backend = LocalBackend::new(model_args(&a.model, model).load()?, a.batch_size);
+        let backend = a.backend.local(model).open()?;
         let base = a.sampling.params();
         let mut requests = Vec::new();
         let mut text = HashMap::new();
@@ -163,7 +152,7 @@ fn answer(
             requests.push(seeded(id.clone(), prompt, &base));
             text.insert(id.clone(), prompt.clone());
         }
-        run_resumable(&backend, requests, out, label, |c| Answer {
+        run_resumable(backend.as_ref(), requests, out, label, |c| Answer {
             prompt: text[&c.id].clone(),
             id: c.id,
             response: c.text,
@@ -227,12 +216,14 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
         .filter(|(id, _)| !done.contains(id))
         .collect();
     if !asks.is_empty() {
-        let judge_model = match (&a.remote.api_base, &a.judge) {
-            (Some(_), _) => a.model.clone(), // unused: the server judges
-            (None, Some(p)) => model_args(&a.model, p),
-            (None, None) => model_args(&a.model, &srlm_engine::fetch::default_model()?),
+        let backend = match (&a.backend.remote.api_base, &a.judge) {
+            (Some(_), _) => a.backend.open()?, // the server judges
+            (None, Some(p)) => a.backend.with_model(p).open()?,
+            (None, None) => a
+                .backend
+                .with_model(&srlm_engine::fetch::default_model()?)
+                .open()?,
         };
-        let backend = backend::open(&judge_model, &a.remote, a.batch_size)?;
         let params = srlm_engine::sampling::SamplingParams {
             temperature: a.judge_temperature,
             top_p: 0.9,
@@ -301,8 +292,8 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
     let summary = serde_json::json!({
         "a": a.a.display().to_string(),
         "b": a.b.display().to_string(),
-        "judge": match (&a.remote.api_base, &a.judge) {
-            (Some(url), _) => format!("{} at {url}", a.remote.api_model.as_deref().unwrap_or("(first listed)")),
+        "judge": match (&a.backend.remote.api_base, &a.judge) {
+            (Some(url), _) => format!("{} at {url}", a.backend.remote.api_model.as_deref().unwrap_or("(first listed)")),
             (None, Some(p)) => p.display().to_string(),
             (None, None) => "default".into(),
         },

@@ -7,8 +7,7 @@
 //! the examples every attempt saw, and hence the result, do not depend on where an interrupted
 //! run restarted. The kept prompts go to `OUT` as a whole at the end.
 
-use crate::backend::{self, GenRequest, Outcome, RemoteArgs};
-use crate::model_args::ModelArgs;
+use crate::backend::{BackendArgs, GenRequest, Outcome};
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -71,13 +70,10 @@ pub struct PromptsArgs {
     pub max_new_tokens: usize,
     #[arg(long, default_value_t = 0)]
     pub rng_seed: u64,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    /// The prompt writer: `--model`, or a server (`--api-base`, its `/v1/completions`).
+    /// `--batch-size` is also the number of attempts in a round.
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// The prompt writer on an OpenAI-compatible server (`/v1/completions`) instead of `--model`.
-    #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub backend: BackendArgs,
 }
 
 /// One attempt's outcome, a line of the attempts log.
@@ -186,7 +182,7 @@ pub fn write_prompts(a: &PromptsArgs) -> Result<PromptsSummary> {
 
     let needs_model = kept.len() < a.count && attempts < max_attempts;
     if needs_model {
-        let backend = backend::open(&a.model, &a.remote, a.batch_size)?;
+        let backend = a.backend.open()?;
         let mut writer = JsonlWriter::append(&log)?;
         let bar = ProgressBar::new(a.count as u64);
         bar.set_style(
@@ -199,7 +195,7 @@ pub fn write_prompts(a: &PromptsArgs) -> Result<PromptsSummary> {
         while kept.len() < a.count && attempts < max_attempts {
             // Rounds shrink near the end so few attempts are wasted past the count.
             let needed = (a.count - kept.len()) as u64;
-            let size = (a.batch_size.max(1) as u64)
+            let size = (a.backend.batch_size.max(1) as u64)
                 .min(2 * needed)
                 .min(max_attempts - attempts);
             let generated: Vec<String> = kept.iter().map(|k| k.prompt.clone()).collect();

@@ -578,6 +578,28 @@ fn remote_flags(cfg: &RunConfig, key: &str, name: &str) -> Result<Option<Vec<Str
     Ok(Some(args.to_flags()))
 }
 
+/// How a generating stage samples: batch size, temperature, top-p, new tokens, seed.
+fn sampling_flags(
+    batch_size: usize,
+    temperature: f32,
+    top_p: f32,
+    max_new_tokens: usize,
+    seed: u64,
+) -> Vec<String> {
+    vec![
+        "--batch-size".into(),
+        batch_size.to_string(),
+        "--temperature".into(),
+        temperature.to_string(),
+        "--top-p".into(),
+        top_p.to_string(),
+        "--max-new-tokens".into(),
+        max_new_tokens.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+    ]
+}
+
 /// Who plays a role: the server of `remote` (its model is no file for the manifest to hash),
 /// or the local `model`, which then is one of the stage's inputs.
 fn role_model<'a>(
@@ -685,7 +707,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let prompts_remote = remote_flags(&cfg, "prompts.backend", &cfg.prompts.backend)?;
     let sample_remote = remote_flags(&cfg, "sample.backend", &cfg.sample.backend)?;
     let judge_remote = remote_flags(&cfg, "judge.backend", &cfg.judge.backend)?;
-    remote_flags(&cfg, "eval.vs_backend", &cfg.eval.vs_backend)?;
+    let vs_remote = remote_flags(&cfg, "eval.vs_backend", &cfg.eval.vs_backend)?;
     let dir = a.out.clone();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let cfg_path = dir.join("config.toml");
@@ -862,17 +884,14 @@ pub fn run(a: RunArgs) -> Result<()> {
             s(&cands),
             "--n".into(),
             g.n.to_string(),
-            "--batch-size".into(),
-            cfg.batch_size.to_string(),
-            "--temperature".into(),
-            g.temperature.to_string(),
-            "--top-p".into(),
-            g.top_p.to_string(),
-            "--max-new-tokens".into(),
-            g.max_new_tokens.to_string(),
-            "--seed".into(),
-            (cfg.seed + 100 + t as u64).to_string(),
         ];
+        cmd.extend(sampling_flags(
+            cfg.batch_size,
+            g.temperature,
+            g.top_p,
+            g.max_new_tokens,
+            cfg.seed + 100 + t as u64,
+        ));
         let mut inputs: Vec<&Path> = vec![&prompts];
         role_model(&cfg, &sample_remote, &current, &mut cmd, &mut inputs);
         run.stage(&format!("sample {t}"), cmd, &inputs, &[&cands], |c| {
@@ -889,17 +908,14 @@ pub fn run(a: RunArgs) -> Result<()> {
             s(&judgements),
             "--k".into(),
             j.k.to_string(),
-            "--batch-size".into(),
-            cfg.batch_size.to_string(),
-            "--temperature".into(),
-            j.temperature.to_string(),
-            "--top-p".into(),
-            j.top_p.to_string(),
-            "--max-new-tokens".into(),
-            j.max_new_tokens.to_string(),
-            "--seed".into(),
-            (cfg.seed + 200 + t as u64).to_string(),
         ];
+        cmd.extend(sampling_flags(
+            cfg.batch_size,
+            j.temperature,
+            j.top_p,
+            j.max_new_tokens,
+            cfg.seed + 200 + t as u64,
+        ));
         let mut inputs: Vec<&Path> = vec![&cands];
         role_model(&cfg, &judge_remote, &current, &mut cmd, &mut inputs);
         run.stage(&format!("judge {t}"), cmd, &inputs, &[&judgements], |c| {
@@ -976,7 +992,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         )?;
         current = next;
     }
-    evaluate(&mut run, &cfg, &models)?;
+    evaluate(&mut run, &cfg, &models, &vs_remote)?;
     let report = crate::report::write_report(&dir, None)?;
     eprintln!(
         "done in {:.0} s: models in {}, per-iteration artifacts in {}/iter*, stage log in {}, report in {}",
@@ -991,8 +1007,13 @@ pub fn run(a: RunArgs) -> Result<()> {
 }
 
 /// The evaluation stages: every model as a judge against human ranks, every later model
-/// against every earlier one.
-fn evaluate(run: &mut Run, cfg: &RunConfig, models: &Path) -> Result<()> {
+/// against every earlier one (judged on `vs_remote`'s server, if any).
+fn evaluate(
+    run: &mut Run,
+    cfg: &RunConfig,
+    models: &Path,
+    vs_remote: &Option<Vec<String>>,
+) -> Result<()> {
     let e = &cfg.eval;
     let eval_dir = run.dir.join("eval");
     let all: Vec<PathBuf> = (1..=cfg.iterations + 1)
@@ -1011,17 +1032,14 @@ fn evaluate(run: &mut Run, cfg: &RunConfig, models: &Path) -> Result<()> {
                 s(&out),
                 "--k".into(),
                 e.judge_k.to_string(),
-                "--batch-size".into(),
-                cfg.batch_size.to_string(),
-                "--temperature".into(),
-                cfg.judge.temperature.to_string(),
-                "--top-p".into(),
-                cfg.judge.top_p.to_string(),
-                "--max-new-tokens".into(),
-                cfg.judge.max_new_tokens.to_string(),
-                "--seed".into(),
-                (cfg.seed + 300).to_string(),
             ];
+            cmd.extend(sampling_flags(
+                cfg.batch_size,
+                cfg.judge.temperature,
+                cfg.judge.top_p,
+                cfg.judge.max_new_tokens,
+                cfg.seed + 300,
+            ));
             if e.judge_limit > 0 {
                 cmd.extend(["--limit".into(), e.judge_limit.to_string()]);
             }
@@ -1041,7 +1059,6 @@ fn evaluate(run: &mut Run, cfg: &RunConfig, models: &Path) -> Result<()> {
     }
     if !e.prompts.is_empty() {
         let prompts = PathBuf::from(&e.prompts);
-        let vs_remote = remote_flags(cfg, "eval.vs_backend", &e.vs_backend)?;
         let judge = match e.vs_judge.as_str() {
             "base" => run.base.clone(),
             "m1" => all[0].clone(),
@@ -1079,7 +1096,7 @@ fn evaluate(run: &mut Run, cfg: &RunConfig, models: &Path) -> Result<()> {
                 }
                 cmd.extend(engine_flags(cfg));
                 let mut inputs: Vec<&Path> = vec![&prompts, &all[later], &all[earlier]];
-                match &vs_remote {
+                match vs_remote {
                     Some(flags) => cmd.extend(flags.iter().cloned()),
                     None => inputs.push(&judge),
                 }

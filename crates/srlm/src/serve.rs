@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Args;
-use srlm_core::generation::{Message, PromptInput};
+use srlm_core::generation::PromptInput;
 use srlm_core::openai::{
     finish_reason_name, ChatRequest, Choice, ChoiceMessage, CompletionRequest, CompletionResponse,
     ErrorBody, ErrorDetail, ModelCard, ModelList, PromptText, SamplingFields, Usage,
@@ -378,11 +378,10 @@ async fn chat_completions(
     if req.messages.is_empty() {
         return bad_request("`messages` is empty".into());
     }
-    let messages: Vec<Message> = req.messages;
     respond(
         s,
         &req.model,
-        PromptInput::Chat(messages),
+        PromptInput::Chat(req.messages),
         req.sampling,
         Endpoint::Chat,
     )

@@ -4,9 +4,9 @@
 //! records as they finish and resume by id when rerun. Sampling and judging run on the local
 //! model or, with `--api-base`, on an OpenAI-compatible server (`crate::backend`).
 
-use crate::backend::{self, Backend, GenRequest, Generated, Outcome, RemoteArgs};
+use crate::backend::{Backend, BackendArgs, GenRequest, Generated, Outcome};
 use crate::generate::record_seed;
-use crate::model_args::{ModelArgs, SamplingArgs};
+use crate::model_args::SamplingArgs;
 use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -33,12 +33,8 @@ pub struct SampleArgs {
     /// Responses per prompt (the paper: 4).
     #[arg(long, default_value_t = 4)]
     pub n: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub backend: BackendArgs,
     /// The paper samples at temperature 0.7, top-p 0.9 (the defaults).
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -55,12 +51,8 @@ pub struct JudgeArgs {
     /// Judgements per candidate, averaged (the paper: 3).
     #[arg(long, default_value_t = 3)]
     pub k: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub backend: BackendArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -195,7 +187,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         .into_iter()
         .map(|c| c.id)
         .collect();
-    let backend = backend::open(&a.model, &a.remote, a.batch_size)?;
+    let backend = a.backend.open()?;
     let base = a.sampling.params();
     let mut meta = HashMap::new();
     let mut requests = Vec::new();
@@ -226,7 +218,7 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
         .into_iter()
         .map(|j| j.id)
         .collect();
-    let backend = backend::open(&a.model, &a.remote, a.batch_size)?;
+    let backend = a.backend.open()?;
     let base = a.sampling.params();
     let mut meta = HashMap::new();
     let mut requests = Vec::new();

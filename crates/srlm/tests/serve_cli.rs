@@ -153,13 +153,25 @@ fn serve_speaks_the_openai_api() {
     );
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 10);
 
-    // Plain completions of raw text, with a stop string honoured.
+    // A stop string: the greedy reply ends just before its first occurrence.
+    let stop = greedy.chars().nth(2).unwrap().to_string();
+    let stopped = post_json(
+        &format!("{base}/chat/completions"),
+        &chat("tiny", "Name a colour.", json!({"stop": stop})),
+    );
+    let want = &greedy[..greedy.find(&stop).unwrap()];
+    assert_eq!(stopped["choices"][0]["message"]["content"], want);
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+
+    // Plain completions of raw text.
     let text = post_json(
         &format!("{base}/completions"),
         &json!({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 6, "temperature": 0}),
     );
     assert_eq!(text["object"], "text_completion");
     assert!(text["choices"][0]["text"].is_string());
+    assert_eq!(text["choices"][0]["finish_reason"], "length");
+    assert_eq!(text["usage"]["completion_tokens"], 6);
 
     // Errors in OpenAI's shape.
     let (status, body) = post(

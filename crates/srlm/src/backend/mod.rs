@@ -126,13 +126,41 @@ impl RemoteArgs {
     }
 }
 
-/// The backend a command's flags choose: the server of `--api-base`, else the local model.
-pub fn open(model: &ModelArgs, remote: &RemoteArgs, batch_size: usize) -> Result<Box<dyn Backend>> {
-    match remote.config() {
-        Some(cfg) => Ok(Box::new(openai::OpenAiBackend::new(cfg)?)),
-        None => Ok(Box::new(local::LocalBackend::new(
-            model.load()?,
-            batch_size,
-        ))),
+/// Where a generating command's completions come from, as its flags say: the server of
+/// `--api-base`, else the local `--model` decoding `--batch-size` sequences together.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Sequences decoded together (local model).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+impl BackendArgs {
+    pub fn open(&self) -> Result<Box<dyn Backend>> {
+        match self.remote.config() {
+            Some(cfg) => Ok(Box::new(openai::OpenAiBackend::new(cfg)?)),
+            None => Ok(Box::new(local::LocalBackend::new(
+                self.model.load()?,
+                self.batch_size,
+            ))),
+        }
+    }
+
+    /// The same settings with `model` as the local model.
+    pub fn with_model(&self, model: &std::path::Path) -> Self {
+        let mut a = self.clone();
+        a.model.model = Some(model.to_path_buf());
+        a
+    }
+
+    /// The same settings with `model` as the local model and no server.
+    pub fn local(&self, model: &std::path::Path) -> Self {
+        let mut a = self.with_model(model);
+        a.remote.api_base = None;
+        a
     }
 }
