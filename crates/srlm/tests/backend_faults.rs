@@ -246,3 +246,51 @@ fn a_wrong_key_or_bad_request_is_not_retried() {
     assert_eq!(failures.len(), 2);
     assert!(failures[0]["error"].as_str().unwrap().contains("HTTP 401"));
 }
+
+#[test]
+fn on_the_local_backend_a_prompt_too_long_fails_alone() {
+    // The local engine's own failure: one judge prompt longer than the context is recorded,
+    // the others are judged, and the stage finishes.
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path());
+    let long = "word ".repeat(1000);
+    let cands: Vec<String> = [("short", "Hello."), ("long", long.as_str())]
+        .iter()
+        .map(|(id, response)| {
+            serde_json::json!({"id": format!("{id}/0"), "prompt_id": id, "prompt": "Say hi.",
+                "candidate": 0, "response": response})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(dir.path().join("cands.jsonl"), cands.join("\n") + "\n").unwrap();
+    let d = |n: &str| dir.path().join(n).display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args([
+            "judge",
+            "--candidates",
+            &d("cands.jsonl"),
+            "--out",
+            &d("judge.jsonl"),
+        ])
+        .args([
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--context-length",
+            "2048",
+        ])
+        .args(["--model", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let js = lines(&dir.path().join("judge.jsonl"));
+    assert_eq!(js.len(), 2);
+    assert!(js.iter().all(|j| j["candidate_id"] == "short/0"));
+    let failures = lines(&dir.path().join("judge.failures.jsonl"));
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(failures.iter().all(|f| f["error"]
+        .as_str()
+        .unwrap()
+        .contains("does not fit the context of 2048")));
+}

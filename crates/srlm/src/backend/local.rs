@@ -32,7 +32,8 @@ impl Backend for LocalBackend {
         requests: Vec<GenRequest>,
         on_outcome: &mut dyn FnMut(Outcome) -> Result<()>,
     ) -> Result<()> {
-        let context = self.engine.model.max_positions();
+        let mut gen = Generator::new(&self.engine.model, &self.engine.tokenizer);
+        gen.max_batch = self.batch_size;
         // Each distinct prompt is rendered and tokenized once (k judgements share one).
         let mut encoded: HashMap<PromptInput, Vec<u32>> = HashMap::new();
         let mut todo = Vec::with_capacity(requests.len());
@@ -45,27 +46,24 @@ impl Backend for LocalBackend {
                     ids
                 }
             };
-            if ids.is_empty() || ids.len() >= context {
-                on_outcome(Outcome::Failed {
-                    id: r.id,
-                    error: format!(
-                        "the prompt is {} tokens, the context is {context} (raise --context-length)",
-                        ids.len()
-                    ),
-                })?;
-                continue;
-            }
-            todo.push(Request {
+            let req = Request {
                 id: r.id,
                 prompt_ids: ids,
                 params: r.params,
-            });
+            };
+            // A prompt the context cannot hold fails alone instead of stopping the run.
+            if let Err(e) = gen.check(&req) {
+                on_outcome(Outcome::Failed {
+                    id: req.id,
+                    error: e.to_string(),
+                })?;
+                continue;
+            }
+            todo.push(req);
         }
         if todo.is_empty() {
             return Ok(());
         }
-        let mut gen = Generator::new(&self.engine.model, &self.engine.tokenizer);
-        gen.max_batch = self.batch_size;
         // The callback's error is carried out through the engine's error type and back.
         let mut failed: Option<anyhow::Error> = None;
         let run = gen.run(todo, |ev| {
