@@ -126,10 +126,35 @@ impl Dropout {
     }
 }
 
-/// Rows at and above which `Linear::Mixed` uses its dense weight.
+/// Rows at and above which `Linear::Mixed` uses its dense weight. In generation the choice is
+/// made per segment instead (see `Llama::forward_segments`).
 pub const MIXED_DENSE_ROWS: usize = 32;
 
 impl Linear {
+    /// `forward`, except that a `Mixed` weight sends the first `q_rows` rows through its
+    /// quantized blocks and the rest through its dense copy, however many there are: the caller
+    /// chooses each row's path, so a row's result does not depend on the batch it is in.
+    /// `None` is plain `forward`.
+    pub fn forward_rows(&self, x: &Tensor, q_rows: Option<usize>) -> Result<Tensor> {
+        let (Some(q_rows), Linear::Mixed { q, dense, b }) = (q_rows, self) else {
+            return self.forward(x);
+        };
+        let n = x.dim(0)?;
+        let y = if q_rows >= n {
+            q.forward(x)?
+        } else if q_rows == 0 {
+            x.matmul(&dense.t()?)?
+        } else {
+            let top = q.forward(&x.narrow(0, 0, q_rows)?)?;
+            let rest = x.narrow(0, q_rows, n - q_rows)?.matmul(&dense.t()?)?;
+            Tensor::cat(&[top, rest], 0)?
+        };
+        match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
     /// `x`: (n, in) -> (n, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Linear::Lora {
@@ -427,28 +452,29 @@ impl Attention {
         })
     }
 
-    /// Projections and rope for n flattened tokens. `x`: (n, hidden) ->
-    /// q (n, h, d), k (n, kvh, d), v (n, kvh, d)
+    /// Projections and rope for n flattened tokens (`q_rows`: see `Linear::forward_rows`).
+    /// `x`: (n, hidden) -> q (n, h, d), k (n, kvh, d), v (n, kvh, d)
     fn qkv(
         &self,
         x: &Tensor,
         rope: &Rope,
         positions: &Tensor,
         ops: Ops,
+        q_rows: Option<usize>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let n = x.dim(0)?;
         let q = self
             .q_proj
-            .forward(x)?
+            .forward_rows(x, q_rows)?
             .reshape((n, self.n_heads, self.head_dim))?;
-        let k = self
-            .k_proj
-            .forward(x)?
-            .reshape((n, self.n_kv_heads, self.head_dim))?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape((n, self.n_kv_heads, self.head_dim))?;
+        let k =
+            self.k_proj
+                .forward_rows(x, q_rows)?
+                .reshape((n, self.n_kv_heads, self.head_dim))?;
+        let v =
+            self.v_proj
+                .forward_rows(x, q_rows)?
+                .reshape((n, self.n_kv_heads, self.head_dim))?;
         let q = rope.apply(&q, positions, ops)?;
         let k = rope.apply(&k, positions, ops)?;
         Ok((q, k, v))
@@ -465,7 +491,7 @@ impl Attention {
         ops: Ops,
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, rope, positions, ops)?;
+        let (q, k, v) = self.qkv(x, rope, positions, ops, None)?;
         let q = q
             .reshape((b, t, self.n_heads, self.head_dim))?
             .transpose(1, 2)?; // (b, h, t, d)
@@ -500,8 +526,9 @@ impl Attention {
         rope: &Rope,
         positions: &Tensor,
         ops: Ops,
+        q_rows: usize,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, rope, positions, ops)?;
+        let (q, k, v) = self.qkv(x, rope, positions, ops, Some(q_rows))?;
         // Segments of one new token (decoding) go through one kernel over all their caches;
         // the rest (prompts) through `attend`, one segment at a time. Which path a decoding
         // sequence takes does not depend on what it is batched with.
@@ -538,16 +565,20 @@ impl Attention {
                 outs[si] = Some(y.narrow(0, j, 1)?);
             }
         }
-        let mut outs: Vec<Tensor> = outs
+        // Back into the rows' order: segments by where their rows start.
+        let mut outs: Vec<(usize, Tensor)> = outs
             .into_iter()
-            .map(|o| o.expect("every segment attended"))
+            .zip(spans)
+            .map(|(o, &(start, _))| (start, o.expect("every segment attended")))
             .collect();
+        outs.sort_by_key(|(start, _)| *start);
+        let mut outs: Vec<Tensor> = outs.into_iter().map(|(_, o)| o).collect();
         let y = if outs.len() == 1 {
             outs.pop().expect("one")
         } else {
             Tensor::cat(&outs, 0)?
         };
-        self.o_proj.forward(&y)
+        self.o_proj.forward_rows(&y, Some(q_rows))
     }
 }
 
@@ -614,14 +645,15 @@ struct Mlp {
 }
 
 impl Mlp {
-    /// `x`: (n, hidden) -> (n, hidden)
-    fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
-        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+    /// `x`: (n, hidden) -> (n, hidden) (`q_rows`: see `Linear::forward_rows`)
+    fn forward(&self, x: &Tensor, ops: Ops, q_rows: Option<usize>) -> Result<Tensor> {
+        let gate = self.gate_proj.forward_rows(x, q_rows)?;
+        let up = self.up_proj.forward_rows(x, q_rows)?;
         let h = match ops {
             Ops::Fused => (gate.silu()? * up)?,
             Ops::Differentiable => crate::autograd::swiglu(&gate, &up)?,
         };
-        self.down_proj.forward(&h)
+        self.down_proj.forward_rows(&h, q_rows)
     }
 }
 
@@ -795,7 +827,7 @@ impl Llama {
                 self.cfg.rms_norm_eps,
                 self.ops,
             )?;
-            x = (x + block.mlp.forward(&h, self.ops)?)?;
+            x = (x + block.mlp.forward(&h, self.ops, None)?)?;
         }
         Ok(x)
     }
@@ -814,34 +846,47 @@ impl Llama {
         caches: &mut [&mut KvCache],
     ) -> Result<Tensor> {
         assert_eq!(tokens.len(), caches.len(), "one cache per segment");
-        let mut flat = Vec::new();
-        let mut positions = Vec::new();
-        let mut spans = Vec::with_capacity(tokens.len());
         for (toks, cache) in tokens.iter().zip(caches.iter()) {
             if toks.is_empty() {
                 candle_core::bail!("a segment has no tokens");
             }
-            let past = cache.len();
-            if past + toks.len() > self.max_positions {
+            if cache.len() + toks.len() > self.max_positions {
                 candle_core::bail!(
                     "sequence of {} tokens exceeds the context of {}",
-                    past + toks.len(),
+                    cache.len() + toks.len(),
                     self.max_positions
                 );
             }
-            spans.push((flat.len(), toks.len()));
+        }
+        // Each segment's path through `Mixed` weights is chosen by its own length, not by the
+        // batch's: short ones (decoding, short prompt suffixes) through the quantized blocks,
+        // long ones through the dense copy. Short segments' rows come first, so each path is
+        // one contiguous block of rows; `spans[i]` keeps segment i's place.
+        let short = |i: usize| tokens[i].len() < MIXED_DENSE_ROWS;
+        let order: Vec<usize> = (0..tokens.len())
+            .filter(|&i| short(i))
+            .chain((0..tokens.len()).filter(|&i| !short(i)))
+            .collect();
+        let q_segments = order.iter().filter(|&&i| short(i)).count();
+        let mut flat = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = vec![(0, 0); tokens.len()];
+        for &i in &order {
+            let (toks, past) = (tokens[i], caches[i].len());
+            spans[i] = (flat.len(), toks.len());
             positions.extend((past..past + toks.len()).map(|p| p as u32));
             flat.extend_from_slice(toks);
         }
+        let q_rows: usize = order[..q_segments].iter().map(|&i| tokens[i].len()).sum();
         let n = flat.len();
         let ids = Tensor::from_vec(flat, n, &self.device)?;
         let positions = Tensor::from_vec(positions, n, &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?; // (n, hidden)
         for (l, block) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &block.input_layernorm, self.cfg.rms_norm_eps, self.ops)?;
-            let a = block
-                .self_attn
-                .forward_segments(&h, &spans, caches, l, &self.rope, &positions, self.ops)?;
+            let a = block.self_attn.forward_segments(
+                &h, &spans, caches, l, &self.rope, &positions, self.ops, q_rows,
+            )?;
             x = (x + a)?;
             let h = rms_norm(
                 &x,
@@ -849,14 +894,25 @@ impl Llama {
                 self.cfg.rms_norm_eps,
                 self.ops,
             )?;
-            x = (x + block.mlp.forward(&h, self.ops)?)?;
+            x = (x + block.mlp.forward(&h, self.ops, Some(q_rows))?)?;
         }
         for (cache, toks) in caches.iter_mut().zip(tokens) {
             cache.advance(toks.len());
         }
-        // Only the last position of each segment needs the (large) LM head.
-        let last: Vec<u32> = spans.iter().map(|&(s, l)| (s + l - 1) as u32).collect();
-        let last = Tensor::from_vec(last, spans.len(), &self.device)?;
-        self.head(&x.index_select(&last, 0)?) // (segments, vocab)
+        // Only the last position of each segment needs the (large) LM head: in path order,
+        // then back to segment order.
+        let last: Vec<u32> = order
+            .iter()
+            .map(|&i| (spans[i].0 + spans[i].1 - 1) as u32)
+            .collect();
+        let last = Tensor::from_vec(last, order.len(), &self.device)?;
+        let h = x.index_select(&last, 0)?;
+        let h = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps, self.ops)?;
+        let logits = self.lm_head.forward_rows(&h, Some(q_segments))?; // (segments, vocab), path order
+        let mut back = vec![0u32; order.len()];
+        for (row, &i) in order.iter().enumerate() {
+            back[i] = row as u32;
+        }
+        logits.index_select(&Tensor::from_vec(back, order.len(), &self.device)?, 0)
     }
 }

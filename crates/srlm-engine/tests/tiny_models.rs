@@ -315,6 +315,60 @@ fn a_request_no_longer_wanted_is_dropped_and_the_others_unchanged() {
 }
 
 #[test]
+fn a_batch_mixing_long_prompts_equals_one_by_one_greedy() {
+    // Prompts of 3 to 52 tokens, so batched steps mix long prefills (past the 32 rows at which
+    // `mixed` switches a segment to its f32 copy) with short ones and with decoding, in every
+    // way of holding weights.
+    for format in [WeightFormat::Dense, WeightFormat::Q8_0, WeightFormat::Mixed] {
+        let engine = load("tiny-llama", format, Ops::Fused);
+        let reqs: Vec<Request> = (0..8)
+            .map(|i| Request {
+                id: format!("r{i}"),
+                prompt_ids: (0..(3 + (i % 2) * 35 + i * 2) as u32)
+                    .map(|t| (t * 37 + i as u32 * 11) % 290 + 3)
+                    .collect(),
+                params: SamplingParams::greedy(12),
+            })
+            .collect();
+        let mut batched = run(&engine, reqs.clone(), 8);
+        let mut single = run(&engine, reqs, 1);
+        batched.sort();
+        single.sort();
+        assert_eq!(batched, single, "{format:?}");
+    }
+}
+
+#[test]
+fn with_mixed_weights_a_segments_logits_do_not_depend_on_its_batch() {
+    // A decoding step's logits, alone and beside a 40-token prompt: the same bits. (When the
+    // whole call chose its path by row count, the 41 rows sent the decoding row through f32.)
+    let engine = load("tiny-llama", WeightFormat::Mixed, Ops::Fused);
+    let prompt: Vec<u32> = (0..5).map(|t| t * 13 + 7).collect();
+    let long: Vec<u32> = (0..40).map(|t| (t * 29 + 5) % 290 + 3).collect();
+    let step = |with_long: bool| -> Vec<f32> {
+        let mut cache = KvCache::new();
+        engine
+            .model
+            .forward_segments(&[&prompt], &mut [&mut cache])
+            .unwrap();
+        let logits = if with_long {
+            let mut other = KvCache::new();
+            engine
+                .model
+                .forward_segments(&[&[42], &long], &mut [&mut cache, &mut other])
+                .unwrap()
+        } else {
+            engine
+                .model
+                .forward_segments(&[&[42]], &mut [&mut cache])
+                .unwrap()
+        };
+        logits.get(0).unwrap().to_vec1::<f32>().unwrap()
+    };
+    assert_eq!(step(true), step(false));
+}
+
+#[test]
 fn sampling_with_a_seed_is_reproducible_and_independent_of_batching() {
     let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
     let reqs = |seed| {

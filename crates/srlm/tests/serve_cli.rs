@@ -266,10 +266,10 @@ fn the_openai_python_client_streams_from_srlm_serve() {
 fn remote_judge_through_srlm_serve_equals_the_local_judge() {
     // The real default model, greedy: srlm judge through `srlm serve` on loopback (its k
     // judgements sent as one request with n = k) against srlm judge on the local engine.
-    // Both hold the file's own Q4_1 blocks (`--weights native`), whose matmul computes each
-    // row alike whatever it is batched with (`mixed` switches to f32 for wide batches, which
-    // can flip a greedy near tie). Local and remote then batch the k judgements of a
-    // candidate alike: the first prefills the prompt, the second reuses its cached prefix.
+    // Both hold the file's own Q4_1 blocks (`--weights native`): every row takes the same
+    // path however long its segment is. (`mixed` sends segments of 32 tokens or more through
+    // f32, so a prompt suffix left after a cached prefix, whose length depends on what the
+    // server happened to have cached, could take the other path and flip a greedy near tie.)
     let dir = tempfile::tempdir().unwrap();
     let cands = dir.path().join("cands.jsonl");
     let answers = [
