@@ -97,35 +97,112 @@ fn ce_grad(logits: &[f32], targets: &[u32], g: &[f32], v: usize) -> Vec<f32> {
     grad
 }
 
-/// Rows of the LM head computed at a time by `linear_token_logps`.
+/// Rows of the LM head computed at a time by `linear_token_logps` when it recomputes.
 const HEAD_CHUNK: usize = 256;
 
-/// `token_logps(x Wᵀ, targets)` without ever holding all (n, vocab) logits: the LM head and the
-/// cross-entropy run in row chunks, forward and backward (the backward recomputes each chunk's
-/// logits: one more GEMM, against several (n, vocab) buffers saved and added in candle's
-/// backprop). `x`: (n, hidden), `w`: (vocab, hidden), `targets`: (n,) -> (n,)
+/// Bytes of (n, vocab) gradient `linear_token_logps` keeps from its forward for its backward.
+/// Above this the backward recomputes the logits chunk by chunk instead: one more GEMM of the
+/// head's size, for memory that stays at one chunk whatever the batch.
+const HEAD_KEEP_BYTES: usize = 1 << 30;
+
+/// `token_logps(x Wᵀ, targets)` with the LM head and the cross-entropy as one node, so that no
+/// (n, vocab) buffer is saved and added in candle's backprop. `x`: (n, hidden),
+/// `w`: (vocab, hidden), `targets`: (n,) -> (n,)
+///
+/// Under training the forward turns the logits in place into `onehot − softmax`, the gradient
+/// for a unit upstream, and the backward is two GEMMs; past `HEAD_KEEP_BYTES` (and without
+/// training) the logits are computed in row chunks and never whole.
 pub fn linear_token_logps(x: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let n = x.dim(0)?;
+    linear_token_logps_keeping(x, w, targets, HEAD_KEEP_BYTES)
+}
+
+fn linear_token_logps_keeping(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    keep_bytes: usize,
+) -> Result<Tensor> {
+    let (n, v) = (x.dim(0)?, w.dim(0)?);
+    let train_w = w.track_op();
     let (xd, wd) = (x.detach(), w.detach());
-    let mut out = Vec::with_capacity(n);
-    for start in (0..n).step_by(HEAD_CHUNK) {
-        let len = HEAD_CHUNK.min(n - start);
-        let logits = xd.narrow(0, start, len)?.matmul(&wd.t()?)?; // (len, vocab)
-        let t = targets.narrow(0, start, len)?.contiguous()?;
-        out.extend(logits.apply_op2_no_bwd(&t, &TokenLogps)?.to_vec1::<f32>()?);
-    }
-    let logps = Tensor::from_vec(out, n, x.device())?;
+    let target_ids = targets.to_vec1::<u32>()?;
+    let keep = (x.track_op() || train_w) && n * v * 4 <= keep_bytes;
+    let (logps, kept) = if keep {
+        let grad = xd.matmul(&wd.t()?)?; // (n, vocab) logits, then their gradient
+        let op = LogitsToGrad {
+            targets: &target_ids,
+            logps: std::sync::Mutex::new(Vec::new()),
+        };
+        grad.inplace_op1(&op)?;
+        let logps = op.logps.into_inner().expect("logps");
+        (logps, Some(grad))
+    } else {
+        let mut logps = Vec::with_capacity(n);
+        for start in (0..n).step_by(HEAD_CHUNK) {
+            let len = HEAD_CHUNK.min(n - start);
+            let logits = xd.narrow(0, start, len)?.matmul(&wd.t()?)?; // (len, vocab)
+            let t = targets.narrow(0, start, len)?.contiguous()?;
+            logps.extend(logits.apply_op2_no_bwd(&t, &TokenLogps)?.to_vec1::<f32>()?);
+        }
+        (logps, None)
+    };
+    let logps = Tensor::from_vec(logps, n, x.device())?;
     let op = LinearTokenLogps {
-        targets: targets.to_vec1::<u32>()?,
-        train_w: w.is_variable() || w.track_op(),
+        targets: target_ids,
+        train_w,
+        grad: kept,
     };
     x.contiguous()?.apply_op3(&w.contiguous()?, &logps, op)
+}
+
+/// Turns (n, vocab) logits in place into `onehot(target) − softmax`, one exp per element, and
+/// collects each row's `log p(target)`.
+struct LogitsToGrad<'a> {
+    targets: &'a [u32],
+    logps: std::sync::Mutex<Vec<f32>>,
+}
+
+impl candle_core::InplaceOp1 for LogitsToGrad<'_> {
+    fn name(&self) -> &'static str {
+        "logits-to-grad"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let (n, v) = l.shape().dims2()?;
+        let (CpuStorage::F32(buf), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("logits-to-grad: contiguous f32 logits expected");
+        };
+        let mut logps = vec![0f32; n];
+        buf[a..b]
+            .par_chunks_mut(v)
+            .zip(logps.par_iter_mut())
+            .zip(self.targets.par_iter())
+            .for_each(|((row, logp), &t)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let picked = row[t as usize] - max;
+                let mut sum = 0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                *logp = picked - sum.ln();
+                let inv = -1.0 / sum;
+                for x in row.iter_mut() {
+                    *x *= inv;
+                }
+                row[t as usize] += 1.0;
+            });
+        *self.logps.lock().expect("logps") = logps;
+        Ok(())
+    }
 }
 
 struct LinearTokenLogps {
     targets: Vec<u32>,
     /// Whether the head's weight trains (not under LoRA, where it is frozen).
     train_w: bool,
+    /// `onehot − softmax` (n, vocab) from the forward, or `None` to recompute it by chunks.
+    grad: Option<Tensor>,
 }
 
 impl CustomOp3 for LinearTokenLogps {
@@ -133,7 +210,7 @@ impl CustomOp3 for LinearTokenLogps {
         "linear-token-logps"
     }
 
-    /// The values were computed chunk by chunk before the op; it passes them through.
+    /// The values were computed before the op; it passes them through.
     fn cpu_fwd(
         &self,
         _s1: &CpuStorage,
@@ -160,6 +237,16 @@ impl CustomOp3 for LinearTokenLogps {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x, w) = (x.detach(), w.detach());
         let (n, v) = (x.dim(0)?, w.dim(0)?);
+        if let Some(grad) = &self.grad {
+            // dlogits = diag(g) · grad, so dx = diag(g) (grad W), dW = gradᵀ (diag(g) x).
+            let g = g.reshape((n, 1))?;
+            let dx = grad.matmul(&w)?.broadcast_mul(&g)?; // (n, vocab)(vocab, hidden)
+            let dw = match self.train_w {
+                true => Some(grad.t()?.matmul(&x.broadcast_mul(&g)?)?), // (vocab, hidden)
+                false => None,
+            };
+            return Ok((Some(dx), dw, None));
+        }
         let g = g.to_vec1::<f32>()?;
         let mut dx = Vec::new();
         let mut dw: Option<Tensor> = None;
@@ -401,7 +488,13 @@ mod tests {
     }
 
     #[test]
-    fn chunked_head_and_loss_match_the_plain_form() {
+    fn fused_head_and_loss_match_the_plain_form_kept_or_recomputed() {
+        for keep_bytes in [HEAD_KEEP_BYTES, 0] {
+            head_and_loss_match_the_plain_form(keep_bytes);
+        }
+    }
+
+    fn head_and_loss_match_the_plain_form(keep_bytes: usize) {
         let dev = Device::Cpu;
         let n = HEAD_CHUNK + 37; // two chunks, the second partial
         let x = Var::randn(0f32, 1.0, (n, 16), &dev).unwrap();
@@ -409,7 +502,9 @@ mod tests {
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 50).collect();
         let targets = Tensor::from_vec(targets, n, &dev).unwrap();
         let up = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
-        let fused = linear_token_logps(x.as_tensor(), w.as_tensor(), &targets).unwrap();
+        let fused =
+            linear_token_logps_keeping(x.as_tensor(), w.as_tensor(), &targets, keep_bytes)
+                .unwrap();
         let logits = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
         let slow = token_logps_composed(&logits, &targets).unwrap();
         let max_diff = |a: &Tensor, b: &Tensor| {
