@@ -334,42 +334,56 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(op)
 }
 
-/// `x Wᵀ` for a frozen `W`: one node whose backward gives `x` its gradient and nothing to `W`.
-/// (candle's matmul backward computes and keeps a gradient for both operands, a full GEMM and
-/// a weight-sized buffer per frozen matrix under LoRA.)
-struct FrozenLinear {
-    w: Tensor, // (out, in)
-}
+/// `x Wᵀ` as one node. Its backward gives each operand that trains its gradient in the
+/// operand's own layout: `dx = g W`, `dW = gᵀ x`. candle's `x.matmul(&w.t())` instead routes
+/// `dW` through a transposed node (a zeroed buffer and a strided add per weight), and computes
+/// and keeps a weight-sized gradient even for a frozen `W` (LoRA's base).
+struct Linear;
 
-impl CustomOp1 for FrozenLinear {
+impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
-        "frozen-linear"
+        "linear"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let (n, k) = l.shape().dims2()?;
-        let (m, k2) = self.w.dims2()?;
+        let (n, k) = l1.shape().dims2()?;
+        let (m, k2) = l2.shape().dims2()?;
         if k != k2 {
             candle_core::bail!("linear: input has {k} features, weight expects {k2}");
         }
-        let (ws, wl) = self.w.storage_and_layout();
-        let Storage::Cpu(w) = &*ws else {
-            candle_core::bail!("the training kernels run on the CPU");
-        };
-        let y = s.matmul(w, (1, n, m, k), l, &wl.transpose(0, 1)?)?;
+        let y = s1.matmul(s2, (1, n, m, k), l1, &l2.transpose(0, 1)?)?;
         Ok((y, Shape::from((n, m))))
     }
 
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(g.matmul(&self.w)?)) // (n, out)(out, in) -> (n, in)
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = match x.track_op() {
+            true => Some(g.matmul(&w.detach())?), // (n, out)(out, in) -> (n, in)
+            false => None,
+        };
+        let dw = match w.track_op() {
+            true => Some(g.t()?.matmul(&x.detach())?), // (out, n)(n, in) -> (out, in)
+            false => None,
+        };
+        Ok((dx, dw))
     }
 }
 
-/// `x Wᵀ` (`x`: (n, in), `w`: (out, in)) where `w` takes no gradient.
-pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op1(FrozenLinear { w: w.contiguous()? })
+/// `x Wᵀ` (`x`: (n, in), `w`: (out, in)) -> (n, out), with the backward above.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
 }
 
 struct SwiGlu;
@@ -505,12 +519,22 @@ mod tests {
     }
 
     #[test]
-    fn frozen_linear_matches_matmul_and_leaves_the_weight_alone() {
+    fn linear_matches_matmul_and_leaves_a_frozen_weight_alone() {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, (6, 5), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (4, 5), &dev).unwrap();
+        let w = Var::randn(0f32, 1.0, (4, 5), &dev).unwrap();
         let up = Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap();
-        let fused = frozen_linear(x.as_tensor(), &w).unwrap();
+        // Both operands train.
+        let fused = linear(x.as_tensor(), w.as_tensor()).unwrap();
+        let slow = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        close(&fused, &slow, 1e-5);
+        let gf = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
+        close(gf.get(&w).unwrap(), gs.get(&w).unwrap(), 1e-5);
+        // A frozen weight.
+        let w = w.as_tensor().detach();
+        let fused = linear(x.as_tensor(), &w).unwrap();
         let slow = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
         close(&fused, &slow, 1e-5);
         let gf = (fused * &up)

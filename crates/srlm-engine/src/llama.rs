@@ -174,10 +174,10 @@ impl Linear {
             return y + (delta * *scale)?;
         }
         let (y, b) = match self {
-            // A frozen weight under a trainable input (LoRA's base): one node that gives the
-            // weight no gradient, where candle's matmul would compute and keep one.
-            Linear::Dense { w, b } if x.track_op() && !w.is_variable() && !w.track_op() => {
-                (crate::autograd::frozen_linear(x, w)?, b)
+            // Training: one node whose backward gives each operand that trains its gradient
+            // (none to LoRA's frozen base), in place of candle's matmul over a transposed node.
+            Linear::Dense { w, b } if x.track_op() || w.track_op() => {
+                (crate::autograd::linear(x, w)?, b)
             }
             Linear::Dense { w, b } => (x.matmul(&w.t()?)?, b),
             Linear::Quant { w, b } => (w.forward(x)?, b),
