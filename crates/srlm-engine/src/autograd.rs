@@ -236,24 +236,30 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let keys = y.dim(candle_core::D::Minus1)?;
-        let dx = with_f32(y, |y| {
-            with_f32(g, |g| {
-                let mut dx = vec![0f32; y.len()];
-                dx.par_chunks_mut(keys)
-                    .zip(y.par_chunks(keys))
-                    .zip(g.par_chunks(keys))
-                    .for_each(|((dx, y), g)| {
-                        let dot: f32 = (0..keys).map(|i| g[i] * y[i]).sum();
-                        for i in 0..keys {
-                            dx[i] = self.scale * y[i] * (g[i] - dot);
-                        }
-                    });
-                dx
-            })
-        })??;
-        Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+        Ok(Some(scaled_softmax_backward(y, g, self.scale)?))
     }
+}
+
+/// The gradient of `x` for `y = softmax(scale · x)` over the last dimension, given `y` and the
+/// upstream `g`: `scale · y · (g − Σ g·y)` (masked entries have y = 0 and get 0).
+fn scaled_softmax_backward(y: &Tensor, g: &Tensor, scale: f32) -> Result<Tensor> {
+    let keys = y.dim(candle_core::D::Minus1)?;
+    let dx = with_f32(y, |y| {
+        with_f32(g, |g| {
+            let mut dx = vec![0f32; y.len()];
+            dx.par_chunks_mut(keys)
+                .zip(y.par_chunks(keys))
+                .zip(g.par_chunks(keys))
+                .for_each(|((dx, y), g)| {
+                    let dot: f32 = (0..keys).map(|i| g[i] * y[i]).sum();
+                    for i in 0..keys {
+                        dx[i] = scale * y[i] * (g[i] - dot);
+                    }
+                });
+            dx
+        })
+    })??;
+    Tensor::from_vec(dx, y.shape(), y.device())
 }
 
 /// `softmax(scale · scores)` under the causal mask, with a backward pass. `scores`:
@@ -264,6 +270,91 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, t: usize, past: usize) -> Res
         t,
         past,
     })
+}
+
+/// Causal attention of one kv group's queries as one node, keeping the probabilities `p` for
+/// the backward. The intermediate (rows, T) scores and their gradients are never graph nodes,
+/// so candle's backprop neither keeps the scores nor zero-fills and adds (rows, T) buffers.
+///   y = p v with p = causal softmax(scale · q kᵀ)
+///   dp = dy vᵀ   dv = pᵀ dy   ds = scale · p · (dp − Σ dp·p)   dq = ds k   dk = dsᵀ q
+struct CausalAttention {
+    p: Tensor, // (b, kvh, rep·t, T)
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    /// `p` was computed before the op; the forward is `p v`.
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (b, kvh, rows, keys) = self.p.dims4()?;
+        let d = l3.dims()[3];
+        let (ps, pl) = self.p.storage_and_layout();
+        let Storage::Cpu(p) = &*ps else {
+            candle_core::bail!("the training kernels run on the CPU");
+        };
+        let y = p.matmul(s3, (b * kvh, rows, d, keys), pl, l3)?;
+        Ok((y, Shape::from((b, kvh, rows, d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v) = (q.detach(), k.detach(), v.detach());
+        let dy = dy.contiguous()?; // (b, kvh, rows, d)
+        let dp = dy.matmul(&v.t()?)?; // (b, kvh, rows, T)
+        let dv = self.p.t()?.matmul(&dy)?; // (b, kvh, T, d)
+        let ds = scaled_softmax_backward(&self.p, &dp, self.scale)?; // (b, kvh, rows, T)
+        let dq = ds.matmul(&k)?; // (b, kvh, rows, d)
+        let dk = ds.t()?.matmul(&q)?; // (b, kvh, T, d)
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// `causal_softmax(q kᵀ, scale, t, past) v` as one node with a backward pass.
+/// `q`: (b, kvh, rep·t, d) for t new queries per head after `past` cached positions,
+/// `k`, `v`: (b, kvh, T, d) with T = past + t -> (b, kvh, rep·t, d)
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    t: usize,
+    past: usize,
+) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let scores = q.detach().matmul(&k.detach().t()?)?; // (b, kvh, rep·t, T)
+    let softmax = CausalSoftmax {
+        scale: scale as f32,
+        t,
+        past,
+    };
+    let p = scores.apply_op1_no_bwd(&softmax)?;
+    drop(scores);
+    q.apply_op3(
+        &k,
+        &v,
+        CausalAttention {
+            p,
+            scale: scale as f32,
+        },
+    )
 }
 
 /// Rotate-half rope with the cos/sin rows of each token: `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`.
@@ -516,6 +607,39 @@ mod tests {
             .unwrap();
         let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn causal_attention_matches_its_composed_form() {
+        let dev = Device::Cpu;
+        let (b, kvh, rep, t, past, d) = (2, 2, 3, 4, 2, 8);
+        let total = past + t;
+        let q = Var::randn(0f32, 1.0, (b, kvh, rep * t, d), &dev).unwrap();
+        let k = Var::randn(0f32, 1.0, (b, kvh, total, d), &dev).unwrap();
+        let v = Var::randn(0f32, 1.0, (b, kvh, total, d), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (b, kvh, rep * t, d), &dev).unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
+        let fused = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale, t, past)
+            .unwrap();
+        let scores = q
+            .as_tensor()
+            .matmul(&k.as_tensor().t().unwrap())
+            .unwrap();
+        let slow = causal_softmax(&scores, scale, t, past)
+            .unwrap()
+            .matmul(v.as_tensor())
+            .unwrap();
+        close(&fused, &slow, 1e-5);
+        let gf = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for x in [&q, &k, &v] {
+            close(gf.get(x).unwrap(), gs.get(x).unwrap(), 1e-5);
+        }
     }
 
     #[test]

@@ -103,8 +103,13 @@ impl Dropout {
         *self.rng.lock().expect("dropout rng") = StdRng::seed_from_u64(seed);
     }
 
+    /// Whether `forward` drops anything now.
+    pub fn is_active(&self) -> bool {
+        self.p > 0.0 && self.active.load(Ordering::Relaxed)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.p <= 0.0 || !self.active.load(Ordering::Relaxed) {
+        if !self.is_active() {
             return Ok(x.clone());
         }
         let keep = 1.0 / (1.0 - self.p);
@@ -406,6 +411,10 @@ fn attend(
     // Fold each group of `rep` query heads onto its kv head instead of copying K and V `rep` times.
     let q = q.reshape((b, n_kv_heads, rep * t, d))?; // (b, kvh, rep*t, d)
     let scale = 1.0 / (d as f64).sqrt();
+    if ops == Ops::Differentiable && !dropout.is_some_and(|d| d.is_active()) {
+        // Scores, causal softmax and the product with v as one node (see `causal_attention`).
+        return crate::autograd::causal_attention(&q, k, v, scale, t, past)?.reshape((b, h, t, d));
+    }
     let scores = q.matmul(&k.transpose(2, 3)?)?; // (b, kvh, rep*t, T)
     if ops == Ops::Differentiable {
         // Scale, causal mask and softmax as one node: the training path keeps one buffer of
