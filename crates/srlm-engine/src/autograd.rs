@@ -272,92 +272,174 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, t: usize, past: usize) -> Res
     })
 }
 
-/// Causal attention of one kv group's queries as one node, keeping the probabilities `p` for
-/// the backward. The intermediate (rows, T) scores and their gradients are never graph nodes,
-/// so candle's backprop neither keeps the scores nor zero-fills and adds (rows, T) buffers.
-///   y = p v with p = causal softmax(scale · q kᵀ)
-///   dp = dy vᵀ   dv = pᵀ dy   ds = scale · p · (dp − Σ dp·p)   dq = ds k   dk = dsᵀ q
-struct CausalAttention {
-    p: Tensor, // (b, kvh, rep·t, T)
-    scale: f32,
+/// The shape of a right-padded batch under grouped-query attention: `b` sequences of `t` tokens,
+/// `heads` query heads sharing `kv_heads` key/value heads of `head_dim`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionDims {
+    pub b: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
 }
 
-impl candle_core::CustomOp3 for CausalAttention {
-    fn name(&self) -> &'static str {
-        "causal-attention"
+impl AttentionDims {
+    /// Token-major rows (b·t, heads·d) -> grouped (b, kvh, (heads/kvh)·t, d): each kv head's
+    /// query heads stacked, head by head, as the rows of one matrix.
+    fn to_groups(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, t, d) = (self.b, self.t, self.head_dim);
+        x.reshape((b, t, heads, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, self.kv_heads, heads / self.kv_heads * t, d))
     }
 
-    /// `p` was computed before the op; the forward is `p v`.
+    /// The inverse of `to_groups`.
+    fn from_groups(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, t, d) = (self.b, self.t, self.head_dim);
+        x.reshape((b, heads, t, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * t, heads * d))
+    }
+}
+
+/// Causal self-attention from the projections to the output projection's input, as one node:
+/// rope on q and k, the head layout, the scores, the causal softmax and `p v`. candle's backprop
+/// would otherwise zero-fill and add a buffer for each of the dozen reshapes, transposes and
+/// copies of a layer, and keep the (rows, T) scores. The forward keeps p and the roped,
+/// grouped q, k, v; with p = causal softmax(scale · q kᵀ) and y = p v (per kv group):
+///   dp = dy vᵀ   dv = pᵀ dy   ds = scale · p · (dp − Σ dp·p)   dq = ds k   dk = dsᵀ q
+/// and dq, dk are rotated back by rope's inverse.
+struct SelfAttention {
+    dims: AttentionDims,
+    rope: Rope,
+    scale: f32,
+    p: Tensor,  // (b, kvh, rep·t, t)
+    q: Tensor,  // (b, kvh, rep·t, d), roped
+    k: Tensor,  // (b, kvh, t, d), roped
+    v: Tensor,  // (b, kvh, t, d)
+    /// The output (b·t, heads·d), handed over by the forward.
+    y: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl Rope {
+    /// Rotates token-major rows (n, heads·d) of a tensor, forward or back.
+    fn rotate_rows(&self, x: &Tensor, heads: usize, d: usize, inverse: bool) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let rope = Rope {
+            inverse,
+            ..self.clone()
+        };
+        let y = with_f32(x, |x| rope.rotate(x, n, heads, d))?;
+        Tensor::from_vec(y, (n, heads * d), x.device())
+    }
+}
+
+impl candle_core::CustomOp3 for SelfAttention {
+    fn name(&self) -> &'static str {
+        "causal-self-attention"
+    }
+
+    /// The output was computed before the op; it passes through.
     fn cpu_fwd(
         &self,
         _s1: &CpuStorage,
         _l1: &Layout,
         _s2: &CpuStorage,
         _l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        _s3: &CpuStorage,
+        _l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (b, kvh, rows, keys) = self.p.dims4()?;
-        let d = l3.dims()[3];
-        let (ps, pl) = self.p.storage_and_layout();
-        let Storage::Cpu(p) = &*ps else {
-            candle_core::bail!("the training kernels run on the CPU");
+        let Some(y) = self.y.lock().expect("attention output").take() else {
+            candle_core::bail!("causal-self-attention: the forward runs once");
         };
-        let y = p.matmul(s3, (b * kvh, rows, d, keys), pl, l3)?;
-        Ok((y, Shape::from((b, kvh, rows, d))))
+        let AttentionDims {
+            b,
+            t,
+            heads,
+            head_dim,
+            ..
+        } = self.dims;
+        Ok((CpuStorage::F32(y), Shape::from((b * t, heads * head_dim))))
     }
 
     fn bwd(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v) = (q.detach(), k.detach(), v.detach());
-        let dy = dy.contiguous()?; // (b, kvh, rows, d)
-        let dp = dy.matmul(&v.t()?)?; // (b, kvh, rows, T)
-        let dv = self.p.t()?.matmul(&dy)?; // (b, kvh, T, d)
-        let ds = scaled_softmax_backward(&self.p, &dp, self.scale)?; // (b, kvh, rows, T)
-        let dq = ds.matmul(&k)?; // (b, kvh, rows, d)
-        let dk = ds.t()?.matmul(&q)?; // (b, kvh, T, d)
+        let AttentionDims {
+            heads, kv_heads, ..
+        } = self.dims;
+        let dy = self.dims.to_groups(dy, heads)?; // (b, kvh, rep·t, d)
+        let dp = dy.matmul(&self.v.t()?)?; // (b, kvh, rep·t, t)
+        let dv = self.p.t()?.matmul(&dy)?; // (b, kvh, t, d)
+        let ds = scaled_softmax_backward(&self.p, &dp, self.scale)?;
+        let dq = ds.matmul(&self.k)?; // (b, kvh, rep·t, d)
+        let dk = ds.t()?.matmul(&self.q)?; // (b, kvh, t, d)
+        let d = self.dims.head_dim;
+        let dq = self.dims.from_groups(&dq, heads)?;
+        let dq = self.rope.rotate_rows(&dq, heads, d, true)?;
+        let dk = self.dims.from_groups(&dk, kv_heads)?;
+        let dk = self.rope.rotate_rows(&dk, kv_heads, d, true)?;
+        let dv = self.dims.from_groups(&dv, kv_heads)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
 
-/// `causal_softmax(q kᵀ, scale, t, past) v` as one node with a backward pass.
-/// `q`: (b, kvh, rep·t, d) for t new queries per head after `past` cached positions,
-/// `k`, `v`: (b, kvh, T, d) with T = past + t -> (b, kvh, rep·t, d)
-pub fn causal_attention(
+/// Causal self-attention over a right-padded batch, from the projections: `q` (b·t, heads·d),
+/// `k`, `v` (b·t, kv_heads·d), rope's `cos`, `sin` rows of each token (b·t, d/2) ->
+/// (b·t, heads·d), the output projection's input. One node with the backward above.
+pub fn causal_self_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    scale: f64,
-    t: usize,
-    past: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+    dims: AttentionDims,
 ) -> Result<Tensor> {
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let scores = q.detach().matmul(&k.detach().t()?)?; // (b, kvh, rep·t, T)
-    let softmax = CausalSoftmax {
-        scale: scale as f32,
+    let AttentionDims {
+        heads,
+        kv_heads,
+        head_dim,
         t,
-        past,
+        ..
+    } = dims;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let rope = Rope {
+        cos: cos.flatten_all()?.to_vec1::<f32>()?,
+        sin: sin.flatten_all()?.to_vec1::<f32>()?,
+        inverse: false,
     };
+    let qr = rope.rotate_rows(&q.detach(), heads, head_dim, false)?;
+    let kr = rope.rotate_rows(&k.detach(), kv_heads, head_dim, false)?;
+    let (q_g, k_g) = (dims.to_groups(&qr, heads)?, dims.to_groups(&kr, kv_heads)?);
+    let v_g = dims.to_groups(&v.detach(), kv_heads)?;
+    let scores = q_g.matmul(&k_g.t()?)?; // (b, kvh, rep·t, t)
+    let softmax = CausalSoftmax { scale, t, past: 0 };
     let p = scores.apply_op1_no_bwd(&softmax)?;
     drop(scores);
-    q.apply_op3(
-        &k,
-        &v,
-        CausalAttention {
-            p,
-            scale: scale as f32,
-        },
-    )
+    let y = dims.from_groups(&p.matmul(&v_g)?, heads)?; // (b·t, heads·d)
+    let op = SelfAttention {
+        dims,
+        rope,
+        scale,
+        p,
+        q: q_g,
+        k: k_g,
+        v: v_g,
+        y: std::sync::Mutex::new(Some(with_f32(&y, |y| y.to_vec())?)),
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
 /// Rotate-half rope with the cos/sin rows of each token: `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`.
+#[derive(Clone)]
 struct Rope {
     cos: Vec<f32>, // (n, d/2)
     sin: Vec<f32>,
@@ -610,24 +692,67 @@ mod tests {
     }
 
     #[test]
-    fn causal_attention_matches_its_composed_form() {
+    fn causal_self_attention_matches_its_composed_form() {
         let dev = Device::Cpu;
-        let (b, kvh, rep, t, past, d) = (2, 2, 3, 4, 2, 8);
-        let total = past + t;
-        let q = Var::randn(0f32, 1.0, (b, kvh, rep * t, d), &dev).unwrap();
-        let k = Var::randn(0f32, 1.0, (b, kvh, total, d), &dev).unwrap();
-        let v = Var::randn(0f32, 1.0, (b, kvh, total, d), &dev).unwrap();
-        let up = Tensor::randn(0f32, 1.0, (b, kvh, rep * t, d), &dev).unwrap();
-        let scale = 1.0 / (d as f64).sqrt();
-        let fused = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale, t, past)
-            .unwrap();
-        let scores = q
-            .as_tensor()
-            .matmul(&k.as_tensor().t().unwrap())
-            .unwrap();
-        let slow = causal_softmax(&scores, scale, t, past)
+        let dims = AttentionDims {
+            b: 2,
+            t: 5,
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let AttentionDims {
+            b,
+            t,
+            heads,
+            kv_heads,
+            head_dim: d,
+        } = dims;
+        let n = b * t;
+        let q = Var::randn(0f32, 1.0, (n, heads * d), &dev).unwrap();
+        let k = Var::randn(0f32, 1.0, (n, kv_heads * d), &dev).unwrap();
+        let v = Var::randn(0f32, 1.0, (n, kv_heads * d), &dev).unwrap();
+        let ang = Tensor::randn(0f32, 2.0, (n, d / 2), &dev).unwrap();
+        let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+        let up = Tensor::randn(0f32, 1.0, (n, heads * d), &dev).unwrap();
+        let fused = causal_self_attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            &cos,
+            &sin,
+            dims,
+        )
+        .unwrap();
+        // Composed: rope, (b, heads, t, d) layout, each query head on its kv head.
+        let heads_first = |x: &Tensor, h: usize| {
+            x.reshape((b, t, h, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let qr = rope(&q.as_tensor().reshape((n, heads, d)).unwrap(), &cos, &sin).unwrap();
+        let kr = rope(&k.as_tensor().reshape((n, kv_heads, d)).unwrap(), &cos, &sin).unwrap();
+        let (qh, kh) = (heads_first(&qr, heads), heads_first(&kr, kv_heads));
+        let vh = heads_first(v.as_tensor(), kv_heads);
+        let rep = heads / kv_heads;
+        let per_head: Vec<Tensor> = (0..heads)
+            .map(|h| {
+                let qi = qh.narrow(1, h, 1).unwrap(); // (b, 1, t, d)
+                let ki = kh.narrow(1, h / rep, 1).unwrap();
+                let vi = vh.narrow(1, h / rep, 1).unwrap();
+                let s = qi.matmul(&ki.t().unwrap()).unwrap();
+                let p = causal_softmax(&s, 1.0 / (d as f64).sqrt(), t, 0).unwrap();
+                p.matmul(&vi).unwrap()
+            })
+            .collect();
+        let slow = Tensor::cat(&per_head, 1) // (b, heads, t, d)
             .unwrap()
-            .matmul(v.as_tensor())
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((n, heads * d))
             .unwrap();
         close(&fused, &slow, 1e-5);
         let gf = (fused * &up)

@@ -263,10 +263,17 @@ impl Rope {
         })
     }
 
+    /// The cos and sin rows of `positions` (n,) -> (n, d/2) each.
+    fn rows(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.index_select(positions, 0)?,
+            self.sin.index_select(positions, 0)?,
+        ))
+    }
+
     /// `x`: (n, heads, d) at absolute `positions` (n,) -> (n, heads, d)
     fn apply(&self, x: &Tensor, positions: &Tensor, ops: Ops) -> Result<Tensor> {
-        let cos = self.cos.index_select(positions, 0)?; // (n, d/2)
-        let sin = self.sin.index_select(positions, 0)?;
+        let (cos, sin) = self.rows(positions)?; // (n, d/2) each
         match ops {
             Ops::Fused => {
                 let (n, h, d) = x.dims3()?;
@@ -411,10 +418,6 @@ fn attend(
     // Fold each group of `rep` query heads onto its kv head instead of copying K and V `rep` times.
     let q = q.reshape((b, n_kv_heads, rep * t, d))?; // (b, kvh, rep*t, d)
     let scale = 1.0 / (d as f64).sqrt();
-    if ops == Ops::Differentiable && !dropout.is_some_and(|d| d.is_active()) {
-        // Scores, causal softmax and the product with v as one node (see `causal_attention`).
-        return crate::autograd::causal_attention(&q, k, v, scale, t, past)?.reshape((b, h, t, d));
-    }
     let scores = q.matmul(&k.transpose(2, 3)?)?; // (b, kvh, rep*t, T)
     if ops == Ops::Differentiable {
         // Scale, causal mask and softmax as one node: the training path keeps one buffer of
@@ -500,6 +503,27 @@ impl Attention {
         ops: Ops,
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
+        if ops == Ops::Differentiable && !dropout.is_some_and(|d| d.is_active()) {
+            // Training: rope, head layout and attention as one node (see
+            // `causal_self_attention`). Attention dropout takes the composed path below.
+            let (cos, sin) = rope.rows(positions)?;
+            let dims = crate::autograd::AttentionDims {
+                b,
+                t,
+                heads: self.n_heads,
+                kv_heads: self.n_kv_heads,
+                head_dim: self.head_dim,
+            };
+            let y = crate::autograd::causal_self_attention(
+                &self.q_proj.forward(x)?,
+                &self.k_proj.forward(x)?,
+                &self.v_proj.forward(x)?,
+                &cos,
+                &sin,
+                dims,
+            )?; // (b*t, h*d)
+            return self.o_proj.forward(&y);
+        }
         let (q, k, v) = self.qkv(x, rope, positions, ops, None)?;
         let q = q
             .reshape((b, t, self.n_heads, self.head_dim))?
