@@ -286,7 +286,7 @@ pub struct AttentionDims {
 impl AttentionDims {
     /// Token-major rows (b·t, heads·d) -> grouped (b, kvh, (heads/kvh)·t, d): each kv head's
     /// query heads stacked, head by head, as the rows of one matrix.
-    fn to_groups(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+    fn grouped(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, t, d) = (self.b, self.t, self.head_dim);
         x.reshape((b, t, heads, d))?
             .transpose(1, 2)?
@@ -294,8 +294,8 @@ impl AttentionDims {
             .reshape((b, self.kv_heads, heads / self.kv_heads * t, d))
     }
 
-    /// The inverse of `to_groups`.
-    fn from_groups(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+    /// The inverse of `grouped`.
+    fn token_major(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, t, d) = (self.b, self.t, self.head_dim);
         x.reshape((b, heads, t, d))?
             .transpose(1, 2)?
@@ -375,18 +375,18 @@ impl candle_core::CustomOp3 for SelfAttention {
         let AttentionDims {
             heads, kv_heads, ..
         } = self.dims;
-        let dy = self.dims.to_groups(dy, heads)?; // (b, kvh, rep·t, d)
+        let dy = self.dims.grouped(dy, heads)?; // (b, kvh, rep·t, d)
         let dp = dy.matmul(&self.v.t()?)?; // (b, kvh, rep·t, t)
         let dv = self.p.t()?.matmul(&dy)?; // (b, kvh, t, d)
         let ds = scaled_softmax_backward(&self.p, &dp, self.scale)?;
         let dq = ds.matmul(&self.k)?; // (b, kvh, rep·t, d)
         let dk = ds.t()?.matmul(&self.q)?; // (b, kvh, t, d)
         let d = self.dims.head_dim;
-        let dq = self.dims.from_groups(&dq, heads)?;
+        let dq = self.dims.token_major(&dq, heads)?;
         let dq = self.rope.rotate_rows(&dq, heads, d, true)?;
-        let dk = self.dims.from_groups(&dk, kv_heads)?;
+        let dk = self.dims.token_major(&dk, kv_heads)?;
         let dk = self.rope.rotate_rows(&dk, kv_heads, d, true)?;
-        let dv = self.dims.from_groups(&dv, kv_heads)?;
+        let dv = self.dims.token_major(&dv, kv_heads)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
@@ -417,13 +417,13 @@ pub fn causal_self_attention(
     };
     let qr = rope.rotate_rows(&q.detach(), heads, head_dim, false)?;
     let kr = rope.rotate_rows(&k.detach(), kv_heads, head_dim, false)?;
-    let (q_g, k_g) = (dims.to_groups(&qr, heads)?, dims.to_groups(&kr, kv_heads)?);
-    let v_g = dims.to_groups(&v.detach(), kv_heads)?;
+    let (q_g, k_g) = (dims.grouped(&qr, heads)?, dims.grouped(&kr, kv_heads)?);
+    let v_g = dims.grouped(&v.detach(), kv_heads)?;
     let scores = q_g.matmul(&k_g.t()?)?; // (b, kvh, rep·t, t)
     let softmax = CausalSoftmax { scale, t, past: 0 };
     let p = scores.apply_op1_no_bwd(&softmax)?;
     drop(scores);
-    let y = dims.from_groups(&p.matmul(&v_g)?, heads)?; // (b·t, heads·d)
+    let y = dims.token_major(&p.matmul(&v_g)?, heads)?; // (b·t, heads·d)
     let op = SelfAttention {
         dims,
         rope,
