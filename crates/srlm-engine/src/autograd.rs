@@ -315,10 +315,10 @@ struct SelfAttention {
     dims: AttentionDims,
     rope: Rope,
     scale: f32,
-    p: Tensor,  // (b, kvh, rep·t, t)
-    q: Tensor,  // (b, kvh, rep·t, d), roped
-    k: Tensor,  // (b, kvh, t, d), roped
-    v: Tensor,  // (b, kvh, t, d)
+    p: Tensor, // (b, kvh, rep·t, t)
+    q: Tensor, // (b, kvh, rep·t, d), roped
+    k: Tensor, // (b, kvh, t, d), roped
+    v: Tensor, // (b, kvh, t, d)
     /// The output (b·t, heads·d), handed over by the forward.
     y: std::sync::Mutex<Option<Vec<f32>>>,
 }
@@ -734,7 +734,12 @@ mod tests {
                 .unwrap()
         };
         let qr = rope(&q.as_tensor().reshape((n, heads, d)).unwrap(), &cos, &sin).unwrap();
-        let kr = rope(&k.as_tensor().reshape((n, kv_heads, d)).unwrap(), &cos, &sin).unwrap();
+        let kr = rope(
+            &k.as_tensor().reshape((n, kv_heads, d)).unwrap(),
+            &cos,
+            &sin,
+        )
+        .unwrap();
         let (qh, kh) = (heads_first(&qr, heads), heads_first(&kr, kv_heads));
         let vh = heads_first(v.as_tensor(), kv_heads);
         let rep = heads / kv_heads;
@@ -777,7 +782,12 @@ mod tests {
         let fused = linear(x.as_tensor(), w.as_tensor()).unwrap();
         let slow = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
         close(&fused, &slow, 1e-5);
-        let gf = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
         close(gf.get(&w).unwrap(), gs.get(&w).unwrap(), 1e-5);

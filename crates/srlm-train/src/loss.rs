@@ -503,8 +503,7 @@ mod tests {
         let targets = Tensor::from_vec(targets, n, &dev).unwrap();
         let up = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
         let fused =
-            linear_token_logps_keeping(x.as_tensor(), w.as_tensor(), &targets, keep_bytes)
-                .unwrap();
+            linear_token_logps_keeping(x.as_tensor(), w.as_tensor(), &targets, keep_bytes).unwrap();
         let logits = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
         let slow = token_logps_composed(&logits, &targets).unwrap();
         let max_diff = |a: &Tensor, b: &Tensor| {
