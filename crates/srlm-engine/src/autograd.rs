@@ -166,23 +166,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let d = y.dim(candle_core::D::Minus1)?;
-        let dx = with_f32(y, |y| {
-            with_f32(g, |g| {
-                let mut dx = vec![0f32; y.len()];
-                dx.par_chunks_mut(d)
-                    .zip(y.par_chunks(d))
-                    .zip(g.par_chunks(d))
-                    .for_each(|((dx, y), g)| {
-                        let dot: f32 = (0..d).map(|i| g[i] * y[i]).sum();
-                        for i in 0..d {
-                            dx[i] = y[i] * (g[i] - dot);
-                        }
-                    });
-                dx
-            })
-        })??;
-        Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+        Ok(Some(scaled_softmax_backward(y, g, 1.0)?))
     }
 }
 
