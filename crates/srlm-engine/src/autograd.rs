@@ -307,19 +307,6 @@ struct SelfAttention {
     y: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
-impl Rope {
-    /// Rotates token-major rows (n, heads·d) of a tensor, forward or back.
-    fn rotate_rows(&self, x: &Tensor, heads: usize, d: usize, inverse: bool) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let rope = Rope {
-            inverse,
-            ..self.clone()
-        };
-        let y = with_f32(x, |x| rope.rotate(x, n, heads, d))?;
-        Tensor::from_vec(y, (n, heads * d), x.device())
-    }
-}
-
 impl candle_core::CustomOp3 for SelfAttention {
     fn name(&self) -> &'static str {
         "causal-self-attention"
@@ -397,10 +384,9 @@ pub fn causal_self_attention(
     let rope = Rope {
         cos: cos.flatten_all()?.to_vec1::<f32>()?,
         sin: sin.flatten_all()?.to_vec1::<f32>()?,
-        inverse: false,
     };
-    let qr = rope.rotate_rows(&q.detach(), heads, head_dim, false)?;
-    let kr = rope.rotate_rows(&k.detach(), kv_heads, head_dim, false)?;
+    let qr = rope.rotate_rows(q, heads, head_dim, false)?;
+    let kr = rope.rotate_rows(k, kv_heads, head_dim, false)?;
     let (q_g, k_g) = (dims.grouped(&qr, heads)?, dims.grouped(&kr, kv_heads)?);
     let v_g = dims.grouped(&v.detach(), kv_heads)?;
     let scores = q_g.matmul(&k_g.t()?)?; // (b, kvh, rep·t, t)
@@ -423,19 +409,18 @@ pub fn causal_self_attention(
 }
 
 /// Rotate-half rope with the cos/sin rows of each token: `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`.
-#[derive(Clone)]
 struct Rope {
     cos: Vec<f32>, // (n, d/2)
     sin: Vec<f32>,
-    /// The inverse rotation (the backward pass).
-    inverse: bool,
 }
 
 impl Rope {
-    fn rotate(&self, x: &[f32], n: usize, heads: usize, d: usize) -> Vec<f32> {
+    /// Rotates rows (n, heads·d) by each token's angles, or back by them (`inverse`: the
+    /// backward pass).
+    fn rotate(&self, x: &[f32], n: usize, heads: usize, d: usize, inverse: bool) -> Vec<f32> {
         let half = d / 2;
         let mut y = vec![0f32; x.len()];
-        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let sign = if inverse { -1.0 } else { 1.0 };
         y.par_chunks_mut(heads * d)
             .zip(x.par_chunks(heads * d))
             .enumerate()
@@ -456,6 +441,13 @@ impl Rope {
         debug_assert_eq!(y.len(), n * heads * d);
         y
     }
+
+    /// `rotate` on a tensor of token-major rows (n, heads·d).
+    fn rotate_rows(&self, x: &Tensor, heads: usize, d: usize, inverse: bool) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let y = with_f32(x, |x| self.rotate(x, n, heads, d, inverse))?;
+        Tensor::from_vec(y, (n, heads * d), x.device())
+    }
 }
 
 impl CustomOp1 for Rope {
@@ -466,17 +458,15 @@ impl CustomOp1 for Rope {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l)?;
         let (n, h, d) = l.shape().dims3()?;
-        Ok((CpuStorage::F32(self.rotate(x, n, h, d)), l.shape().clone()))
+        Ok((
+            CpuStorage::F32(self.rotate(x, n, h, d, false)),
+            l.shape().clone(),
+        ))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let (n, h, d) = g.dims3()?;
-        let inv = Rope {
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
-            inverse: !self.inverse,
-        };
-        let dx = with_f32(g, |g| inv.rotate(g, n, h, d))?;
+        let dx = with_f32(g, |g| self.rotate(g, n, h, d, true))?;
         Ok(Some(Tensor::from_vec(dx, (n, h, d), g.device())?))
     }
 }
@@ -486,7 +476,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let op = Rope {
         cos: cos.flatten_all()?.to_vec1::<f32>()?,
         sin: sin.flatten_all()?.to_vec1::<f32>()?,
-        inverse: false,
     };
     x.contiguous()?.apply_op1(op)
 }
@@ -631,6 +620,11 @@ mod tests {
             .unwrap()
     }
 
+    /// The gradients of Σ y·up: backprop of an upstream gradient `up` through `y`.
+    fn grads_of_dot(y: &Tensor, up: &Tensor) -> candle_core::backprop::GradStore {
+        (y * up).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
     fn composed_softmax(x: &Tensor) -> Tensor {
         let max = x.max_keepdim(D::Minus1).unwrap().detach();
         let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
@@ -665,13 +659,8 @@ mod tests {
                 .unwrap(),
         );
         close(&fused, &slow, 1e-6);
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = grads_of_dot(&fused, &up);
+        let gs = grads_of_dot(&slow, &up);
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
     }
 
@@ -744,13 +733,8 @@ mod tests {
             .reshape((n, heads * d))
             .unwrap();
         close(&fused, &slow, 1e-5);
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = grads_of_dot(&fused, &up);
+        let gs = grads_of_dot(&slow, &up);
         for x in [&q, &k, &v] {
             close(gf.get(x).unwrap(), gs.get(x).unwrap(), 1e-5);
         }
@@ -766,13 +750,8 @@ mod tests {
         let fused = linear(x.as_tensor(), w.as_tensor()).unwrap();
         let slow = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
         close(&fused, &slow, 1e-5);
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = grads_of_dot(&fused, &up);
+        let gs = grads_of_dot(&slow, &up);
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
         close(gf.get(&w).unwrap(), gs.get(&w).unwrap(), 1e-5);
         // A frozen weight.
@@ -780,13 +759,8 @@ mod tests {
         let fused = linear(x.as_tensor(), &w).unwrap();
         let slow = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
         close(&fused, &slow, 1e-5);
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = grads_of_dot(&fused, &up);
+        let gs = grads_of_dot(&slow, &up);
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
         assert!(
             gf.get(&w).is_none(),
@@ -817,13 +791,8 @@ mod tests {
         let slow =
             (x.as_tensor().broadcast_mul(&c2).unwrap() + rot.broadcast_mul(&s2).unwrap()).unwrap();
         close(&fused, &slow, 1e-5);
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = grads_of_dot(&fused, &up);
+        let gs = grads_of_dot(&slow, &up);
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
 
         let a = Var::randn(0f32, 2.0, (4, 7), &dev).unwrap();
@@ -832,13 +801,8 @@ mod tests {
         let fused = swiglu(a.as_tensor(), b.as_tensor()).unwrap();
         let slow = (a.as_tensor().silu().unwrap() * b.as_tensor()).unwrap();
         close(&fused, &slow, 1e-5);
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = grads_of_dot(&fused, &up);
+        let gs = grads_of_dot(&slow, &up);
         close(gf.get(&a).unwrap(), gs.get(&a).unwrap(), 1e-5);
         close(gf.get(&b).unwrap(), gs.get(&b).unwrap(), 1e-5);
     }
@@ -865,13 +829,8 @@ mod tests {
         let fused = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
         let slow = composed_rms(x.as_tensor(), w.as_tensor(), 1e-5);
         close(&fused, &slow, 1e-5);
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = grads_of_dot(&fused, &up);
+        let gs = grads_of_dot(&slow, &up);
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-4);
         close(gf.get(&w).unwrap(), gs.get(&w).unwrap(), 1e-4);
 
@@ -895,13 +854,8 @@ mod tests {
         let fused = softmax_last_dim(x.as_tensor()).unwrap();
         let slow = composed_softmax(x.as_tensor());
         close(&fused, &slow, 1e-6);
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = grads_of_dot(&fused, &up);
+        let gs = grads_of_dot(&slow, &up);
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
     }
 }
