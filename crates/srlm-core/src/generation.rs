@@ -109,6 +109,26 @@ pub enum FinishReason {
     Context,
 }
 
+/// A generated token with its log-probability and the most likely tokens at its position, as
+/// OpenAI's chat completions return them (`choices[].logprobs.content[]`). Log-probabilities
+/// are of the model's own distribution (before temperature, top-p or penalties), as vLLM and
+/// OpenAI report them. `token` is the text the token added to the completion, so the tokens'
+/// texts laid end to end give the completion (and its byte offsets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// Most likely first; may or may not include the generated token itself.
+    #[serde(default)]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateOutput {
     pub id: String,

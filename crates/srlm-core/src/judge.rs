@@ -6,7 +6,12 @@
 //! contains "Score: 5" cannot score itself unless the judge ends with it. A failure keeps the
 //! raw text and is counted; a response's score is the mean of its parsed samples.
 
+use crate::generation::TokenLogprob;
 use serde::{Deserialize, Serialize};
+
+/// Top tokens asked for at each position of a judgement: enough that every score digit with
+/// real probability is among them, and OpenAI's maximum.
+pub const JUDGE_TOP_LOGPROBS: usize = 20;
 
 /// The additive judge prompt. `{instruction}` and `{response}` are filled in.
 pub const JUDGE_PROMPT: &str = "Review the user's question and the response below, and score the response on an additive 5-point scale, one point per criterion met:
@@ -45,8 +50,17 @@ pub enum ParseFailure {
 /// The score of a judge's output: its last line of the form `Score: N` (also `**Score:** N`,
 /// `Score: N/5`, `Score: 4.5`), which must lie in 0..=5.
 pub fn parse_score(output: &str) -> Result<f64, ParseFailure> {
+    parse_score_at(output).map(|(score, _)| score)
+}
+
+/// The score and the byte offset in `output` of its first digit.
+pub fn parse_score_at(output: &str) -> Result<(f64, usize), ParseFailure> {
     let mut seen_bad = false;
+    let mut end = output.len();
     for line in output.lines().rev() {
+        // `lines()` strips "\n" or "\r\n": find where this line starts in `output`.
+        let start = output[..end].rfind(line).unwrap_or(0);
+        end = start;
         let l = line
             .trim()
             .trim_matches(|c| c == '*' || c == '#' || c == '_')
@@ -67,7 +81,14 @@ pub fn parse_score(output: &str) -> Result<f64, ParseFailure> {
             .trim();
         let rest = rest.trim_end_matches(['.', '*']).trim();
         match rest.parse::<f64>() {
-            Ok(v) if (0.0..=5.0).contains(&v) => return Ok(v),
+            Ok(v) if (0.0..=5.0).contains(&v) => {
+                // The number's first digit: the first ASCII digit after the line's colon.
+                let colon = line.find(':').expect("the line has a colon");
+                let digit = line[colon..]
+                    .find(|c: char| c.is_ascii_digit())
+                    .expect("the number has a digit");
+                return Ok((v, start + colon + digit));
+            }
             _ => {
                 seen_bad = true;
                 break; // the judge's final verdict is malformed: do not reach for an earlier one
@@ -81,36 +102,202 @@ pub fn parse_score(output: &str) -> Result<f64, ParseFailure> {
     })
 }
 
-/// One judge sample as stored: the raw text and its score or failure.
+/// What the judge's distribution over the score said, read at the token of the score's first
+/// digit (G-Eval's probability-weighted score).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreDistribution {
+    /// p(0), ..., p(5), renormalised over the six digits.
+    pub probs: [f64; 6],
+    /// The probability the six digits had together before renormalising (near 1 for a judge
+    /// that knows it is writing a score; digits outside the reported top tokens count as 0).
+    pub mass: f64,
+    /// `sum s * p(s)`.
+    pub expected: f64,
+}
+
+impl ScoreDistribution {
+    /// From unnormalised probabilities of the six digits; None when they are all zero.
+    pub fn from_weights(w: [f64; 6]) -> Option<Self> {
+        let mass: f64 = w.iter().sum();
+        if mass <= 0.0 || !mass.is_finite() {
+            return None;
+        }
+        let probs = w.map(|p| p / mass);
+        let expected = probs.iter().enumerate().map(|(s, p)| s as f64 * p).sum();
+        Some(Self {
+            probs,
+            mass,
+            expected,
+        })
+    }
+}
+
+/// The digit a token stands for after `prefix`: `prefix` + one of 0..=5, not followed by
+/// another digit (which would make a number past 5).
+fn score_digit(token: &str, prefix: &str) -> Option<usize> {
+    let rest = token.strip_prefix(prefix)?;
+    let mut chars = rest.chars();
+    let d = chars.next()?.to_digit(10)? as usize;
+    if d > 5 || chars.next().is_some_and(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(d)
+}
+
+/// The distribution over the six score digits at one generated token, whose text begins with
+/// `prefix` before the digit: the token itself and every top alternative that reads as
+/// `prefix` + a digit from 0 to 5. Probabilities of alternatives naming the same digit add up.
+pub fn digit_distribution(token: &TokenLogprob, prefix: &str) -> Option<ScoreDistribution> {
+    let mut w = [0.0f64; 6];
+    let mut seen: Vec<&str> = Vec::new();
+    let chosen = std::iter::once((token.token.as_str(), token.logprob));
+    let top = token
+        .top_logprobs
+        .iter()
+        .map(|t| (t.token.as_str(), t.logprob));
+    for (text, logprob) in chosen.chain(top) {
+        if seen.contains(&text) {
+            continue; // the generated token is usually among the top ones too
+        }
+        seen.push(text);
+        if let Some(d) = score_digit(text, prefix) {
+            w[d] += (logprob as f64).exp();
+        }
+    }
+    ScoreDistribution::from_weights(w)
+}
+
+/// Why a judgement with a parsed score has no expected score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoDistribution {
+    /// The backend returned no log-probabilities.
+    NoLogprobs,
+    /// The tokens' texts do not line up with the output at the score (a server whose token
+    /// strings do not add up to its text).
+    Misaligned,
+}
+
+/// The expected score of a judge's output from its tokens' log-probabilities: the distribution
+/// over 0..=5 at the token holding the first digit of the score that `parse_score` reads.
+/// `tokens`' texts laid end to end must give `output` (they may run past it, as when a stop
+/// string cut the text).
+pub fn score_distribution(
+    output: &str,
+    tokens: &[TokenLogprob],
+) -> Result<Option<ScoreDistribution>, NoDistribution> {
+    let Ok((_, at)) = parse_score_at(output) else {
+        return Ok(None);
+    };
+    let mut start = 0;
+    for t in tokens {
+        let end = start + t.token.len();
+        if at < end {
+            let prefix = &t.token[..(at - start).min(t.token.len())];
+            if output.get(start..at) != Some(prefix)
+                || !t.token.is_char_boundary(at - start)
+                || output.as_bytes()[at] != t.token.as_bytes()[at - start]
+            {
+                return Err(NoDistribution::Misaligned);
+            }
+            return Ok(digit_distribution(t, prefix));
+        }
+        start = end;
+    }
+    Err(NoDistribution::Misaligned)
+}
+
+/// Which number a judgement counts as: the score it wrote, or the expected score under its
+/// distribution at that score's token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreMode {
+    /// The score the judge wrote (the paper).
+    #[default]
+    Sampled,
+    /// `sum s * p(s)` at the score token (G-Eval); a judgement without a distribution (a
+    /// server that returns no log-probabilities) counts its written score.
+    Expected,
+}
+
+impl std::str::FromStr for ScoreMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sampled" => Ok(Self::Sampled),
+            "expected" => Ok(Self::Expected),
+            _ => Err(format!("`{s}` is not a score mode: sampled or expected")),
+        }
+    }
+}
+
+impl ScoreMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sampled => "sampled",
+            Self::Expected => "expected",
+        }
+    }
+
+    /// The value of a judgement with written score `score` and distribution `dist`.
+    pub fn value(self, score: Option<f64>, dist: Option<&ScoreDistribution>) -> Option<f64> {
+        match self {
+            Self::Sampled => score,
+            Self::Expected => score.and(dist.map(|d| d.expected).or(score)),
+        }
+    }
+}
+
+/// One judge sample as stored: the raw text, its score or failure, and the distribution over
+/// the score when the backend gave log-probabilities.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JudgeSample {
     pub raw: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<ParseFailure>,
+    #[serde(
+        default,
+        rename = "score_distribution",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub distribution: Option<ScoreDistribution>,
 }
 
 impl JudgeSample {
     pub fn parse(raw: &str) -> Self {
-        match parse_score(raw) {
-            Ok(s) => Self {
-                raw: raw.into(),
-                score: Some(s),
-                failure: None,
-            },
-            Err(f) => Self {
-                raw: raw.into(),
-                score: None,
-                failure: Some(f),
-            },
+        Self::read(raw, None)
+    }
+
+    /// The sample of `raw`, with its score's distribution read from `logprobs` if given.
+    pub fn read(raw: &str, logprobs: Option<&[TokenLogprob]>) -> Self {
+        let (score, failure) = match parse_score(raw) {
+            Ok(s) => (Some(s), None),
+            Err(f) => (None, Some(f)),
+        };
+        let distribution = logprobs.and_then(|t| score_distribution(raw, t).ok().flatten());
+        Self {
+            raw: raw.into(),
+            score,
+            failure,
+            distribution,
         }
+    }
+
+    pub fn value(&self, mode: ScoreMode) -> Option<f64> {
+        mode.value(self.score, self.distribution.as_ref())
     }
 }
 
 /// The mean of the parsed scores, or None when every sample failed.
 pub fn mean_score(samples: &[JudgeSample]) -> Option<f64> {
-    let s: Vec<f64> = samples.iter().filter_map(|j| j.score).collect();
+    mean_value(samples, ScoreMode::Sampled)
+}
+
+/// The mean of the samples' values under `mode`, or None when none has one.
+pub fn mean_value(samples: &[JudgeSample], mode: ScoreMode) -> Option<f64> {
+    let s: Vec<f64> = samples.iter().filter_map(|j| j.value(mode)).collect();
     (!s.is_empty()).then(|| s.iter().sum::<f64>() / s.len() as f64)
 }
 
@@ -150,5 +337,133 @@ mod tests {
         assert_eq!(mean_score(&s), Some(3.5));
         assert_eq!(s[1].failure, Some(ParseFailure::NoScore));
         assert_eq!(mean_score(&s[1..2]), None);
+    }
+
+    fn tok(text: &str, logprob: f32, top: &[(&str, f32)]) -> TokenLogprob {
+        TokenLogprob {
+            token: text.into(),
+            logprob,
+            top_logprobs: top
+                .iter()
+                .map(|(t, l)| crate::generation::TopLogprob {
+                    token: (*t).into(),
+                    logprob: *l,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_score_offset_is_its_first_digit() {
+        for text in [
+            "Fine.\nScore: 4",
+            "Fine.\r\n**Score:** 3/5\r\n",
+            "Score: 5 is what it claims.\nok\nscore:2.5.",
+            "  Score:  1\n\n",
+            "x\n\n## Score: 0\n",
+        ] {
+            let (v, at) = parse_score_at(text).unwrap();
+            let digit = text[at..].chars().next().unwrap();
+            assert_eq!(digit.to_digit(10).unwrap() as f64, v.trunc(), "{text:?}");
+            // The last Score line's digit, not an earlier one.
+            assert!(
+                !text[at + 1..].to_ascii_lowercase().contains("score"),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_expected_score_weighs_each_digit_by_its_probability() {
+        // Tokens as SmolLM2 splits them: "Score", ":", " ", "4".
+        let lp = [
+            ("4", -0.4f32),
+            ("3", -1.3),
+            ("5", -2.1),
+            (" ", -3.0),
+            ("45", -4.0),
+            ("7", -4.5),
+        ];
+        let tokens = vec![
+            tok("Good", -0.1, &[]),
+            tok(".\n", -0.2, &[]),
+            tok("Score", -0.1, &[]),
+            tok(":", -0.1, &[]),
+            tok(" ", -0.1, &[]),
+            tok("4", -0.4, &lp),
+        ];
+        let d = score_distribution("Good.\nScore: 4", &tokens)
+            .unwrap()
+            .unwrap();
+        // Only 3, 4 and 5 read as scores ("45" and "7" are out of range, " " no digit).
+        let w: Vec<(f64, f64)> = [(3.0, -1.3f32), (4.0, -0.4), (5.0, -2.1)]
+            .iter()
+            .map(|&(s, l)| (s, (l as f64).exp()))
+            .collect();
+        let mass: f64 = w.iter().map(|x| x.1).sum();
+        let expected: f64 = w.iter().map(|(s, p)| s * p).sum::<f64>() / mass;
+        assert!((d.mass - mass).abs() < 1e-12);
+        assert!(
+            (d.expected - expected).abs() < 1e-12,
+            "{} vs {expected}",
+            d.expected
+        );
+        assert_eq!(d.probs[0], 0.0);
+        assert!((d.probs.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        let sample = JudgeSample::read("Good.\nScore: 4", Some(&tokens));
+        assert_eq!(sample.value(ScoreMode::Sampled), Some(4.0));
+        assert_eq!(sample.value(ScoreMode::Expected), Some(d.expected));
+        // Without log-probabilities the expected mode falls back to the written score.
+        let plain = JudgeSample::parse("Good.\nScore: 4");
+        assert_eq!(plain.value(ScoreMode::Expected), Some(4.0));
+        assert_eq!(
+            JudgeSample::parse("no verdict").value(ScoreMode::Expected),
+            None
+        );
+    }
+
+    #[test]
+    fn a_digit_inside_a_token_keeps_the_tokens_prefix() {
+        // Llama 3 style: " 2" is one token; "2" alone is another reading of the position.
+        let tokens = vec![
+            tok("Score:", -0.1, &[]),
+            tok(
+                " 2",
+                -0.7,
+                &[(" 2", -0.7), (" 1", -0.9), ("1", -2.0), (" 0", -3.0)],
+            ),
+            tok("\n", -0.1, &[]),
+        ];
+        let d = score_distribution("Score: 2\n", &tokens).unwrap().unwrap();
+        let (p0, p1, p2) = ((-3.0f64).exp(), (-0.9f64).exp(), (-0.7f64).exp());
+        let expected = (p1 + 2.0 * p2) / (p0 + p1 + p2);
+        assert!((d.expected - expected).abs() < 1e-6);
+        // The generated token, when the top list lacks it, still counts.
+        let tokens = vec![tok("Score: ", -0.1, &[]), tok("5", -2.0, &[("1", -0.2)])];
+        let d = score_distribution("Score: 5", &tokens).unwrap().unwrap();
+        let p = [(-0.2f64).exp(), (-2.0f64).exp()];
+        assert!((d.expected - (p[0] + 5.0 * p[1]) / (p[0] + p[1])).abs() < 1e-6);
+    }
+
+    #[test]
+    fn tokens_that_do_not_spell_the_output_are_refused() {
+        // A digit inside a token (": 4") is fine; texts that do not add up are not.
+        let tokens = vec![tok("Score", -0.1, &[]), tok(": 4", -0.1, &[])];
+        assert!(score_distribution("Score: 4", &tokens).unwrap().is_some());
+        let tokens = vec![
+            tok("Score", -0.1, &[]),
+            tok(":  ", -0.1, &[]),
+            tok("4", -0.1, &[]),
+        ];
+        assert_eq!(
+            score_distribution("Score: 4", &tokens),
+            Err(NoDistribution::Misaligned)
+        );
+        let short = vec![tok("Score:", -0.1, &[])];
+        assert_eq!(
+            score_distribution("Score: 4", &short),
+            Err(NoDistribution::Misaligned)
+        );
+        assert_eq!(score_distribution("no score", &short), Ok(None));
     }
 }

@@ -205,6 +205,49 @@ pub fn judge_agreement(prompts: &[RankedReplies]) -> JudgeAgreement {
     a
 }
 
+/// One human-ranked reply as a judge saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgedReply {
+    pub human_rank: u32,
+    /// Length in characters, for the length baseline.
+    pub chars: usize,
+    /// The mean written score of its judgements (None: none parsed).
+    pub sampled: Option<f64>,
+    /// The mean expected score (a judgement without a distribution counts its written score).
+    pub expected: Option<f64>,
+}
+
+/// A judge's agreement with human rankings under both readings of its judgements, beside the
+/// trivial judges on the same pairs: "the longer reply is better" and "every reply gets the
+/// same score" (all ties). The baselines see only replies the judge scored, so every row
+/// counts the same pairs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JudgeComparison {
+    pub sampled: JudgeAgreement,
+    /// None when no judgement carried a distribution over its score.
+    pub expected: Option<JudgeAgreement>,
+    pub length: JudgeAgreement,
+    pub constant: JudgeAgreement,
+}
+
+pub fn compare_judges(prompts: &[Vec<JudgedReply>], with_expected: bool) -> JudgeComparison {
+    let rows = |score: &dyn Fn(&JudgedReply) -> Option<f64>| -> Vec<RankedReplies> {
+        prompts
+            .iter()
+            .map(|p| RankedReplies {
+                human_ranks: p.iter().map(|r| r.human_rank).collect(),
+                scores: p.iter().map(|r| r.sampled.and_then(|_| score(r))).collect(),
+            })
+            .collect()
+    };
+    JudgeComparison {
+        sampled: judge_agreement(&rows(&|r| r.sampled)),
+        expected: with_expected.then(|| judge_agreement(&rows(&|r| r.expected))),
+        length: judge_agreement(&rows(&|r| Some(r.chars as f64))),
+        constant: judge_agreement(&rows(&|_| Some(0.0))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +287,47 @@ mod tests {
         assert_eq!((a.correlation_prompts, a.correlation_undefined), (1, 2));
         assert_eq!(a.missing_scores, 1);
         assert_eq!((a.fives, a.five_best), (2, Some(1.0)));
+    }
+
+    #[test]
+    fn baselines_count_the_pairs_the_judge_scored() {
+        let reply = |rank, chars, s: Option<f64>, e: Option<f64>| JudgedReply {
+            human_rank: rank,
+            chars,
+            sampled: s,
+            expected: e,
+        };
+        let prompts = vec![
+            vec![
+                reply(0, 300, Some(4.0), Some(4.2)),
+                reply(1, 100, Some(4.0), Some(3.9)),
+                reply(2, 200, None, None),
+            ],
+            vec![
+                reply(0, 50, Some(2.0), Some(2.5)),
+                reply(1, 80, Some(3.0), Some(2.4)),
+            ],
+        ];
+        let c = compare_judges(&prompts, true);
+        // The unscored reply is out of every row: 2 pairs each.
+        for a in [
+            &c.sampled,
+            c.expected.as_ref().unwrap(),
+            &c.length,
+            &c.constant,
+        ] {
+            assert_eq!(a.pairs, 2);
+        }
+        assert_eq!(
+            (c.sampled.pairwise_accuracy, c.sampled.pairwise_ties),
+            (0.0, 0.5)
+        );
+        assert_eq!(c.expected.as_ref().unwrap().pairwise_accuracy, 1.0);
+        assert_eq!(c.length.pairwise_accuracy, 0.5);
+        assert_eq!(
+            (c.constant.pairwise_accuracy, c.constant.pairwise_ties),
+            (0.0, 1.0)
+        );
+        assert!(compare_judges(&prompts, false).expected.is_none());
     }
 }

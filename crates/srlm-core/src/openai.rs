@@ -3,8 +3,9 @@
 //! streaming) and `/v1/models`. Requests accept and ignore fields srlm does not use, as servers
 //! in the wild do; `top_k` and `repetition_penalty` are vLLM's extensions.
 
-use crate::generation::{FinishReason, Message};
+use crate::generation::{FinishReason, Message, TokenLogprob, TopLogprob};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// `stop` is a string or a list of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +50,35 @@ pub struct SamplingFields {
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// Chat completions: `true` (with `top_logprobs`); completions: the number of top tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<LogprobsField>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<usize>,
+}
+
+/// `logprobs` is a flag in chat completions and a count in completions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogprobsField {
+    Flag(bool),
+    Count(usize),
+}
+
+/// OpenAI's cap on `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+impl SamplingFields {
+    /// How many top tokens a request wants per position, if it wants log-probabilities at
+    /// all: chat's `logprobs: true` + `top_logprobs` (0 when unset), or completions'
+    /// `logprobs: N`.
+    pub fn wanted_logprobs(&self) -> Option<usize> {
+        match self.logprobs {
+            None | Some(LogprobsField::Flag(false)) => None,
+            Some(LogprobsField::Flag(true)) => Some(self.top_logprobs.unwrap_or(0)),
+            Some(LogprobsField::Count(n)) => Some(n),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,6 +132,171 @@ pub struct Choice {
     /// Serialised even when null: streamed chunks carry `"finish_reason": null`.
     #[serde(default)]
     pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// A choice's log-probabilities in either endpoint's shape: chat completions' `content` list,
+/// or completions' parallel `tokens` / `token_logprobs` / `top_logprobs` lists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceLogprobs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Vec<ChatTokenLogprob>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_logprobs: Option<Vec<Option<f32>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Vec<Option<BTreeMap<String, f32>>>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's UTF-8 bytes: a token may hold part of a character, which `token` cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<Vec<u8>>,
+    #[serde(default)]
+    pub top_logprobs: Vec<ChatTopLogprob>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatTopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl ChoiceLogprobs {
+    /// The chat shape of srlm's tokens (as `srlm serve` sends them).
+    pub fn chat(tokens: &[TokenLogprob]) -> Self {
+        let content = tokens
+            .iter()
+            .map(|t| ChatTokenLogprob {
+                token: t.token.clone(),
+                logprob: t.logprob,
+                bytes: Some(t.token.as_bytes().to_vec()),
+                top_logprobs: t
+                    .top_logprobs
+                    .iter()
+                    .map(|a| ChatTopLogprob {
+                        token: a.token.clone(),
+                        logprob: a.logprob,
+                        bytes: Some(a.token.as_bytes().to_vec()),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Self {
+            content: Some(content),
+            ..Self::default()
+        }
+    }
+
+    /// The completions shape of srlm's tokens.
+    pub fn text(tokens: &[TokenLogprob]) -> Self {
+        Self {
+            tokens: Some(tokens.iter().map(|t| t.token.clone()).collect()),
+            token_logprobs: Some(tokens.iter().map(|t| Some(t.logprob)).collect()),
+            top_logprobs: Some(
+                tokens
+                    .iter()
+                    .map(|t| {
+                        Some(
+                            t.top_logprobs
+                                .iter()
+                                .map(|a| (a.token.clone(), a.logprob))
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Self::default()
+        }
+    }
+
+    /// srlm's tokens from either shape. Each token's text is what it adds to the completion:
+    /// where a server gives `bytes`, a character split across tokens goes to the token that
+    /// completes it, so the texts add up to the completion byte for byte.
+    pub fn to_tokens(&self) -> Option<Vec<TokenLogprob>> {
+        if let Some(content) = &self.content {
+            let mut pending: Vec<u8> = Vec::new();
+            let mut out = Vec::with_capacity(content.len());
+            for t in content {
+                let token = match &t.bytes {
+                    Some(b) => {
+                        pending.extend_from_slice(b);
+                        take_complete_utf8(&mut pending)
+                    }
+                    None => t.token.clone(),
+                };
+                out.push(TokenLogprob {
+                    token,
+                    logprob: t.logprob,
+                    top_logprobs: t
+                        .top_logprobs
+                        .iter()
+                        .map(|a| TopLogprob {
+                            token: a.token.clone(),
+                            logprob: a.logprob,
+                        })
+                        .collect(),
+                });
+            }
+            return Some(out);
+        }
+        let tokens = self.tokens.as_ref()?;
+        let lps = self.token_logprobs.as_ref();
+        let tops = self.top_logprobs.as_ref();
+        Some(
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, token)| {
+                    let mut top: Vec<TopLogprob> = tops
+                        .and_then(|t| t.get(i).cloned().flatten())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(token, logprob)| TopLogprob { token, logprob })
+                        .collect();
+                    top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+                    TokenLogprob {
+                        token: token.clone(),
+                        logprob: lps
+                            .and_then(|l| l.get(i).copied().flatten())
+                            .unwrap_or(f32::NEG_INFINITY),
+                        top_logprobs: top,
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The longest valid UTF-8 prefix of `pending`, removed from it (invalid bytes that can never
+/// complete a character are replaced).
+fn take_complete_utf8(pending: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(pending) {
+        Ok(s) => {
+            let s = s.to_string();
+            pending.clear();
+            s
+        }
+        Err(e) if e.error_len().is_none() => {
+            // An incomplete character at the end: keep it for the next token.
+            let valid = e.valid_up_to();
+            let s = String::from_utf8_lossy(&pending[..valid]).to_string();
+            pending.drain(..valid);
+            s
+        }
+        Err(_) => {
+            let s = String::from_utf8_lossy(pending).to_string();
+            pending.clear();
+            s
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -218,5 +413,42 @@ mod tests {
         // A streamed chunk keeps `"finish_reason": null`, which clients read.
         let chunk = serde_json::to_value(Choice::default()).unwrap();
         assert!(chunk.get("finish_reason").unwrap().is_null());
+    }
+
+    #[test]
+    fn log_probabilities_of_both_endpoints_read_as_tokens() {
+        // Completions (vLLM, llama.cpp): parallel lists, top tokens as a map.
+        let text: Choice = serde_json::from_str(
+            r#"{"index": 0, "text": "Score: 4", "finish_reason": "stop",
+                "logprobs": {"tokens": ["Score", ":", " ", "4"],
+                             "token_logprobs": [-0.1, -0.2, -0.3, -0.5],
+                             "top_logprobs": [null, {":": -0.2}, {" ": -0.3}, {"3": -1.5, "4": -0.5}],
+                             "text_offset": [0, 5, 6, 7]}}"#,
+        )
+        .unwrap();
+        let t = text.logprobs.unwrap().to_tokens().unwrap();
+        assert_eq!(
+            t.iter().map(|x| x.token.as_str()).collect::<String>(),
+            "Score: 4"
+        );
+        assert_eq!(t[3].logprob, -0.5);
+        // Most likely first, whatever order the map had.
+        assert_eq!(t[3].top_logprobs[0].token, "4");
+        assert_eq!(t[3].top_logprobs[1].token, "3");
+        assert!(t[0].top_logprobs.is_empty());
+        // Chat: a character split across two tokens goes to the token that completes it.
+        let chat: ChoiceLogprobs = serde_json::from_str(
+            r#"{"content": [{"token": "a", "logprob": -1, "bytes": [97], "top_logprobs": []},
+                            {"token": "\ufffd", "logprob": -1, "bytes": [226, 152], "top_logprobs": []},
+                            {"token": "\ufffd", "logprob": -1, "bytes": [149], "top_logprobs": []}]}"#,
+        )
+        .unwrap();
+        let t = chat.to_tokens().unwrap();
+        let texts: Vec<&str> = t.iter().map(|x| x.token.as_str()).collect();
+        assert_eq!(texts, vec!["a", "", "☕"]);
+        // And srlm's own tokens survive a trip through either shape.
+        for shape in [ChoiceLogprobs::chat(&t), ChoiceLogprobs::text(&t)] {
+            assert_eq!(shape.to_tokens().unwrap(), t);
+        }
     }
 }

@@ -1,7 +1,10 @@
 //! Preference pairs from judged candidates: the highest mean score against the lowest, ties
 //! dropped (the paper), with an optional minimum margin and optional length control (among the
 //! near-top candidates prefer the shortest, as Meta-Rewarding does against length hacking).
+//! A judgement counts as its written score or as its expected score (`ScoreMode`); expected
+//! scores are rarely exactly equal, so `min_margin` is the tie tolerance there.
 
+use crate::judge::ScoreMode;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -10,6 +13,9 @@ pub struct PairOptions {
     pub min_margin: f64,
     /// With Some(δ): among candidates scoring within δ of the best, choose the shortest.
     pub length_control: Option<f64>,
+    /// What a judgement counts as.
+    #[serde(default)]
+    pub score_mode: ScoreMode,
 }
 
 impl Default for PairOptions {
@@ -17,6 +23,7 @@ impl Default for PairOptions {
         Self {
             min_margin: f64::MIN_POSITIVE,
             length_control: None,
+            score_mode: ScoreMode::Sampled,
         }
     }
 }
@@ -82,8 +89,8 @@ pub struct PairStats {
 }
 
 /// Pairs from the judged candidates of every prompt, in the order prompts first appear among
-/// the candidates. A candidate's score is the mean of its parsed judgements; length is in
-/// characters.
+/// the candidates. A candidate's score is the mean of its parsed judgements' values under
+/// `opts.score_mode`; length is in characters.
 pub fn build_pairs(
     candidates: &[crate::stages::CandidateRecord],
     judgements: &[crate::stages::JudgementRecord],
@@ -92,7 +99,7 @@ pub fn build_pairs(
     use std::collections::HashMap;
     let mut scores: HashMap<&str, Vec<f64>> = HashMap::new();
     for j in judgements {
-        if let Some(s) = j.score {
+        if let Some(s) = j.value(opts.score_mode) {
             scores.entry(j.candidate_id.as_str()).or_default().push(s);
         }
     }
@@ -220,5 +227,38 @@ mod tests {
             ..PairOptions::default()
         };
         assert_eq!(select_pair(&cands, &lc), Ok((1, 2)));
+    }
+
+    #[test]
+    fn expected_scores_separate_candidates_their_written_scores_tie() {
+        use crate::judge::ScoreDistribution;
+        use crate::stages::fixtures::{candidate as cand, judgement as judge};
+        let cands = [cand("a", 0, "first"), cand("a", 1, "second")];
+        let with = |cid: &str, w: [f64; 6]| {
+            let mut j = judge(cid, 0, Some(4.0));
+            j.distribution = ScoreDistribution::from_weights(w);
+            j
+        };
+        let js = [
+            with("a/0", [0.0, 0.0, 0.0, 0.1, 0.6, 0.3]),
+            with("a/1", [0.0, 0.0, 0.0, 0.4, 0.5, 0.1]),
+        ];
+        let (pairs, stats) = build_pairs(&cands, &js, &PairOptions::default());
+        assert_eq!((pairs.len(), stats.ties), (0, 1));
+        let expected = PairOptions {
+            score_mode: ScoreMode::Expected,
+            ..PairOptions::default()
+        };
+        let (pairs, _) = build_pairs(&cands, &js, &expected);
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].chosen, "first");
+        assert!((pairs[0].chosen_score - 4.2).abs() < 1e-12);
+        assert!((pairs[0].rejected_score - 3.7).abs() < 1e-12);
+        // The tolerance: a gap under min_margin is no pair.
+        let tolerant = PairOptions {
+            min_margin: 0.6,
+            ..expected
+        };
+        assert_eq!(build_pairs(&cands, &js, &tolerant).1.small_margin, 1);
     }
 }

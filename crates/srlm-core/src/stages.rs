@@ -4,12 +4,13 @@
 //! - candidates (`srlm sample` writes, `srlm judge` reads): `{"id": "<prompt id>/<c>",
 //!   "prompt_id", "prompt", "candidate", "response", "finish_reason"}`;
 //! - judgements (`srlm judge` writes, `srlm pairs` reads): `{"id": "<candidate id>/<s>",
-//!   "candidate_id", "prompt_id", "sample", "raw", "score" | "failure"}`;
+//!   "candidate_id", "prompt_id", "sample", "raw", "score" | "failure", "score_distribution"}`
+//!   (the distribution over 0..=5 at the score token, when the backend gave log-probabilities);
 //! - pairs (`srlm pairs` writes, `srlm dpo` reads): `{"prompt_id", "prompt", "chosen",
 //!   "rejected", "chosen_score", "rejected_score"}`, TRL's prompt/chosen/rejected plus
 //!   provenance.
 
-use crate::judge::ParseFailure;
+use crate::judge::{ParseFailure, ScoreDistribution, ScoreMode};
 use serde::{Deserialize, Serialize};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -46,6 +47,19 @@ pub struct JudgementRecord {
     pub score: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<ParseFailure>,
+    #[serde(
+        default,
+        rename = "score_distribution",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub distribution: Option<ScoreDistribution>,
+}
+
+impl JudgementRecord {
+    /// What this judgement counts as under `mode`.
+    pub fn value(&self, mode: ScoreMode) -> Option<f64> {
+        mode.value(self.score, self.distribution.as_ref())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +100,7 @@ pub(crate) mod fixtures {
             raw: String::new(),
             score,
             failure: None,
+            distribution: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{EngineError, Result};
 use crate::llama::{KvCache, Llama};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
-use srlm_core::generation::FinishReason;
+use srlm_core::generation::{FinishReason, TokenLogprob, TopLogprob};
 use std::collections::VecDeque;
 
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct Completion {
     pub token_ids: Vec<u32>,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// One entry per generated token, when the request asked for `logprobs`.
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// What a request source of [`Generator::serve`] answers.
@@ -61,6 +63,7 @@ impl Sequence {
             generated: Vec::new(),
             decoder: StreamDecoder::new(),
             text: String::new(),
+            logprobs: req.params.logprobs.map(|_| Vec::new()),
             req,
         }
     }
@@ -80,6 +83,39 @@ struct Sequence {
     generated: Vec<u32>,
     decoder: StreamDecoder,
     text: String,
+    logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// The log-probabilities of a position: the model's raw distribution (before penalties and
+/// temperature), its log-sum-exp, and its `n` most likely tokens, most likely first.
+struct PositionLogprobs {
+    log_norm: f32,
+    top: Vec<(u32, f32)>,
+}
+
+impl PositionLogprobs {
+    fn of(logits: &[f32], n: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let log_norm = max + sum.ln() as f32;
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let by_logit = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        let n = n.min(ids.len());
+        if n > 0 && n < ids.len() {
+            ids.select_nth_unstable_by(n - 1, by_logit);
+        }
+        ids.truncate(n);
+        ids.sort_unstable_by(by_logit);
+        let top = ids
+            .into_iter()
+            .map(|i| (i, logits[i as usize] - log_norm))
+            .collect();
+        Self { log_norm, top }
+    }
 }
 
 pub struct Generator<'a> {
@@ -352,9 +388,17 @@ impl<'a> Generator<'a> {
             } else {
                 Vec::new()
             };
+            // Log-probabilities come from the logits as the model gave them, before sampling
+            // rewrites them (penalty, temperature).
+            let position = s
+                .req
+                .params
+                .logprobs
+                .map(|n| (PositionLogprobs::of(&row, n), row.clone()));
             let tok = s.sampler.sample(&mut row, &seen);
             sampled += 1;
-            if let Some(reason) = self.push_token(s, tok, on_event)? {
+            let position = position.map(|(p, raw)| (p, raw[tok as usize]));
+            if let Some(reason) = self.push_token(s, tok, position, on_event)? {
                 finished.push((i, reason));
             } else {
                 s.pending.push(tok);
@@ -370,23 +414,43 @@ impl<'a> Generator<'a> {
                 token_ids: s.generated,
                 finish_reason: reason,
                 prompt_tokens: s.req.prompt_ids.len(),
+                logprobs: s.logprobs,
             }))?;
         }
         Ok(sampled)
     }
 
-    /// Records a sampled token; returns why the sequence ends, if it does.
+    /// Records a sampled token (with its position's log-probabilities and its own logit, when
+    /// asked for); returns why the sequence ends, if it does.
     fn push_token(
         &self,
         s: &mut Sequence,
         tok: u32,
+        position: Option<(PositionLogprobs, f32)>,
         on_event: &mut impl FnMut(Event<'_>) -> Result<()>,
     ) -> Result<Option<FinishReason>> {
         if self.tokenizer.eos_ids.contains(&tok) {
             return Ok(Some(FinishReason::Eos));
         }
         s.generated.push(tok);
-        if let Some(piece) = s.decoder.push(self.tokenizer, tok)? {
+        let piece = s.decoder.push(self.tokenizer, tok)?;
+        if let (Some(list), Some((p, logit))) = (s.logprobs.as_mut(), position) {
+            let mut top = Vec::with_capacity(p.top.len());
+            for (id, logprob) in p.top {
+                top.push(TopLogprob {
+                    token: self.tokenizer.decode(&[id], false)?,
+                    logprob,
+                });
+            }
+            list.push(TokenLogprob {
+                // The text this token completed (empty while a character is still partial),
+                // so the entries' texts add up to the completion.
+                token: piece.clone().unwrap_or_default(),
+                logprob: logit - p.log_norm,
+                top_logprobs: top,
+            });
+        }
+        if let Some(piece) = piece {
             let before = s.text.len();
             s.text.push_str(&piece);
             // A stop string may straddle pieces: search from where it could begin.

@@ -20,6 +20,9 @@ pub struct SamplingParams {
     /// The completion ends before the first of these strings.
     pub stop: Vec<String>,
     pub seed: u64,
+    /// Report each generated token's log-probability with this many of the most likely tokens
+    /// at its position (OpenAI's `top_logprobs`); None reports nothing.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -32,6 +35,7 @@ impl Default for SamplingParams {
             max_new_tokens: 256,
             stop: vec![],
             seed: 0,
+            logprobs: None,
         }
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::{goldens, max_rel_err};
-use srlm_engine::generate::{Generator, Request};
+use srlm_engine::generate::{Completion, Generator, Request};
 use srlm_engine::gguf::WeightFormat;
 use srlm_engine::llama::{KvCache, Ops};
 use srlm_engine::sampling::SamplingParams;
@@ -438,4 +438,140 @@ fn mixed_weights_prefill_dense_and_decode_quantized() {
     let b = q8.model.forward(&ids).unwrap();
     assert_eq!(a.to_vec3::<f32>().unwrap(), b.to_vec3::<f32>().unwrap());
     assert!(max_rel_err(&a, &dense.model.forward(&ids).unwrap()) > 0.0);
+}
+
+/// scripts/make_logprob_goldens.py's output for tiny-llama.
+fn logprob_goldens() -> serde_json::Value {
+    let text = std::fs::read_to_string(golden_dir("tiny-llama").join("logprobs.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn completion_of(engine: &Engine, prompt_ids: Vec<u32>, params: SamplingParams) -> Completion {
+    let gen = Generator::new(&engine.model, &engine.tokenizer);
+    let mut out = None;
+    gen.run(
+        [Request {
+            id: "r".into(),
+            prompt_ids,
+            params,
+        }],
+        |ev| {
+            if let srlm_engine::generate::Event::Done(c) = ev {
+                out = Some(c);
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    out.unwrap()
+}
+
+#[test]
+fn greedy_logprobs_equal_transformers_log_softmax() {
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let g = logprob_goldens();
+    for case in g["greedy"].as_array().unwrap() {
+        let params = SamplingParams {
+            logprobs: Some(5),
+            ..SamplingParams::greedy(8)
+        };
+        let c = completion_of(&engine, ids_of(&case["prompt_ids"]), params);
+        let steps = case["steps"].as_array().unwrap();
+        let lps = c.logprobs.as_ref().unwrap();
+        assert_eq!(c.token_ids.len(), steps.len());
+        assert_eq!(lps.len(), steps.len());
+        // The entries' texts add up to the completion.
+        assert_eq!(
+            lps.iter().map(|t| t.token.as_str()).collect::<String>(),
+            c.text
+        );
+        for (i, (step, lp)) in steps.iter().zip(lps).enumerate() {
+            assert_eq!(
+                c.token_ids[i],
+                step["id"].as_u64().unwrap() as u32,
+                "step {i}"
+            );
+            let want = step["logprob"].as_f64().unwrap() as f32;
+            assert!(
+                (lp.logprob - want).abs() < 1e-4,
+                "step {i}: {} vs {want}",
+                lp.logprob
+            );
+            let top = step["top"].as_array().unwrap();
+            assert_eq!(lp.top_logprobs.len(), 5);
+            for (got, want) in lp.top_logprobs.iter().zip(top) {
+                let id = want[0].as_u64().unwrap() as u32;
+                assert_eq!(got.token, engine.tokenizer.decode(&[id], false).unwrap());
+                assert!((got.logprob - want[1].as_f64().unwrap() as f32).abs() < 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn sampled_tokens_report_the_models_own_distribution() {
+    // At temperature 0.5 with top-p, the reported log-probability is still the model's
+    // (temperature 1, nothing cut), as OpenAI and vLLM report it.
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let g = logprob_goldens();
+    let row: Vec<f64> = g["sampled"]["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    for seed in 0..4 {
+        let params = SamplingParams {
+            temperature: 0.5,
+            top_p: 0.8,
+            max_new_tokens: 1,
+            seed,
+            logprobs: Some(3),
+            ..SamplingParams::default()
+        };
+        let c = completion_of(&engine, ids_of(&g["sampled"]["prompt_ids"]), params);
+        let lp = &c.logprobs.unwrap()[0];
+        let want = row[c.token_ids[0] as usize] as f32;
+        assert!((lp.logprob - want).abs() < 1e-4, "{} vs {want}", lp.logprob);
+    }
+}
+
+#[test]
+fn the_expected_score_equals_the_digit_probabilities_of_transformers() {
+    // The judge's expected score, sum s p(s), read from the engine's log-probabilities at the
+    // score position (every token of the tiny vocabulary reported), against the same sum
+    // over transformers' softmax.
+    let engine = load("tiny-llama", WeightFormat::Dense, Ops::Fused);
+    let vocab = engine.tokenizer.vocab_size();
+    for case in logprob_goldens()["score"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = engine.tokenizer.encode(text).unwrap();
+        assert_eq!(ids, ids_of(&case["prompt_ids"]), "tokenization of {text:?}");
+        let params = SamplingParams {
+            logprobs: Some(vocab),
+            ..SamplingParams::greedy(1)
+        };
+        let c = completion_of(&engine, ids, params);
+        let at = &c.logprobs.unwrap()[0];
+        let d = srlm_core::judge::digit_distribution(at, "").unwrap();
+        let want = |k: &str| case[k].as_f64().unwrap();
+        assert!(
+            (d.expected - want("expected")).abs() < 1e-4,
+            "{} vs {}",
+            d.expected,
+            want("expected")
+        );
+        assert!((d.mass - want("mass")).abs() < 1e-4);
+        for (s, p) in d.probs.iter().enumerate() {
+            assert!((p - case["probs"][s].as_f64().unwrap()).abs() < 1e-4);
+        }
+    }
 }

@@ -55,10 +55,11 @@ pub fn run(a: EftArgs) -> Result<()> {
                 raw: r.raw,
                 score: r.score,
                 failure: r.failure,
+                distribution: r.distribution,
             });
     }
     let mut prompts = Vec::new();
-    for t in read_jsonl::<Tree>(&a.data, OASST_HINT)? {
+    for t in read_jsonl::<Tree>(&crate::builtin::resolve(&a.data)?, OASST_HINT)? {
         let Some(p) = ranked_prompt(&t.record, &filter) else {
             continue;
         };

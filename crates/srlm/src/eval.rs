@@ -1,17 +1,21 @@
 //! `srlm eval judge`: the model as a judge against human rankings. Every ranked reply of every
 //! Open Assistant prompt is judged k times with the additive prompt; judgements are appended to
 //! a JSONL file as they finish (rerun to resume); the agreement metrics go to stdout and to
-//! `<out>.metrics.json`.
+//! `<out>.metrics.json`: for the written scores and for the expected scores (when the backend
+//! gives log-probabilities), beside the length baseline and the constant judge on the same
+//! pairs. The default data is the held-out Open Assistant split shipped in the binary.
 
 use crate::backend::BackendArgs;
 use crate::model_args::SamplingArgs;
-use crate::stages::{run_resumable, seeded};
+use crate::stages::{judge_params, run_resumable, seeded, WithoutDistribution};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use srlm_core::jsonl::{read_jsonl, recover_jsonl};
-use srlm_core::judge::{judge_prompt, mean_score, JudgeSample, ParseFailure};
-use srlm_core::metrics::{judge_agreement, RankedReplies};
+use srlm_core::judge::{
+    judge_prompt, mean_value, JudgeSample, ParseFailure, ScoreDistribution, ScoreMode,
+};
+use srlm_core::metrics::{compare_judges, JudgedReply};
 use srlm_core::oasst::{ranked_prompt, RankedPrompt, Tree, TreeFilter, OASST_HINT};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -26,8 +30,9 @@ pub enum EvalCommand {
 
 #[derive(Args, Debug)]
 pub struct EvalJudgeArgs {
-    /// Open Assistant trees (oasst1 export format), e.g. ../shared/data/oasst/trees.jsonl.
-    #[arg(long)]
+    /// Open Assistant trees (oasst1 export format); `builtin:oasst-eval` is the held-out split
+    /// shipped in srlm, which nothing srlm trains on comes from.
+    #[arg(long, default_value = "builtin:oasst-eval")]
     pub data: PathBuf,
     /// Judgements, one JSON object a line (resumable); metrics go to <out>.metrics.json.
     #[arg(long)]
@@ -41,6 +46,9 @@ pub struct EvalJudgeArgs {
     /// Keep machine-written (synthetic) prompts and replies.
     #[arg(long)]
     pub keep_synthetic: bool,
+    /// Which reading of the judgements the headline `agreement` reports (both are computed).
+    #[arg(long, default_value = "sampled")]
+    pub score: ScoreMode,
     /// The judge: `--model`, or a server (`--api-base`).
     #[command(flatten)]
     pub backend: BackendArgs,
@@ -62,6 +70,12 @@ pub struct JudgementRecord {
     pub score: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<ParseFailure>,
+    #[serde(
+        default,
+        rename = "score_distribution",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub distribution: Option<ScoreDistribution>,
 }
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
@@ -76,7 +90,8 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
         keep_synthetic: a.keep_synthetic,
         ..TreeFilter::default()
     };
-    let trees = read_jsonl::<Tree>(&a.data, OASST_HINT)?;
+    let data = crate::builtin::resolve(&a.data)?;
+    let trees = read_jsonl::<Tree>(&data, OASST_HINT)?;
     let mut prompts: Vec<RankedPrompt> = trees
         .iter()
         .filter_map(|t| ranked_prompt(&t.record, &filter))
@@ -93,7 +108,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     let done: Vec<JudgementRecord> = recover_jsonl(&a.out)?;
     let done_ids: HashSet<String> = done.iter().map(|r| r.id.clone()).collect();
     let backend = a.backend.open()?;
-    let base = a.sampling.params();
+    let base = judge_params(&a.sampling);
     let mut meta = BTreeMap::new();
     let mut requests = Vec::new();
     for p in &prompts {
@@ -111,9 +126,11 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     }
     // Replies whose judgements failed (too long for the context, or a server that kept
     // failing) are left out of the metrics, as a missing score would be, and counted.
+    let mut without = WithoutDistribution::default();
     let run = run_resumable(backend.as_ref(), requests, &a.out, "judging", |c| {
         let (prompt_id, reply, sample, human_rank) = meta[&c.id].clone();
-        let j = JudgeSample::parse(&c.text);
+        let j = JudgeSample::read(&c.text, c.logprobs.as_deref());
+        without.count(&j, c.logprobs.is_some());
         JudgementRecord {
             id: c.id,
             prompt_id,
@@ -123,8 +140,10 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
             raw: j.raw,
             score: j.score,
             failure: j.failure,
+            distribution: j.distribution,
         }
     })?;
+    without.warn(backend.as_ref());
 
     // Metrics over every judgement of the selected prompts.
     let all: Vec<JudgementRecord> = recover_jsonl(&a.out)?;
@@ -138,6 +157,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
                 raw: r.raw,
                 score: r.score,
                 failure: r.failure,
+                distribution: r.distribution,
             });
     }
     let samples = by_reply.values().map(|v| v.1.len()).sum::<usize>();
@@ -146,21 +166,32 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
         .flat_map(|v| &v.1)
         .filter(|j| j.score.is_none())
         .count();
-    let mut replies: Vec<RankedReplies> = Vec::new();
+    let with_distribution = by_reply
+        .values()
+        .flat_map(|v| &v.1)
+        .filter(|j| j.distribution.is_some())
+        .count();
+    let mut replies: Vec<Vec<JudgedReply>> = Vec::new();
     for p in &prompts {
-        let mut rr = RankedReplies {
-            human_ranks: Vec::new(),
-            scores: Vec::new(),
-        };
-        for ri in 0..p.replies.len() {
+        let mut rr = Vec::new();
+        for (ri, (text, _)) in p.replies.iter().enumerate() {
             if let Some((rank, js)) = by_reply.get(&(p.id.clone(), ri)) {
-                rr.human_ranks.push(*rank);
-                rr.scores.push(mean_score(js));
+                rr.push(JudgedReply {
+                    human_rank: *rank,
+                    chars: text.chars().count(),
+                    sampled: mean_value(js, ScoreMode::Sampled),
+                    expected: mean_value(js, ScoreMode::Expected),
+                });
             }
         }
         replies.push(rr);
     }
-    let agreement = judge_agreement(&replies);
+    let judges = compare_judges(&replies, with_distribution > 0);
+    let agreement = match (a.score, &judges.expected) {
+        (ScoreMode::Expected, Some(e)) => e.clone(),
+        _ => judges.sampled.clone(),
+    };
+    let scored = samples - failures;
     let report = serde_json::json!({
         "model": backend.describe(),
         "data": a.data.display().to_string(),
@@ -169,7 +200,10 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
         "judgements": samples,
         "failed_requests": run.failed,
         "parse_failure_rate": if samples > 0 { failures as f64 / samples as f64 } else { 0.0 },
+        "with_distribution": if scored > 0 { with_distribution as f64 / scored as f64 } else { 0.0 },
+        "score": a.score.name(),
         "agreement": agreement,
+        "judges": judges,
     });
     let metrics_path = PathBuf::from(format!("{}.metrics.json", a.out.display()));
     std::fs::write(&metrics_path, serde_json::to_string_pretty(&report)?)

@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod bench_serve;
+mod builtin;
 mod chat;
 mod eft;
 mod eval;

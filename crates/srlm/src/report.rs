@@ -51,6 +51,7 @@ fn iterations(run: &Path, cfg: &RunConfig) -> Result<Vec<Iteration>> {
     let opts = PairOptions {
         min_margin: cfg.pairs.min_margin.max(f64::MIN_POSITIVE),
         length_control: (cfg.pairs.length_control >= 0.0).then_some(cfg.pairs.length_control),
+        score_mode: cfg.judge.score,
     };
     let mut out = Vec::new();
     for t in 1.. {

@@ -23,15 +23,11 @@ use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use srlm_core::jsonl::{read_jsonl, write_atomic, write_jsonl_atomic};
-use srlm_core::judge::judge_prompt;
+use srlm_core::judge::{judge_prompt, ScoreMode};
 use srlm_core::seed::{load_eft, load_ift, EftExample, IftExample};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// The shipped seed set, written for srlm (see `crates/srlm/seed/README.md`).
-pub const BUILTIN_IFT: &str = include_str!("../seed/ift.jsonl");
-pub const BUILTIN_EFT: &str = include_str!("../seed/eft.jsonl");
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -218,6 +214,10 @@ pub struct GenSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JudgeSection {
+    /// What a judgement counts as for the pairs and the evaluation's headline: "sampled" (the
+    /// score the judge wrote) or "expected" (`sum s * p(s)` at the score token). Both are
+    /// recorded either way.
+    pub score: ScoreMode,
     /// Judgements per candidate.
     pub k: usize,
     pub temperature: f32,
@@ -341,6 +341,7 @@ impl Default for GenSection {
 impl Default for JudgeSection {
     fn default() -> Self {
         Self {
+            score: ScoreMode::Sampled,
             k: 3,
             temperature: 0.7,
             top_p: 0.9,
@@ -675,7 +676,7 @@ fn seed_examples(cfg: &SeedSection, dir: &Path) -> Result<(Vec<IftExample>, Vec<
     for src in &cfg.ift {
         if src == "builtin" {
             let p = tmp.join("builtin_ift.jsonl");
-            write_atomic(&p, BUILTIN_IFT.as_bytes())?;
+            write_atomic(&p, crate::builtin::SEED_IFT.as_bytes())?;
             ift.extend(load_ift(&p)?);
         } else {
             ift.extend(load_ift(Path::new(src))?);
@@ -685,7 +686,7 @@ fn seed_examples(cfg: &SeedSection, dir: &Path) -> Result<(Vec<IftExample>, Vec<
     for src in &cfg.eft {
         if src == "builtin" {
             let p = tmp.join("builtin_eft.jsonl");
-            write_atomic(&p, BUILTIN_EFT.as_bytes())?;
+            write_atomic(&p, crate::builtin::SEED_EFT.as_bytes())?;
             eft.extend(load_eft(&p)?);
         } else {
             eft.extend(load_eft(Path::new(src))?);
@@ -938,6 +939,8 @@ pub fn run(a: RunArgs) -> Result<()> {
             s(&pairs),
             "--min-margin".into(),
             cfg.pairs.min_margin.to_string(),
+            "--score".into(),
+            cfg.judge.score.name().into(),
         ];
         if cfg.pairs.length_control >= 0.0 {
             cmd.extend([
@@ -1032,6 +1035,8 @@ fn evaluate(
                 s(&out),
                 "--k".into(),
                 e.judge_k.to_string(),
+                "--score".into(),
+                cfg.judge.score.name().into(),
             ];
             cmd.extend(sampling_flags(
                 cfg.batch_size,
@@ -1132,7 +1137,7 @@ mod tests {
             let n = eft.iter().filter(|e| e.score == score).count();
             assert!(n >= 20, "score {score}: {n} examples");
         }
-        let categories: std::collections::BTreeSet<String> = BUILTIN_IFT
+        let categories: std::collections::BTreeSet<String> = crate::builtin::SEED_IFT
             .lines()
             .map(|l| {
                 serde_json::from_str::<serde_json::Value>(l).unwrap()["category"]

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! GET  /v1/models            the one model served
-//! POST /v1/chat/completions  messages -> chat template; n, stream (SSE), stop, seed, ...
-//! POST /v1/completions       raw prompt text; the same options
+//! POST /v1/chat/completions  messages -> chat template; n, stream (SSE), stop, seed,
+//!                            logprobs + top_logprobs, ...
+//! POST /v1/completions       raw prompt text; the same options (`logprobs: N`)
 //! GET  /health
 //! ```
 //!
@@ -25,8 +26,9 @@ use axum::{Json, Router};
 use clap::Args;
 use srlm_core::generation::PromptInput;
 use srlm_core::openai::{
-    finish_reason_name, ChatRequest, Choice, ChoiceMessage, CompletionRequest, CompletionResponse,
-    ErrorBody, ErrorDetail, ModelCard, ModelList, PromptText, SamplingFields, Usage,
+    finish_reason_name, ChatRequest, Choice, ChoiceLogprobs, ChoiceMessage, CompletionRequest,
+    CompletionResponse, ErrorBody, ErrorDetail, ModelCard, ModelList, PromptText, SamplingFields,
+    Usage, MAX_TOP_LOGPROBS,
 };
 use srlm_engine::generate::{Completion, Event, Generator, Next, Request};
 use srlm_engine::sampling::SamplingParams;
@@ -334,6 +336,15 @@ impl Endpoint {
         }
     }
 
+    /// The log-probabilities of a finished choice in this endpoint's shape.
+    fn logprobs(self, c: &Completion) -> Option<ChoiceLogprobs> {
+        let tokens = c.logprobs.as_deref()?;
+        Some(match self {
+            Endpoint::Chat => ChoiceLogprobs::chat(tokens),
+            Endpoint::Text => ChoiceLogprobs::text(tokens),
+        })
+    }
+
     /// A choice carrying `text`: as a message, a streamed delta, or plain text.
     fn choice(self, index: usize, text: String, chunk: bool, finish: Option<String>) -> Choice {
         let msg = |role: Option<String>| ChoiceMessage {
@@ -435,6 +446,12 @@ async fn respond(
     if n == 0 || n > MAX_N {
         return bad_request(format!("`n` must be 1 to {MAX_N}, not {n}"));
     }
+    let logprobs = f.wanted_logprobs();
+    if let Some(top) = logprobs.filter(|&t| t > MAX_TOP_LOGPROBS) {
+        return bad_request(format!(
+            "`top_logprobs` must be 0 to {MAX_TOP_LOGPROBS}, not {top}"
+        ));
+    }
     let prompt_ids = match s.engine.encode_prompt(&prompt) {
         Ok(ids) => ids,
         Err(e) => return bad_request(format!("cannot render the prompt: {e}")),
@@ -462,6 +479,7 @@ async fn respond(
             .min(context - prompt_ids.len()),
         stop: f.stop.clone().map(|x| x.into_vec()).unwrap_or_default(),
         seed,
+        logprobs,
     };
     // Choice 0 uses the request's seed as given; the others derive their own from it.
     let requests: Vec<Request> = (0..n)
@@ -574,7 +592,11 @@ async fn whole(head: Head, mut rx: tmpsc::UnboundedReceiver<ChoiceEvent>) -> Res
             let c = c.expect("every choice finished");
             tokens += c.token_ids.len();
             let finish = finish_reason_name(&c.finish_reason).to_string();
-            head.endpoint.choice(i, c.text, false, Some(finish))
+            let logprobs = head.endpoint.logprobs(&c);
+            Choice {
+                logprobs,
+                ..head.endpoint.choice(i, c.text, false, Some(finish))
+            }
         })
         .collect();
     let usage = head.usage(tokens);
@@ -582,8 +604,9 @@ async fn whole(head: Head, mut rx: tmpsc::UnboundedReceiver<ChoiceEvent>) -> Res
 }
 
 /// An SSE stream as OpenAI sends it: for chat, a first chunk per choice with the role; a chunk
-/// per piece of text; a last chunk per choice with its finish reason; the usage chunk if asked
-/// for; then `data: [DONE]`.
+/// per piece of text; a last chunk per choice with its finish reason (and, when asked for, the
+/// log-probabilities of all its tokens: the chunks' lists laid end to end are the choice's,
+/// as a client assembles them); the usage chunk if asked for; then `data: [DONE]`.
 fn stream(
     head: Head,
     mut rx: tmpsc::UnboundedReceiver<ChoiceEvent>,
@@ -608,8 +631,8 @@ fn stream(
         }
         let (mut left, mut tokens) = (head.n, 0);
         while left > 0 {
-            let (i, text, finish) = match rx.recv().await {
-                Some(ChoiceEvent::Piece(i, text)) => (i, text, None),
+            let (i, text, finish, logprobs) = match rx.recv().await {
+                Some(ChoiceEvent::Piece(i, text)) => (i, text, None, None),
                 Some(ChoiceEvent::Done(i, c)) => {
                     left -= 1;
                     tokens += c.token_ids.len();
@@ -617,11 +640,15 @@ fn stream(
                         i,
                         String::new(),
                         Some(finish_reason_name(&c.finish_reason).to_string()),
+                        head.endpoint.logprobs(&c),
                     )
                 }
                 None => return, // the engine stopped: the stream ends without [DONE]
             };
-            let choice = head.endpoint.choice(i, text, true, finish);
+            let choice = Choice {
+                logprobs,
+                ..head.endpoint.choice(i, text, true, finish)
+            };
             if !send(&head.reply(true, vec![choice], None)) {
                 return; // the client went away
             }

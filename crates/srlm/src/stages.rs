@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use srlm_core::generation::{Message, PromptInput};
 use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_jsonl_atomic, JsonlWriter};
-use srlm_core::judge::{judge_prompt, JudgeSample};
+use srlm_core::judge::{judge_prompt, JudgeSample, ScoreMode, JUDGE_TOP_LOGPROBS};
 use srlm_core::pairs::{build_pairs, PairOptions};
 use srlm_core::stages::{
     CandidateRecord, JudgementRecord, PromptRecord, CANDIDATE_HINT, JUDGEMENT_HINT, PROMPT_HINT,
@@ -48,7 +48,8 @@ pub struct JudgeArgs {
     /// Judgements out (appended; rerun to resume).
     #[arg(long)]
     pub out: PathBuf,
-    /// Judgements per candidate, averaged (the paper: 3).
+    /// Judgements per candidate, averaged (the paper: 3). Each records its written score and,
+    /// where the backend gives log-probabilities, the expected score under its distribution.
     #[arg(long, default_value_t = 3)]
     pub k: usize,
     #[command(flatten)]
@@ -72,6 +73,10 @@ pub struct PairsArgs {
     /// Among candidates within this of the best score, choose the shortest (length control).
     #[arg(long)]
     pub length_control: Option<f64>,
+    /// What a judgement counts as: its written score, or the expected score at its score
+    /// token (judgements without a distribution count their written score).
+    #[arg(long, default_value = "sampled")]
+    pub score: ScoreMode,
 }
 
 /// What a stage's generation came to.
@@ -219,7 +224,7 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
         .map(|j| j.id)
         .collect();
     let backend = a.backend.open()?;
-    let base = a.sampling.params();
+    let base = judge_params(&a.sampling);
     let mut meta = HashMap::new();
     let mut requests = Vec::new();
     for c in &candidates {
@@ -231,9 +236,11 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
             requests.push(seeded(id, &prompt, &base));
         }
     }
+    let mut without = WithoutDistribution::default();
     run_resumable(backend.as_ref(), requests, &a.out, "judging", |c| {
         let (candidate_id, prompt_id, sample) = meta[&c.id].clone();
-        let j = JudgeSample::parse(&c.text);
+        let j = JudgeSample::read(&c.text, c.logprobs.as_deref());
+        without.count(&j, c.logprobs.is_some());
         JudgementRecord {
             id: c.id,
             candidate_id,
@@ -242,9 +249,61 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
             raw: j.raw,
             score: j.score,
             failure: j.failure,
+            distribution: j.distribution,
         }
     })?;
+    without.warn(backend.as_ref());
     Ok(())
+}
+
+/// A judge's sampling settings, asking for the log-probabilities its expected score needs.
+pub(crate) fn judge_params(sampling: &SamplingArgs) -> SamplingParams {
+    SamplingParams {
+        logprobs: Some(JUDGE_TOP_LOGPROBS),
+        ..sampling.params()
+    }
+}
+
+/// Scored judgements that came without a distribution over the score, and why.
+#[derive(Debug, Default)]
+pub(crate) struct WithoutDistribution {
+    /// The backend returned no log-probabilities.
+    no_logprobs: usize,
+    /// It did, but they did not line up with the score.
+    unreadable: usize,
+    scored: usize,
+}
+
+impl WithoutDistribution {
+    pub fn count(&mut self, j: &JudgeSample, had_logprobs: bool) {
+        if j.score.is_none() {
+            return;
+        }
+        self.scored += 1;
+        match (j.distribution.is_some(), had_logprobs) {
+            (true, _) => {}
+            (false, false) => self.no_logprobs += 1,
+            (false, true) => self.unreadable += 1,
+        }
+    }
+
+    /// Says, once, how many judgements the expected score will have to take at their word.
+    pub fn warn(&self, backend: &dyn Backend) {
+        if self.no_logprobs > 0 {
+            eprintln!(
+                "srlm: warning: {} returned no log-probabilities for {} of {} scored judgements; the expected score falls back to their written score\n  hint: vLLM, SGLang, llama.cpp's server and `srlm serve` return them (`logprobs`/`top_logprobs`)",
+                backend.describe(),
+                self.no_logprobs,
+                self.scored
+            );
+        }
+        if self.unreadable > 0 {
+            eprintln!(
+                "srlm: warning: the log-probabilities of {} of {} scored judgements did not line up with their text at the score; those fall back to their written score",
+                self.unreadable, self.scored
+            );
+        }
+    }
 }
 
 pub fn pairs(a: PairsArgs) -> Result<()> {
@@ -259,6 +318,7 @@ pub fn pairs(a: PairsArgs) -> Result<()> {
     let opts = PairOptions {
         min_margin: a.min_margin.max(f64::MIN_POSITIVE),
         length_control: a.length_control,
+        score_mode: a.score,
     };
     let (pairs, stats) = build_pairs(&candidates, &judgements, &opts);
     write_jsonl_atomic(&a.out, &pairs)?;

@@ -232,6 +232,100 @@ fn serve_speaks_the_openai_api() {
 }
 
 #[test]
+fn serve_returns_log_probabilities_in_openais_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let s = serve(&["--model", model.to_str().unwrap(), "--name", "tiny"]);
+    let base = &s.url;
+    let chat_url = format!("{base}/chat/completions");
+
+    // Chat: `logprobs: true` with `top_logprobs`: one entry per token, texts adding up.
+    let whole = post_json(
+        &chat_url,
+        &chat(
+            "tiny",
+            "Name a colour.",
+            json!({"logprobs": true, "top_logprobs": 3}),
+        ),
+    );
+    let choice = &whole["choices"][0];
+    let content = choice["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 10);
+    let text: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, choice["message"]["content"].as_str().unwrap());
+    for t in content {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the generated token is the most likely, and log-probabilities descend. (Its
+        // text may differ from top[0]'s: a token holding part of a character adds no text.)
+        assert!(
+            (top[0]["logprob"].as_f64().unwrap() - t["logprob"].as_f64().unwrap()).abs() < 1e-6
+        );
+        assert!(top[0]["logprob"].as_f64().unwrap() >= top[2]["logprob"].as_f64().unwrap());
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        let bytes: Vec<u8> = t["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(bytes, t["token"].as_str().unwrap().as_bytes());
+    }
+    // Without the flag there are none.
+    let plain = post_json(&chat_url, &chat("tiny", "Name a colour.", json!({})));
+    assert!(plain["choices"][0].get("logprobs").is_none(), "{plain}");
+
+    // Streamed: the last chunk of the choice carries the whole list.
+    let (status, sse) = post(
+        &chat_url,
+        &chat(
+            "tiny",
+            "Name a colour.",
+            json!({"stream": true, "logprobs": true, "top_logprobs": 3}),
+        )
+        .to_string(),
+    );
+    assert_eq!(status, 200);
+    let streamed: Vec<Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(&streamed, content);
+
+    // Completions: `logprobs: N` and the parallel lists.
+    let text = post_json(
+        &format!("{base}/completions"),
+        &json!({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0, "logprobs": 2}),
+    );
+    let lp = &text["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 4);
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 4);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+    let joined: String = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(joined, text["choices"][0]["text"].as_str().unwrap());
+
+    // More than OpenAI's 20 alternatives is a 400.
+    let (status, body) = post(
+        &chat_url,
+        &chat("tiny", "hi", json!({"logprobs": true, "top_logprobs": 21})).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("top_logprobs"), "{body}");
+}
+
+#[test]
 fn the_openai_python_client_streams_from_srlm_serve() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());

@@ -74,6 +74,7 @@ impl Backend for LocalBackend {
                     id: c.id,
                     text: c.text,
                     finish_reason: c.finish_reason,
+                    logprobs: c.logprobs,
                 });
                 if let Err(e) = on_outcome(out) {
                     let msg = format!("{e:#}");

@@ -14,7 +14,7 @@ pub mod openai;
 use crate::model_args::ModelArgs;
 use anyhow::Result;
 use clap::Args;
-use srlm_core::generation::{FinishReason, PromptInput};
+use srlm_core::generation::{FinishReason, PromptInput, TokenLogprob};
 use srlm_engine::sampling::SamplingParams;
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ pub struct Generated {
     /// As the backend counted them (a server reports them per request, not per choice).
     pub prompt_tokens: Option<usize>,
     pub completion_tokens: Option<usize>,
+    /// Per generated token, when the request asked for `logprobs` and the backend gave them
+    /// (a server may not).
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

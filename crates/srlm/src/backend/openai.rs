@@ -8,13 +8,18 @@
 //! `Retry-After` is honoured); other statuses (a bad request, a wrong key) are not. A request
 //! still failing after `max_retries` comes back as `Outcome::Failed` with the last error.
 //! The API key is read from an environment variable, sent as a bearer token, and never printed.
+//!
+//! A request that wants log-probabilities asks for them (`logprobs: true` with `top_logprobs`
+//! in chat, `logprobs: N` in completions; at most OpenAI's 20). A server that returns none
+//! (some providers, llama.cpp builds without them) gives completions without them: the
+//! caller decides what that means, never an error here.
 
 use super::{Backend, GenRequest, Generated, Outcome};
 use anyhow::{bail, Result};
 use srlm_core::generation::PromptInput;
 use srlm_core::openai::{
-    parse_finish_reason, ChatRequest, CompletionRequest, CompletionResponse, ErrorBody, ModelList,
-    PromptText, SamplingFields, Stop,
+    parse_finish_reason, ChatRequest, CompletionRequest, CompletionResponse, ErrorBody,
+    LogprobsField, ModelList, PromptText, SamplingFields, Stop, MAX_TOP_LOGPROBS,
 };
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -215,6 +220,7 @@ impl OpenAiBackend {
             seed: Some(p.seed),
             ..Default::default()
         };
+        let top = p.logprobs.map(|n| n.min(MAX_TOP_LOGPROBS));
         let model = self.model.clone();
         let json = match &r.prompt {
             PromptInput::Chat(messages) => (
@@ -222,7 +228,11 @@ impl OpenAiBackend {
                 serde_json::to_string(&ChatRequest {
                     model,
                     messages: messages.clone(),
-                    sampling,
+                    sampling: SamplingFields {
+                        logprobs: top.map(|_| LogprobsField::Flag(true)),
+                        top_logprobs: top,
+                        ..sampling
+                    },
                 }),
             ),
             PromptInput::Raw(text) => (
@@ -230,7 +240,10 @@ impl OpenAiBackend {
                 serde_json::to_string(&CompletionRequest {
                     model,
                     prompt: PromptText::One(text.clone()),
-                    sampling,
+                    sampling: SamplingFields {
+                        logprobs: top.map(LogprobsField::Count),
+                        ..sampling
+                    },
                 }),
             ),
         };
@@ -263,8 +276,14 @@ impl OpenAiBackend {
                     let k = resp.choices.len().min(n);
                     let usage = resp.usage;
                     for (r, c) in group.drain(..k).zip(resp.choices) {
+                        let logprobs = r
+                            .params
+                            .logprobs
+                            .and(c.logprobs.as_ref())
+                            .and_then(|l| l.to_tokens());
                         out.push(Outcome::Done(Generated {
                             id: r.id,
+                            logprobs,
                             text: c.content().unwrap_or_default().to_string(),
                             finish_reason: parse_finish_reason(c.finish_reason.as_deref()),
                             prompt_tokens: usage.map(|u| u.prompt_tokens),

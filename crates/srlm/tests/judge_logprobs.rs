@@ -1,0 +1,214 @@
+//! Expected-score judging through the remote backend, against fake OpenAI-compatible servers:
+//! one that returns log-probabilities as vLLM does (a character split across two tokens, given
+//! by their bytes, before the score), and one that returns none, where the stage warns, keeps
+//! the written scores, and `srlm pairs --score expected` falls back to them.
+
+mod common;
+use common::{lines, reply};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+/// The judge's text, token by token: (token string, bytes, log-probability).
+fn judge_tokens(split_bytes: bool) -> Vec<(String, Option<Vec<u8>>, f64)> {
+    let cup = "☕".as_bytes().to_vec(); // 3 bytes, split 2 + 1 across tokens
+    let mut t: Vec<(String, Option<Vec<u8>>, f64)> = ["Fine", ",", " very", " nice", " "]
+        .iter()
+        .map(|s| (s.to_string(), Some(s.as_bytes().to_vec()), -0.1))
+        .collect();
+    t.push((
+        "\u{FFFD}".into(),
+        split_bytes.then(|| cup[..2].to_vec()),
+        -0.2,
+    ));
+    t.push((
+        "\u{FFFD}".into(),
+        split_bytes.then(|| cup[2..].to_vec()),
+        -0.2,
+    ));
+    for s in [".\n", "Score", ":", " ", "4"] {
+        t.push((s.to_string(), Some(s.as_bytes().to_vec()), -0.1));
+    }
+    t
+}
+
+const JUDGEMENT: &str = "Fine, very nice ☕.\nScore: 4";
+
+fn score_alternatives() -> Vec<(&'static str, f64)> {
+    vec![("4", 0.6f64.ln()), ("5", 0.3f64.ln()), ("3", 0.1f64.ln())]
+}
+
+fn choice_logprobs(split_bytes: bool) -> Value {
+    let tokens = judge_tokens(split_bytes);
+    let last = tokens.len() - 1;
+    let content: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, (token, bytes, lp))| {
+            let top: Vec<Value> = if i == last {
+                score_alternatives()
+                    .iter()
+                    .map(|(t, l)| json!({"token": t, "logprob": l, "bytes": t.as_bytes()}))
+                    .collect()
+            } else {
+                vec![json!({"token": token, "logprob": lp, "bytes": bytes})]
+            };
+            json!({"token": token, "logprob": if i == last { 0.6f64.ln() } else { *lp },
+                   "bytes": bytes, "top_logprobs": top})
+        })
+        .collect();
+    json!({"content": content})
+}
+
+/// A fake server: `with_logprobs` answers them when asked (bytes given unless the prompt holds
+/// "no-bytes"); every request body is kept.
+fn start(with_logprobs: bool) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let url = common::start(move |stream, req| {
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        s.lock().unwrap().push(body.clone());
+        let n = body["n"].as_u64().unwrap_or(1) as usize;
+        let prompt = body["messages"][0]["content"].as_str().unwrap_or("");
+        let choices: Vec<Value> = (0..n)
+            .map(|i| {
+                let mut c = json!({"index": i, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": JUDGEMENT}});
+                if with_logprobs && body["logprobs"] == json!(true) {
+                    c["logprobs"] = choice_logprobs(!prompt.contains("no-bytes"));
+                }
+                c
+            })
+            .collect();
+        let reply_body = json!({"id": "x", "object": "chat.completion", "created": 0,
+            "model": "fake", "choices": choices});
+        reply(stream, "200 OK", "", &reply_body.to_string());
+    });
+    (url, seen)
+}
+
+fn write_candidates(dir: &Path) {
+    let c = |id: &str, response: &str| {
+        json!({"id": format!("p/{id}"), "prompt_id": "p", "prompt": "Say something nice.",
+               "candidate": id.parse::<usize>().unwrap(), "response": response})
+        .to_string()
+    };
+    std::fs::write(
+        dir.join("cands.jsonl"),
+        [c("0", "You are great."), c("1", "no-bytes: fine.")].join("\n") + "\n",
+    )
+    .unwrap();
+}
+
+fn srlm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args(args)
+        .env("SRLM_TEST_FAKE_KEY", "")
+        .output()
+        .unwrap()
+}
+
+fn judge(dir: &Path, url: &str) -> Output {
+    let d = |n: &str| dir.join(n).display().to_string();
+    srlm(&[
+        "judge",
+        "--candidates",
+        &d("cands.jsonl"),
+        "--out",
+        &d("judge.jsonl"),
+        "--k",
+        "2",
+        "--api-base",
+        url,
+        "--api-model",
+        "fake",
+        "--api-key-env",
+        "SRLM_TEST_FAKE_KEY",
+        "--api-max-retries",
+        "0",
+    ])
+}
+
+#[test]
+fn the_remote_judge_reads_the_expected_score_from_top_logprobs() {
+    let dir = tempfile::tempdir().unwrap();
+    write_candidates(dir.path());
+    let (url, seen) = start(true);
+    let out = judge(dir.path(), &url);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // What was asked: log-probabilities with OpenAI's maximum of alternatives.
+    for body in seen.lock().unwrap().iter() {
+        assert_eq!(body["logprobs"], json!(true), "{body}");
+        assert_eq!(body["top_logprobs"], json!(20), "{body}");
+    }
+    let js = lines(&dir.path().join("judge.jsonl"));
+    assert_eq!(js.len(), 4);
+    let expected: f64 = score_alternatives()
+        .iter()
+        .map(|(t, l)| t.parse::<f64>().unwrap() * l.exp())
+        .sum::<f64>()
+        / score_alternatives()
+            .iter()
+            .map(|(_, l)| l.exp())
+            .sum::<f64>();
+    for j in &js {
+        assert_eq!(j["score"], json!(4.0));
+        if j["candidate_id"] == "p/0" {
+            // The split character's bytes line the tokens up with the text.
+            let d = &j["score_distribution"];
+            assert!(
+                (d["expected"].as_f64().unwrap() - expected).abs() < 1e-6,
+                "{j}"
+            );
+            assert!((d["probs"][5].as_f64().unwrap() - 0.3).abs() < 1e-6, "{j}");
+        } else {
+            // Without bytes the "\u{FFFD}" tokens do not spell the text: no distribution.
+            assert!(j.get("score_distribution").is_none(), "{j}");
+        }
+    }
+    assert!(stderr.contains("did not line up"), "{stderr}");
+}
+
+#[test]
+fn a_server_without_logprobs_falls_back_to_the_written_score_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    write_candidates(dir.path());
+    let (url, _) = start(false);
+    let out = judge(dir.path(), &url);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("returned no log-probabilities for 4 of 4"),
+        "{stderr}"
+    );
+    let js = lines(&dir.path().join("judge.jsonl"));
+    assert_eq!(js.len(), 4);
+    assert!(js
+        .iter()
+        .all(|j| j["score"] == json!(4.0) && j.get("score_distribution").is_none()));
+    // Pairs under the expected reading take the written scores: both candidates tie.
+    let d = |n: &str| dir.path().join(n).display().to_string();
+    let out = srlm(&[
+        "pairs",
+        "--candidates",
+        &d("cands.jsonl"),
+        "--judgements",
+        &d("judge.jsonl"),
+        "--out",
+        &d("pairs.jsonl"),
+        "--score",
+        "expected",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (stats["pairs"].as_u64(), stats["ties"].as_u64()),
+        (Some(0), Some(1))
+    );
+}
