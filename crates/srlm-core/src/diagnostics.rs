@@ -3,6 +3,7 @@
 //! to ties, how wide the pair margins are, how long the responses are, and whether longer
 //! responses score higher (the paper saw length grow with iterations).
 
+use crate::judge::ScoreMode;
 use crate::metrics::spearman;
 use crate::pairs::PairStats;
 use crate::stages::{CandidateRecord, JudgementRecord, PairRecord};
@@ -46,14 +47,20 @@ pub struct Diagnostics {
     pub judgements: usize,
     pub parse_failures: usize,
     pub parse_failure_rate: f64,
-    /// Parsed judgement scores, by value ("0" .. "5"; half points as "4.5").
+    /// Parsed judgement scores as written, by value ("0" .. "5"; half points as "4.5").
     pub score_histogram: BTreeMap<String, usize>,
+    /// Which reading of the judgements the candidates' scores, their spread and the pairs use.
+    #[serde(default)]
+    pub score_mode: ScoreMode,
     /// Candidates' mean scores.
     pub candidate_scores: Summary,
-    /// Of candidates with two or more parsed samples, the share whose samples all agree.
+    /// Of candidates with two or more parsed samples, the share whose written scores all agree.
     pub judge_samples_agree: f64,
-    /// Mean over candidates of the standard deviation of their samples.
+    /// Mean over candidates of the standard deviation of their samples' values.
     pub judge_sample_std: f64,
+    /// Of the scored judgements, the share that carry a distribution over the score.
+    #[serde(default)]
+    pub with_distribution: f64,
     /// Prompts without a pair: all candidates tied, or too few scored, or margin too small.
     pub prompts_tied: usize,
     pub prompts_unscored: usize,
@@ -82,8 +89,10 @@ pub fn diagnose(
     judgements: &[JudgementRecord],
     pairs: &[PairRecord],
     stats: &PairStats,
+    mode: ScoreMode,
 ) -> Diagnostics {
     let mut d = Diagnostics {
+        score_mode: mode,
         prompts: stats.prompts,
         candidates: candidates.len(),
         judgements: judgements.len(),
@@ -94,27 +103,39 @@ pub fn diagnose(
         ..Diagnostics::default()
     };
     let mut by_candidate: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut written: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut with_distribution = 0;
     for j in judgements {
-        match j.score {
-            Some(s) => {
+        match (j.score, j.value(mode)) {
+            (Some(s), Some(v)) => {
                 *d.score_histogram.entry(label(s)).or_insert(0) += 1;
                 by_candidate
                     .entry(j.candidate_id.as_str())
                     .or_default()
-                    .push(s);
+                    .push(v);
+                written.entry(j.candidate_id.as_str()).or_default().push(s);
+                with_distribution += j.distribution.is_some() as usize;
             }
-            None => d.parse_failures += 1,
+            _ => d.parse_failures += 1,
         }
     }
+    let scored = judgements.len() - d.parse_failures;
+    d.with_distribution = if scored > 0 {
+        with_distribution as f64 / scored as f64
+    } else {
+        0.0
+    };
     d.parse_failure_rate = if judgements.is_empty() {
         0.0
     } else {
         d.parse_failures as f64 / judgements.len() as f64
     };
     let (mut agree, mut multi, mut stds) = (0usize, 0usize, Vec::new());
-    for s in by_candidate.values().filter(|s| s.len() >= 2) {
+    for s in written.values().filter(|s| s.len() >= 2) {
         multi += 1;
         agree += s.iter().all(|x| *x == s[0]) as usize;
+    }
+    for s in by_candidate.values().filter(|s| s.len() >= 2) {
         let m = s.iter().sum::<f64>() / s.len() as f64;
         stds.push((s.iter().map(|x| (x - m).powi(2)).sum::<f64>() / s.len() as f64).sqrt());
     }
@@ -185,7 +206,7 @@ mod tests {
             judged("q/1", 1, Some(3.0)),
         ];
         let (pairs, stats) = build_pairs(&candidates, &judgements, &PairOptions::default());
-        let d = diagnose(&candidates, &judgements, &pairs, &stats);
+        let d = diagnose(&candidates, &judgements, &pairs, &stats, ScoreMode::Sampled);
         assert_eq!(
             (d.judgements, d.parse_failures, d.pairs, d.prompts_tied),
             (8, 1, 1, 1)

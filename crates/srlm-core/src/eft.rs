@@ -11,6 +11,12 @@
 //!   (else the sample nearest to it), so its justification and its score go together;
 //! - balance: the most frequent score keeps as many examples as the second most frequent has,
 //!   chosen by a seeded shuffle.
+//!
+//! `Select::Order` is srlm's looser variant for a small judge whose means rarely order a
+//! whole prompt right: per reply one sample is chosen so that the chosen samples' written
+//! scores follow the human order strictly (of all such choices, the one nearest the replies'
+//! means); a prompt where no choice does is dropped. It keeps far more prompts, each with
+//! judgements the model itself wrote, and still teaches only verdicts that agree with people.
 
 use crate::judge::JudgeSample;
 use crate::seed::EftExample;
@@ -23,6 +29,32 @@ pub struct EftOptions {
     pub allow_ties: bool,
     pub balance: bool,
     pub seed: u64,
+    #[serde(default)]
+    pub select: Select,
+}
+
+/// How a prompt's judgements qualify and which sample of a reply is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    /// The paper: the replies' mean scores follow the human order; per reply the sample
+    /// nearest its rounded mean.
+    #[default]
+    Mean,
+    /// Some choice of one sample per reply follows the human order; the choice nearest the
+    /// means.
+    Order,
+}
+
+impl std::str::FromStr for Select {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mean" => Ok(Self::Mean),
+            "order" => Ok(Self::Order),
+            _ => Err(format!("`{s}` is not a selection: mean or order")),
+        }
+    }
 }
 
 impl Default for EftOptions {
@@ -31,6 +63,7 @@ impl Default for EftOptions {
             allow_ties: false,
             balance: true,
             seed: 0,
+            select: Select::Mean,
         }
     }
 }
@@ -92,6 +125,60 @@ fn representative(samples: &[JudgeSample], mean: f64) -> Option<(&JudgeSample, u
         .map(|(j, s)| (j, s as u8))
 }
 
+/// Most combinations `Select::Order` searches in one prompt (k^replies); beyond it, each
+/// reply keeps only its samples nearest the mean.
+const MAX_COMBINATIONS: usize = 1 << 16;
+
+/// For `Select::Order`: per reply the index of a sample, the chosen written scores following
+/// `ranks` (strictly, or weakly with `allow_ties`), nearest `means` in total.
+fn order_consistent(
+    ranks: &[u32],
+    means: &[f64],
+    samples: &[Vec<(usize, f64)>],
+    allow_ties: bool,
+) -> Option<Vec<usize>> {
+    // Fewer candidates per reply when the product would explode: those nearest the mean.
+    let mut options: Vec<Vec<(usize, f64)>> = samples.to_vec();
+    for (o, m) in options.iter_mut().zip(means) {
+        o.sort_by(|a, b| {
+            (a.1 - m)
+                .abs()
+                .total_cmp(&(b.1 - m).abs())
+                .then(a.0.cmp(&b.0))
+        });
+        o.dedup_by(|a, b| a.1 == b.1);
+    }
+    while options.iter().map(Vec::len).product::<usize>() > MAX_COMBINATIONS {
+        let widest = (0..options.len()).max_by_key(|&i| options[i].len())?;
+        options[widest].pop();
+    }
+    let n = options.len();
+    let mut best: Option<(f64, Vec<usize>)> = None;
+    let mut pick = vec![0usize; n];
+    loop {
+        let scores: Vec<f64> = (0..n).map(|i| options[i][pick[i]].1).collect();
+        if agrees(ranks, &scores, allow_ties) {
+            let cost: f64 = (0..n).map(|i| (scores[i] - means[i]).abs()).sum();
+            if best.as_ref().is_none_or(|b| cost < b.0) {
+                best = Some((cost, (0..n).map(|i| options[i][pick[i]].0).collect()));
+            }
+        }
+        // Next combination (odometer).
+        let mut i = 0;
+        loop {
+            if i == n {
+                return best.map(|b| b.1);
+            }
+            pick[i] += 1;
+            if pick[i] < options[i].len() {
+                break;
+            }
+            pick[i] = 0;
+            i += 1;
+        }
+    }
+}
+
 pub fn build_eft(prompts: &[JudgedPrompt], opts: &EftOptions) -> (Vec<EftExample>, EftStats) {
     let mut stats = EftStats {
         prompts: prompts.len(),
@@ -105,6 +192,37 @@ pub fn build_eft(prompts: &[JudgedPrompt], opts: &EftOptions) -> (Vec<EftExample
             continue;
         };
         let ranks: Vec<u32> = p.replies.iter().map(|r| r.1).collect();
+        if opts.select == Select::Order {
+            let integral: Vec<Vec<(usize, f64)>> = p
+                .replies
+                .iter()
+                .map(|r| {
+                    r.2.iter()
+                        .enumerate()
+                        .filter_map(|(i, j)| j.score.filter(|s| s.fract() == 0.0).map(|s| (i, s)))
+                        .collect()
+                })
+                .collect();
+            if integral.iter().any(Vec::is_empty) {
+                stats.prompts_missing_scores += 1;
+                continue;
+            }
+            let Some(chosen) = order_consistent(&ranks, &means, &integral, opts.allow_ties) else {
+                continue;
+            };
+            stats.prompts_agreeing += 1;
+            for (i, ((reply, _, samples), &k)) in p.replies.iter().zip(&chosen).enumerate() {
+                let j = &samples[k];
+                examples.push(EftExample {
+                    id: format!("{}/{i}", p.id),
+                    instruction: p.prompt.clone(),
+                    response: reply.clone(),
+                    judgement: j.raw.trim().to_string(),
+                    score: j.score.expect("integral") as u8,
+                });
+            }
+            continue;
+        }
         if !agrees(&ranks, &means, opts.allow_ties) {
             continue;
         }
@@ -211,6 +329,54 @@ mod tests {
             ..EftOptions::default()
         };
         assert_eq!(build_eft(&prompts, &ties).1.prompts_agreeing, 2);
+    }
+
+    #[test]
+    fn order_selection_keeps_a_prompt_whose_means_disagree_but_some_samples_agree() {
+        let prompt = JudgedPrompt {
+            id: "p".into(),
+            prompt: "Q".into(),
+            replies: vec![
+                ("best".into(), 0, js(&[Some(2.0), Some(5.0), Some(3.0)])),
+                ("middle".into(), 1, js(&[Some(4.0), Some(4.0), Some(2.0)])),
+                ("worst".into(), 2, js(&[Some(3.0), Some(1.0)])),
+            ],
+        };
+        let mean = EftOptions {
+            balance: false,
+            ..EftOptions::default()
+        };
+        // Means 3.33, 3.33, 2: tied at the top, so the paper's rule drops the prompt.
+        assert_eq!(
+            build_eft(std::slice::from_ref(&prompt), &mean)
+                .1
+                .prompts_agreeing,
+            0
+        );
+        let order = EftOptions {
+            select: Select::Order,
+            ..mean
+        };
+        let (ex, stats) = build_eft(&[prompt], &order);
+        assert_eq!(stats.prompts_agreeing, 1);
+        // Orderings s0 > s1 > s2: (5,4,3), (5,4,1), (5,2,1), (3,2,1); nearest the means
+        // (3.33, 3.33, 2) in total distance: (3,2,1) at 0.33 + 1.33 + 1 = 2.67 and (5,4,3)
+        // at 1.67 + 0.67 + 1 = 3.33, so (3, 2, 1).
+        let scores: Vec<u8> = ex.iter().map(|e| e.score).collect();
+        assert_eq!(scores, vec![3, 2, 1]);
+        assert!(ex
+            .iter()
+            .all(|e| e.judgement.ends_with(&format!("Score: {}", e.score))));
+        // No choice orders these: dropped.
+        let hopeless = JudgedPrompt {
+            id: "h".into(),
+            prompt: "Q".into(),
+            replies: vec![
+                ("best".into(), 0, js(&[Some(1.0)])),
+                ("worse".into(), 1, js(&[Some(4.0)])),
+            ],
+        };
+        assert_eq!(build_eft(&[hopeless], &order).1.prompts_agreeing, 0);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! `id` is optional (the line number is used) and must be unique; `max_new_tokens`,
 //! `temperature`, `top_p`, `top_k` and `seed` may override the command's defaults per record.
 //!
-//! Output: `{"id", "completion", "finish_reason", "prompt_tokens", "completion_tokens"}`,
-//! one line per input record, in the order they finish.
+//! Output: `{"id", "completion", "finish_reason", "prompt_tokens", "completion_tokens"}`
+//! (with `"logprobs": [{"token", "logprob", "top_logprobs"}, ...]` when asked for), one line
+//! per input record, in the order they finish.
 
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +137,8 @@ pub struct GenerateOutput {
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 #[cfg(test)]

@@ -138,6 +138,61 @@ pub fn win_rate(outcomes: &[Outcome]) -> WinRate {
     w
 }
 
+/// Whether A's record against B is bought by length: how long each side's answers are, how
+/// often the judge's winner is the longer answer, and A's record on the prompts where its
+/// answer is no longer than B's.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct LengthCheck {
+    /// Mean answer length in characters.
+    pub a_chars: f64,
+    pub b_chars: f64,
+    /// Share of prompts where A's answer is the longer one.
+    pub a_longer: f64,
+    /// Of the prompts with a winner and answers of different lengths, the share the longer
+    /// answer won (0.5: the judge ignores length; near 1: it picks the longer one).
+    pub longer_wins: Option<f64>,
+    /// A's record where its answer is not longer than B's.
+    pub a_not_longer: WinRate,
+    pub a_not_longer_prompts: usize,
+    /// A wins overall, but not where its answers are no longer than B's.
+    pub bought_by_length: bool,
+}
+
+pub fn length_check(outcomes: &[Outcome], a_chars: &[usize], b_chars: &[usize]) -> LengthCheck {
+    assert_eq!(outcomes.len(), a_chars.len());
+    assert_eq!(outcomes.len(), b_chars.len());
+    let n = outcomes.len().max(1) as f64;
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / n;
+    let (mut decided, mut longer_won) = (0usize, 0usize);
+    let mut not_longer = Vec::new();
+    for ((o, &a), &b) in outcomes.iter().zip(a_chars).zip(b_chars) {
+        if a <= b {
+            not_longer.push(*o);
+        }
+        let winner_a = match o {
+            Outcome::AWins => true,
+            Outcome::BWins => false,
+            Outcome::Tie => continue,
+        };
+        if a != b {
+            decided += 1;
+            longer_won += (winner_a == (a > b)) as usize;
+        }
+    }
+    let overall = win_rate(outcomes);
+    let a_not_longer = win_rate(&not_longer);
+    LengthCheck {
+        a_chars: mean(a_chars),
+        b_chars: mean(b_chars),
+        a_longer: a_chars.iter().zip(b_chars).filter(|(a, b)| a > b).count() as f64 / n,
+        longer_wins: (decided > 0).then(|| longer_won as f64 / decided as f64),
+        a_not_longer,
+        a_not_longer_prompts: not_longer.len(),
+        bought_by_length: overall.score > 0.5
+            && (not_longer.is_empty() || a_not_longer.score <= 0.5),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +283,34 @@ mod tests {
             p.contains("<response_a>first</response_a>")
                 && p.contains("<response_b>second</response_b>")
         );
+    }
+
+    #[test]
+    fn a_win_of_longer_answers_only_is_named() {
+        use Outcome::*;
+        // A wins the 6 prompts where it wrote more, loses the 4 where it did not.
+        let o = [
+            AWins, AWins, AWins, AWins, AWins, AWins, BWins, BWins, BWins, BWins,
+        ];
+        let a = [900, 800, 700, 900, 800, 700, 100, 100, 100, 100];
+        let b = [100; 10];
+        let c = length_check(&o, &a, &b);
+        assert_eq!(c.longer_wins, Some(1.0));
+        assert_eq!((c.a_not_longer_prompts, c.a_not_longer.score), (4, 0.0));
+        assert!(c.bought_by_length);
+        assert!((c.a_longer - 0.6).abs() < 1e-12);
+        // Winning half of the prompts where it is not longer is no win there either...
+        let o = [
+            AWins, AWins, AWins, AWins, AWins, AWins, AWins, AWins, BWins, BWins,
+        ];
+        assert!(length_check(&o, &a, &b).bought_by_length);
+        // ...three of four is.
+        let o = [
+            AWins, AWins, AWins, AWins, AWins, AWins, AWins, AWins, AWins, BWins,
+        ];
+        let c = length_check(&o, &a, &b);
+        assert!(!c.bought_by_length);
+        assert_eq!(c.a_not_longer.score, 0.75);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod eft;
 pub mod generation;
 pub mod hash;
 pub mod headtohead;
+pub mod health;
 pub mod jsonl;
 pub mod judge;
 pub mod metrics;

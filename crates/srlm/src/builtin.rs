@@ -1,8 +1,9 @@
 //! Data shipped inside the binary, so that `srlm run` works anywhere without downloads:
-//! srlm's own seed set (`data/seed/`, Apache-2.0, written for srlm) and a part of Open
+//! srlm's own seed set (`data/seed/`, Apache-2.0, written for srlm), a part of Open
 //! Assistant's human-ranked trees (`data/oasst/`, Apache-2.0, LAION-AI/Open-Assistant; see
 //! its LICENSE and `scripts/make_oasst_split.py`), split by tree into a held-out evaluation
-//! part and a training part.
+//! part and a training part, and the Vicuna-80 questions for head-to-head evaluation
+//! (`data/vicuna/`, Apache-2.0, lm-sys/FastChat).
 //!
 //! Commands name them as `builtin:NAME` wherever they take a data file; the text is written
 //! once to `SRLM_HOME/builtin/` so that errors and the run manifest can name a real file.
@@ -21,6 +22,13 @@ pub const SEED_EFT: &str = include_str!("../data/seed/eft.jsonl");
 pub const OASST_EVAL: &str = include_str!("../data/oasst/eval.jsonl");
 /// The other Open Assistant trees, which judge training may use.
 pub const OASST_TRAIN: &str = include_str!("../data/oasst/train.jsonl");
+/// Vicuna's 80 questions: the held-out prompts of head-to-head evaluation.
+pub const VICUNA: &str = include_str!("../data/vicuna/question.jsonl");
+
+/// What srlm may train on, and what it holds out: no text of the second appears in the first
+/// (the test `the_held_out_split_is_disjoint_from_every_training_file`).
+pub const TRAINING: &[&str] = &[SEED_IFT, SEED_EFT, OASST_TRAIN];
+pub const HELD_OUT: &[&str] = &[OASST_EVAL, VICUNA];
 
 /// Every shipped file by name.
 pub const ALL: &[(&str, &str)] = &[
@@ -28,6 +36,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("seed-eft", SEED_EFT),
     ("oasst-eval", OASST_EVAL),
     ("oasst-train", OASST_TRAIN),
+    ("vicuna", VICUNA),
 ];
 
 const PREFIX: &str = "builtin:";
@@ -82,6 +91,139 @@ mod tests {
         assert_eq!(
             resolve(Path::new("some/file.jsonl")).unwrap(),
             PathBuf::from("some/file.jsonl")
+        );
+    }
+
+    /// Every text field of every record (prompts, responses, judgements, tree messages at
+    /// every depth, questions' turns), and the records' ids.
+    fn texts_and_ids(jsonl: &str) -> (Vec<String>, Vec<String>) {
+        fn walk(v: &serde_json::Value, texts: &mut Vec<String>, ids: &mut Vec<String>) {
+            use serde_json::Value;
+            match v {
+                Value::Object(m) => {
+                    for (k, x) in m {
+                        match (k.as_str(), x) {
+                            ("id" | "message_tree_id" | "message_id", Value::String(s)) => {
+                                ids.push(s.clone())
+                            }
+                            (_, Value::String(s)) => texts.push(normal(s)),
+                            _ => walk(x, texts, ids),
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, texts, ids)),
+                Value::String(s) => texts.push(normal(s)),
+                _ => {}
+            }
+        }
+        let (mut texts, mut ids) = (Vec::new(), Vec::new());
+        for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
+            walk(&serde_json::from_str(line).unwrap(), &mut texts, &mut ids);
+        }
+        // Texts of a few words (a category, a role) are no evidence of overlap.
+        texts.retain(|t| t.split(' ').count() >= 4);
+        (texts, ids)
+    }
+
+    fn normal(s: &str) -> String {
+        s.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+    }
+
+    #[test]
+    fn the_held_out_split_is_disjoint_from_every_training_file() {
+        let (mut train_texts, mut train_ids) = (Vec::new(), Vec::new());
+        for t in TRAINING {
+            let (x, i) = texts_and_ids(t);
+            train_texts.extend(x);
+            train_ids.extend(i);
+        }
+        let train_ids: std::collections::HashSet<String> = train_ids.into_iter().collect();
+        let mut checked = 0;
+        for t in HELD_OUT {
+            let (texts, ids) = texts_and_ids(t);
+            for id in ids.iter().filter(|i| i.len() > 8) {
+                assert!(
+                    !train_ids.contains(id),
+                    "held-out id {id} is in a training file"
+                );
+            }
+            for x in &texts {
+                // Neither the same text nor one inside the other.
+                for y in &train_texts {
+                    assert!(
+                        !y.contains(x.as_str()),
+                        "held-out text is in a training file: {x:.80}"
+                    );
+                    if y.len() >= 40 {
+                        assert!(
+                            !x.contains(y.as_str()),
+                            "training text is in the held-out data: {y:.80}"
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 200, "only {checked} held-out texts");
+    }
+
+    #[test]
+    fn the_shipped_oasst_split_is_the_shared_data_split_by_tree() {
+        // scripts/make_oasst_split.py's rule on ../shared/data: eval holds the trees whose
+        // sha256(message_tree_id) is even, train the others, synthetic trees dropped.
+        let shared =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/oasst/trees.jsonl");
+        let text = std::fs::read_to_string(&shared).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the shared data sits beside the checkout)",
+                shared.display()
+            )
+        });
+        let parse = |jsonl: &str| -> Vec<srlm_core::oasst::Tree> {
+            jsonl
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let (mut eval, mut train) = (Vec::new(), Vec::new());
+        for tree in parse(&text) {
+            if tree.prompt.synthetic {
+                continue;
+            }
+            let digest = Sha256::digest(tree.message_tree_id.as_bytes());
+            if digest[31] % 2 == 0 {
+                &mut eval
+            } else {
+                &mut train
+            }
+            .push(tree);
+        }
+        let filter = srlm_core::oasst::TreeFilter::default();
+        for (shipped, source) in [(OASST_EVAL, &eval), (OASST_TRAIN, &train)] {
+            let shipped = parse(shipped);
+            let ids = |t: &[srlm_core::oasst::Tree]| {
+                t.iter()
+                    .map(|t| t.message_tree_id.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(ids(&shipped), ids(source));
+            // The first-turn ranked replies, which the judge is evaluated on, are kept whole.
+            for (a, b) in shipped.iter().zip(source.iter()) {
+                assert_eq!(
+                    srlm_core::oasst::ranked_prompt(a, &filter),
+                    srlm_core::oasst::ranked_prompt(b, &filter)
+                );
+            }
+        }
+        assert!(
+            eval.len() >= 25 && train.len() >= 20,
+            "{} / {}",
+            eval.len(),
+            train.len()
         );
     }
 }

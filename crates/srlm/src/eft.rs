@@ -30,6 +30,10 @@ pub struct EftArgs {
     /// Keep every score's examples (no down-sampling of the most frequent score).
     #[arg(long)]
     pub no_balance: bool,
+    /// Which judgements qualify: `mean` (the paper: the replies' mean scores follow the human
+    /// order) or `order` (one sample per reply whose scores follow it).
+    #[arg(long, default_value = "mean")]
+    pub select: srlm_core::eft::Select,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Keep machine-written (synthetic) prompts and replies.
@@ -86,6 +90,7 @@ pub fn run(a: EftArgs) -> Result<()> {
         allow_ties: a.allow_ties,
         balance: !a.no_balance,
         seed: a.seed,
+        select: a.select,
     };
     let (examples, stats) = build_eft(&prompts, &opts);
     write_jsonl_atomic(&a.out, &examples)?;

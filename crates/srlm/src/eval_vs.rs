@@ -4,8 +4,10 @@
 //! judge compares each pair twice, A shown first and B shown first (`--mode pairwise`, the
 //! default), and A wins a prompt only when both verdicts prefer it; disagreeing or unparsable
 //! verdicts make a tie. `--mode scores` has the judge score each answer on its own with the
-//! additive prompt (k samples) and compares the means. Every step appends as it goes and
-//! resumes when rerun; the result goes to `OUT/summary.json`.
+//! additive prompt (k samples; written or expected scores, `--score`) and compares the means:
+//! no answer is shown beside another, so there is no position to be biased by. Every step
+//! appends as it goes and resumes when rerun; the result goes to `OUT/summary.json`, with the
+//! answers' lengths and whether A's record is bought by length (`LengthCheck`).
 
 use crate::backend::BackendArgs;
 use crate::model_args::SamplingArgs;
@@ -14,9 +16,13 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use srlm_core::headtohead::{combine, pairwise_prompt, parse_verdict, win_rate, Outcome, Verdict};
+use srlm_core::headtohead::{
+    combine, length_check, pairwise_prompt, parse_verdict, win_rate, Outcome, Verdict,
+};
 use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_atomic};
-use srlm_core::judge::{judge_prompt, JudgeSample};
+use srlm_core::judge::{
+    judge_prompt, JudgeSample, ScoreDistribution, ScoreMode, JUDGE_TOP_LOGPROBS,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -52,6 +58,9 @@ pub struct EvalVsArgs {
     /// Judge samples per answer in `scores` mode.
     #[arg(long, default_value_t = 3)]
     pub k: usize,
+    /// In `scores` mode, what a judgement counts as: its written score or its expected score.
+    #[arg(long, default_value = "expected")]
+    pub score: ScoreMode,
     /// Use only the first N prompts.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -86,6 +95,12 @@ struct JudgeRecord {
     verdict: Option<Verdict>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     score: Option<f64>,
+    #[serde(
+        default,
+        rename = "score_distribution",
+        skip_serializing_if = "Option::is_none"
+    )]
+    distribution: Option<ScoreDistribution>,
 }
 
 /// Evaluation prompts from any of the usual files.
@@ -229,6 +244,7 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
             top_p: 0.9,
             max_new_tokens: a.judge_max_new_tokens,
             seed: a.sampling.seed,
+            logprobs: (a.mode == VsMode::Scores).then_some(JUDGE_TOP_LOGPROBS),
             ..Default::default()
         };
         // A judgement that fails (too long, or a server that kept failing) counts as a tie.
@@ -237,11 +253,12 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
             .map(|(id, text)| seeded(id.clone(), text, &params))
             .collect();
         run_resumable(backend.as_ref(), requests, &verdicts_path, "judging", |c| {
-            let j = JudgeSample::parse(&c.text);
+            let j = JudgeSample::read(&c.text, c.logprobs.as_deref());
             JudgeRecord {
                 id: c.id,
                 verdict: parse_verdict(&c.text),
                 score: j.score,
+                distribution: j.distribution,
                 raw: c.text,
             }
         })?;
@@ -271,7 +288,7 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
                         .filter_map(|s| {
                             records
                                 .get(&format!("{id}/{side}/{s}"))
-                                .and_then(|r| r.score)
+                                .and_then(|r| a.score.value(r.score, r.distribution.as_ref()))
                         })
                         .collect();
                     unparsed += a.k - s.len();
@@ -288,6 +305,12 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
         outcomes.push(outcome);
     }
     let wr = win_rate(&outcomes);
+    let chars = |answers: &HashMap<String, String>| -> Vec<usize> {
+        both.iter()
+            .map(|(id, _)| answers[id].chars().count())
+            .collect()
+    };
+    let lengths = length_check(&outcomes, &chars(&answers_a), &chars(&answers_b));
     let judgements = records.len();
     let summary = serde_json::json!({
         "a": a.a.display().to_string(),
@@ -299,8 +322,10 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
         },
         "prompts": a.prompts.display().to_string(),
         "mode": a.mode,
+        "score": (a.mode == VsMode::Scores).then_some(a.score.name()),
         "compared": outcomes.len(),
         "a_win_rate": wr,
+        "lengths": lengths,
         "judge_unparsed": unparsed,
         "judgements": judgements,
         // Pairwise: how often the answer shown first won; 0.5 is no position bias.
@@ -316,8 +341,10 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     println!(
-        "A wins {}, ties {}, loses {} of {}: score {:.3} (95% CI {:.3}-{:.3}); {} unparsed judgements",
-        wr.wins, wr.ties, wr.losses, outcomes.len(), wr.score, wr.ci95.0, wr.ci95.1, unparsed
+        "A wins {}, ties {}, loses {} of {}: score {:.3} (95% CI {:.3}-{:.3}); {} unparsed judgements; answers {:.0} vs {:.0} characters{}",
+        wr.wins, wr.ties, wr.losses, outcomes.len(), wr.score, wr.ci95.0, wr.ci95.1, unparsed,
+        lengths.a_chars, lengths.b_chars,
+        if lengths.bought_by_length { " (A's record is bought by length: it does not win where its answer is no longer)" } else { "" }
     );
     Ok(())
 }

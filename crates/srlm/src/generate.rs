@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use srlm_core::generation::{GenerateOutput, GenerateRecord, GENERATE_SCHEMA_HINT};
 use srlm_core::jsonl::{read_jsonl, recover_jsonl, JsonlWriter};
 use srlm_engine::generate::{Event, Generator, Request};
+use srlm_engine::sampling::SamplingParams;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,6 +25,10 @@ pub struct GenerateArgs {
     /// Sequences decoded together.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Record each generated token's log-probability with this many of the most likely tokens
+    /// at its position (`"logprobs"` in the output, OpenAI's chat shape).
+    #[arg(long)]
+    pub logprobs: Option<usize>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -42,7 +47,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let done_ids: HashSet<String> = done.iter().map(|o| o.id.clone()).collect();
 
     let engine = args.model.load()?;
-    let base = args.sampling.params();
+    let base = SamplingParams {
+        logprobs: args.logprobs,
+        ..args.sampling.params()
+    };
     let mut seen = HashSet::new();
     let mut requests = Vec::new();
     for r in &records {
@@ -131,6 +139,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 finish_reason: c.finish_reason,
                 prompt_tokens: c.prompt_tokens,
                 completion_tokens: c.token_ids.len(),
+                logprobs: c.logprobs,
             };
             out.write(&rec)
                 .map_err(|e| srlm_engine::EngineError::Config(e.to_string()))?;

@@ -10,7 +10,9 @@ use clap::Args;
 use plotters::prelude::*;
 use serde_json::Value;
 use srlm_core::diagnostics::{diagnose, Diagnostics};
+use srlm_core::health::{evaluation_flags, iteration_flags, FlagKind, Thresholds};
 use srlm_core::jsonl::{read_jsonl, write_atomic};
+use srlm_core::metrics::{JudgeAgreement, JudgeComparison};
 use srlm_core::pairs::{build_pairs, PairOptions};
 use srlm_core::stages::{CandidateRecord, JudgementRecord};
 use std::fmt::Write as _;
@@ -65,7 +67,7 @@ fn iterations(run: &Path, cfg: &RunConfig) -> Result<Vec<Iteration>> {
         let judgements: Vec<JudgementRecord> =
             read_jsonl(&j, "")?.into_iter().map(|l| l.record).collect();
         let (pairs, stats) = build_pairs(&candidates, &judgements, &opts);
-        let d = diagnose(&candidates, &judgements, &pairs, &stats);
+        let d = diagnose(&candidates, &judgements, &pairs, &stats, cfg.judge.score);
         write_atomic(
             &it.join("diagnostics.json"),
             serde_json::to_string_pretty(&d)?.as_bytes(),
@@ -73,6 +75,17 @@ fn iterations(run: &Path, cfg: &RunConfig) -> Result<Vec<Iteration>> {
         out.push(Iteration { t, diagnostics: d });
     }
     Ok(out)
+}
+
+/// What `srlm eval judge` writes to `<out>.metrics.json`, the parts the report reads.
+#[derive(Debug, serde::Deserialize)]
+struct JudgeEval {
+    data: String,
+    prompts: usize,
+    parse_failure_rate: f64,
+    /// The reading the run uses.
+    score: String,
+    judges: JudgeComparison,
 }
 
 pub(crate) fn read_json(p: &Path) -> Option<Value> {
@@ -375,61 +388,138 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
 
     // The judge against human rankings, per model.
     let eval = run.join("eval");
-    let mut judge_rows = Vec::new();
+    let mut judge_rows: Vec<(usize, JudgeEval)> = Vec::new();
     for m in 0..=its.len() + 1 {
         if let Some(v) = read_json(&eval.join(format!("judge_m{m}.jsonl.metrics.json"))) {
-            judge_rows.push((m, v));
+            if let Ok(e) = serde_json::from_value::<JudgeEval>(v) {
+                judge_rows.push((m, e));
+            }
         }
+    }
+    let mut flags = iteration_flags(
+        &its.iter()
+            .map(|i| i.diagnostics.clone())
+            .collect::<Vec<_>>(),
+        &Thresholds::default(),
+    );
+    for (m, e) in &judge_rows {
+        flags.extend(evaluation_flags(*m, &e.judges, &e.score));
     }
     if !judge_rows.is_empty() {
         let ms: Vec<usize> = judge_rows.iter().map(|r| r.0).collect();
-        // No scored pair of replies (a judge that never gave a score): nothing to report.
-        let get = |v: &Value, k: &str| {
-            (v["agreement"]["pairs"].as_u64() != Some(0))
-                .then(|| v["agreement"][k].as_f64())
-                .flatten()
-        };
-        let series: Vec<(String, Vec<Option<f64>>)> = [
-            ("pairwise accuracy", "pairwise_accuracy"),
-            ("Spearman", "spearman"),
-            ("Kendall tau-b", "kendall_tau"),
-            ("exact match", "exact_match"),
-        ]
-        .iter()
-        .map(|(name, key)| {
+        // No scored pair of replies (a judge that never gave a score): nothing to plot.
+        let acc = |a: &JudgeAgreement| (a.pairs > 0).then_some(a.pairwise_accuracy);
+        let mut series: Vec<(String, Vec<Option<f64>>)> = vec![
             (
-                name.to_string(),
-                judge_rows.iter().map(|r| get(&r.1, key)).collect(),
-            )
-        })
-        .collect();
+                "pairwise accuracy, written scores".into(),
+                judge_rows
+                    .iter()
+                    .map(|r| acc(&r.1.judges.sampled))
+                    .collect(),
+            ),
+            (
+                "pairwise accuracy, expected scores".into(),
+                judge_rows
+                    .iter()
+                    .map(|r| r.1.judges.expected.as_ref().and_then(acc))
+                    .collect(),
+            ),
+            (
+                "pairwise accuracy, longer reply wins".into(),
+                judge_rows.iter().map(|r| acc(&r.1.judges.length)).collect(),
+            ),
+        ];
+        series.retain(|s| s.1.iter().any(Option::is_some));
         plot_lines(
             &out.join("judge.png"),
-            "The judge against human rankings, per model",
+            "The judge against held-out human rankings, per model",
             "model M_t",
-            "metric",
+            "pairwise accuracy",
             &ms,
             &series,
         )
         .map_err(plot_err)?;
         writeln!(
             md,
-            "## The judge against human rankings\n\n![judge](judge.png)\n"
+            "## The judge against human rankings\n\n![judge](judge.png)\n\nEach model scores the human-ranked replies of {} (pairs of replies with different human ranks); the rows below it are the trivial judges on the same pairs. Pairwise accuracy counts a tie as a miss; ties are shown apart.\n",
+            judge_rows[0].1.data
         )?;
-        writeln!(md, "| model | prompts | judgements | parse failures | pairwise accuracy | exact match | Spearman | Kendall tau-b | 5-best |")?;
-        writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
-        for (m, v) in &judge_rows {
+        writeln!(md, "| model | judge | prompts | pairs | parse failures | pairwise accuracy | ties | exact match | Spearman | Kendall tau-b | 5-best |")?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+        for (m, e) in &judge_rows {
+            let j = &e.judges;
+            let mut rows: Vec<(String, &JudgeAgreement)> =
+                vec![("written score".into(), &j.sampled)];
+            if let Some(x) = &j.expected {
+                rows.push(("expected score".into(), x));
+            }
+            let used = match (e.score.as_str(), &j.expected) {
+                ("expected", Some(_)) => "expected score",
+                _ => "written score",
+            };
+            rows.push(("longer reply wins".into(), &j.length));
+            rows.push(("same score for all".into(), &j.constant));
+            for (name, a) in rows {
+                let scored = a.pairs > 0;
+                let g = |v: f64| {
+                    if scored {
+                        format!("{v:.3}")
+                    } else {
+                        "-".into()
+                    }
+                };
+                let head = if name == "written score" {
+                    format!("M{m}")
+                } else {
+                    String::new()
+                };
+                let marked = if name == used {
+                    format!("**{name}**")
+                } else {
+                    name
+                };
+                writeln!(
+                    md,
+                    "| {head} | {marked} | {} | {} | {:.1}% | {} | {} | {} | {} | {} | {} |",
+                    e.prompts,
+                    a.pairs,
+                    100.0 * e.parse_failure_rate,
+                    g(a.pairwise_accuracy),
+                    if scored {
+                        format!("{:.0}%", 100.0 * a.pairwise_ties)
+                    } else {
+                        "-".into()
+                    },
+                    g(a.exact_match),
+                    f(a.spearman.filter(|_| scored)),
+                    f(a.kendall_tau.filter(|_| scored)),
+                    f(a.five_best.filter(|_| scored)),
+                )?;
+            }
+        }
+        writeln!(md, "\nIn bold: the reading the run uses (`judge.score`).\n")?;
+    }
+
+    // Judge health: what in the run says the judge is not judging, and what to change.
+    writeln!(md, "## Judge health\n")?;
+    if flags.is_empty() {
+        writeln!(md, "No warning: no collapse onto one score, samples that agree, few ties and parse failures, no growing length preference, and (where evaluated) a judge above the length baseline.\n")?;
+    } else {
+        writeln!(
+            md,
+            "| where | warning | seen | what to change |\n|---|---|---|---|"
+        )?;
+        for fl in &flags {
+            let at = match fl.kind {
+                FlagKind::BelowLengthBaseline => format!("M{}", fl.at),
+                _ => format!("iteration {}", fl.at),
+            };
             writeln!(
                 md,
-                "| M{m} | {} | {} | {:.0}% | {} | {} | {} | {} | {} |",
-                v["prompts"],
-                v["judgements"],
-                100.0 * v["parse_failure_rate"].as_f64().unwrap_or(0.0),
-                f(get(v, "pairwise_accuracy")),
-                f(get(v, "exact_match")),
-                f(get(v, "spearman")),
-                f(get(v, "kendall_tau")),
-                f(get(v, "five_best"))
+                "| {at} | {} | {} | {} |",
+                serde_json::to_value(fl.kind)?.as_str().unwrap_or(""),
+                fl.seen,
+                fl.fix
             )?;
         }
         writeln!(md)?;
