@@ -37,6 +37,54 @@ pub fn judge_prompt(instruction: &str, response: &str) -> String {
         .replace("{response}", response.trim())
 }
 
+/// The judge prompt for (instruction, response) cut to at most `budget` tokens as `count`
+/// counts them: the response is shortened from its end (marked " [...]"), then the instruction
+/// from its start, so that a judge example always keeps its verdict within a training length.
+/// None when even the empty pair does not fit.
+pub fn judge_prompt_within(
+    instruction: &str,
+    response: &str,
+    budget: usize,
+    count: impl Fn(&str) -> usize,
+) -> Option<String> {
+    let full = judge_prompt(instruction, response);
+    if count(&full) <= budget {
+        return Some(full);
+    }
+    if count(&judge_prompt("", "")) > budget {
+        return None;
+    }
+    // Shorten by characters, 15% at a time: tokens per character vary too much (digits,
+    // tables, code) for one cut to land.
+    let cut = |s: &str, keep: usize, from_end: bool| -> String {
+        let chars: Vec<char> = s.chars().collect();
+        let keep = keep.min(chars.len());
+        if from_end {
+            chars[chars.len() - keep..].iter().collect()
+        } else {
+            chars[..keep].iter().collect()
+        }
+    };
+    let (mut q, mut r) = (instruction.trim().to_string(), response.trim().to_string());
+    loop {
+        let r_chars = r.chars().count();
+        if r_chars > 40 {
+            r = cut(&r, r_chars * 85 / 100, false);
+        } else {
+            r.clear();
+            let q_chars = q.chars().count();
+            if q_chars == 0 {
+                return None;
+            }
+            q = cut(&q, q_chars * 85 / 100, true);
+        }
+        let p = judge_prompt(&q, &format!("{r} [...]"));
+        if count(&p) <= budget {
+            return Some(p);
+        }
+    }
+}
+
 /// Why a judgement has no score.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -465,5 +513,29 @@ mod tests {
             Err(NoDistribution::Misaligned)
         );
         assert_eq!(score_distribution("no score", &short), Ok(None));
+    }
+
+    #[test]
+    fn a_judge_prompt_is_cut_to_its_budget_response_first() {
+        let words = |s: &str| s.split_whitespace().count();
+        let q = "Why is the sky blue?";
+        let r = "Because of Rayleigh scattering. ".repeat(100);
+        let full = judge_prompt(q, &r);
+        assert_eq!(
+            judge_prompt_within(q, &r, words(&full), words),
+            Some(full.clone())
+        );
+        let budget = words(&judge_prompt(q, "")) + 50;
+        let cut = judge_prompt_within(q, &r, budget, words).unwrap();
+        assert!(words(&cut) <= budget);
+        assert!(cut.contains("<question>Why is the sky blue?</question>"));
+        assert!(cut.contains(" [...]</response>"));
+        assert!(words(&cut) > budget - 20, "cut too much: {}", words(&cut));
+        // A long question is cut from its start once the response is gone.
+        let long_q = format!("{} Why?", "Context sentence. ".repeat(200));
+        let cut = judge_prompt_within(&long_q, "Short.", words(&judge_prompt("", "")) + 30, words)
+            .unwrap();
+        assert!(cut.contains("Why?</question>"));
+        assert_eq!(judge_prompt_within(q, &r, 5, words), None);
     }
 }

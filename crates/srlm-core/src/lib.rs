@@ -5,6 +5,7 @@
 //!
 //! Nothing here depends on candle, so it builds and tests in seconds.
 
+pub mod contrast;
 pub mod diagnostics;
 pub mod eft;
 pub mod generation;

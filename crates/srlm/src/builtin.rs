@@ -27,7 +27,9 @@ pub const VICUNA: &str = include_str!("../data/vicuna/question.jsonl");
 
 /// What srlm may train on, and what it holds out: no text of the second appears in the first
 /// (the test `the_held_out_split_is_disjoint_from_every_training_file`).
+#[cfg(test)]
 pub const TRAINING: &[&str] = &[SEED_IFT, SEED_EFT, OASST_TRAIN];
+#[cfg(test)]
 pub const HELD_OUT: &[&str] = &[OASST_EVAL, VICUNA];
 
 /// Every shipped file by name.

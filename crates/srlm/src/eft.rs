@@ -1,39 +1,55 @@
-//! `srlm eft`: judge-training (EFT) examples from a model's judgements of human-ranked replies,
-//! as the paper builds them (`srlm_core::eft`): run `srlm eval judge` with the IFT-trained
-//! model on Open Assistant trees, then this command keeps the prompts whose scores agree with
-//! the human ranking and balances the scores.
+//! `srlm eft`: judge-training (EFT) examples from a model's own judgements, kept where they
+//! order answers as they are known to rank (`srlm_core::eft`):
+//!
+//! - human-ranked replies, as the paper builds them: `srlm eval judge` judges the replies of
+//!   Open Assistant trees (`--data`), and the prompts whose scores agree with the human ranking
+//!   are kept, the scores balanced;
+//! - contrasting answers (Self-Taught Evaluators): `srlm contrast` writes each prompt's answer
+//!   (candidate 0) and an answer to a modified instruction (candidate 1), `srlm judge` judges
+//!   them (`--candidates`), and judgements that score 0 above 1 are kept.
 
-use crate::eval::JudgementRecord;
-use anyhow::Result;
+use crate::eval::JudgementRecord as EvalJudgement;
+use anyhow::{bail, Result};
 use clap::Args;
-use srlm_core::eft::{build_eft, EftOptions, JudgedPrompt};
+use srlm_core::eft::{build_eft, EftOptions, JudgedPrompt, Select};
 use srlm_core::jsonl::{read_jsonl, write_jsonl_atomic};
-use srlm_core::judge::JudgeSample;
-use srlm_core::oasst::{ranked_prompt, Tree, TreeFilter, OASST_HINT};
+use srlm_core::judge::{judge_prompt_within, JudgeSample};
+use srlm_core::oasst::{ranked_turns, Tree, TreeFilter, OASST_HINT};
+use srlm_core::seed::EftExample;
+use srlm_core::stages::{CandidateRecord, JudgementRecord, CANDIDATE_HINT, JUDGEMENT_HINT};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
 pub struct EftArgs {
-    /// Open Assistant trees (oasst1 export format).
+    /// Open Assistant trees (oasst1 export format), judged by `srlm eval judge`;
+    /// `builtin:oasst-train` is the training split srlm ships.
+    #[arg(
+        long,
+        conflicts_with = "candidates",
+        required_unless_present = "candidates"
+    )]
+    pub data: Option<PathBuf>,
+    /// Or contrasting candidates written by `srlm contrast` (candidate 0 ranks above 1),
+    /// judged by `srlm judge`.
     #[arg(long)]
-    pub data: PathBuf,
-    /// The judgements `srlm eval judge` wrote for those trees.
+    pub candidates: Option<PathBuf>,
+    /// The judgements of `--data` (by `srlm eval judge`) or of `--candidates` (by `srlm judge`).
     #[arg(long)]
     pub judgements: PathBuf,
     /// EFT examples out: {"id", "instruction", "response", "judgement", "score"} JSONL.
     #[arg(long)]
     pub out: PathBuf,
-    /// Accept equal mean scores for replies the humans ranked differently.
+    /// Accept equal scores for answers ranked differently.
     #[arg(long)]
     pub allow_ties: bool,
     /// Keep every score's examples (no down-sampling of the most frequent score).
     #[arg(long)]
     pub no_balance: bool,
-    /// Which judgements qualify: `mean` (the paper: the replies' mean scores follow the human
-    /// order) or `order` (one sample per reply whose scores follow it).
+    /// Which judgements qualify: `mean` (the paper: the answers' mean scores follow the
+    /// ranking) or `order` (one sample per answer whose scores follow it).
     #[arg(long, default_value = "mean")]
-    pub select: srlm_core::eft::Select,
+    pub select: Select,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Keep machine-written (synthetic) prompts and replies.
@@ -41,32 +57,40 @@ pub struct EftArgs {
     pub keep_synthetic: bool,
 }
 
-pub fn run(a: EftArgs) -> Result<()> {
-    let filter = TreeFilter {
-        keep_synthetic: a.keep_synthetic,
-        ..TreeFilter::default()
-    };
+fn sample(
+    raw: String,
+    score: Option<f64>,
+    failure: Option<srlm_core::judge::ParseFailure>,
+    distribution: Option<srlm_core::judge::ScoreDistribution>,
+) -> JudgeSample {
+    JudgeSample {
+        raw,
+        score,
+        failure,
+        distribution,
+    }
+}
+
+/// Human-ranked replies of every turn of `data`, with `srlm eval judge`'s judgements.
+fn ranked_replies(
+    data: &Path,
+    judgements: &Path,
+    filter: &TreeFilter,
+) -> Result<Vec<JudgedPrompt>> {
     let mut samples: BTreeMap<(String, usize), Vec<JudgeSample>> = BTreeMap::new();
-    for r in read_jsonl::<JudgementRecord>(
-        &a.judgements,
+    for r in read_jsonl::<EvalJudgement>(
+        judgements,
         "each line must be a judgement written by `srlm eval judge`",
     )? {
         let r = r.record;
         samples
             .entry((r.prompt_id, r.reply))
             .or_default()
-            .push(JudgeSample {
-                raw: r.raw,
-                score: r.score,
-                failure: r.failure,
-                distribution: r.distribution,
-            });
+            .push(sample(r.raw, r.score, r.failure, r.distribution));
     }
     let mut prompts = Vec::new();
-    for t in read_jsonl::<Tree>(&crate::builtin::resolve(&a.data)?, OASST_HINT)? {
-        let Some(p) = ranked_prompt(&t.record, &filter) else {
-            continue;
-        };
+    let trees = read_jsonl::<Tree>(&crate::builtin::resolve(data)?, OASST_HINT)?;
+    for p in trees.iter().flat_map(|t| ranked_turns(&t.record, filter)) {
         // Only prompts that were judged (eval judge may have run with --limit).
         if !samples.contains_key(&(p.id.clone(), 0)) {
             continue;
@@ -86,6 +110,53 @@ pub fn run(a: EftArgs) -> Result<()> {
             replies,
         });
     }
+    Ok(prompts)
+}
+
+/// Contrasting candidates (candidate c ranks c-th) with `srlm judge`'s judgements.
+fn contrasting(candidates: &Path, judgements: &Path) -> Result<Vec<JudgedPrompt>> {
+    let mut samples: BTreeMap<String, Vec<JudgeSample>> = BTreeMap::new();
+    for r in read_jsonl::<JudgementRecord>(judgements, JUDGEMENT_HINT)? {
+        let r = r.record;
+        samples.entry(r.candidate_id).or_default().push(sample(
+            r.raw,
+            r.score,
+            r.failure,
+            r.distribution,
+        ));
+    }
+    let mut prompts: Vec<JudgedPrompt> = Vec::new();
+    let mut at: BTreeMap<String, usize> = BTreeMap::new();
+    for c in read_jsonl::<CandidateRecord>(candidates, CANDIDATE_HINT)? {
+        let c = c.record;
+        let i = *at.entry(c.prompt_id.clone()).or_insert_with(|| {
+            prompts.push(JudgedPrompt {
+                id: c.prompt_id.clone(),
+                prompt: c.prompt.clone(),
+                replies: Vec::new(),
+            });
+            prompts.len() - 1
+        });
+        let js = samples.remove(&c.id).unwrap_or_default();
+        prompts[i]
+            .replies
+            .push((c.response, c.candidate as u32, js));
+    }
+    // A prompt whose other answer was never written teaches no contrast.
+    prompts.retain(|p| p.replies.len() >= 2);
+    Ok(prompts)
+}
+
+pub fn run(a: EftArgs) -> Result<()> {
+    let filter = TreeFilter {
+        keep_synthetic: a.keep_synthetic,
+        ..TreeFilter::default()
+    };
+    let prompts = match (&a.data, &a.candidates) {
+        (Some(d), None) => ranked_replies(d, &a.judgements, &filter)?,
+        (None, Some(c)) => contrasting(c, &a.judgements)?,
+        _ => bail!("give --data (ranked replies) or --candidates (contrasting answers)"),
+    };
     let opts = EftOptions {
         allow_ties: a.allow_ties,
         balance: !a.no_balance,
@@ -96,4 +167,78 @@ pub fn run(a: EftArgs) -> Result<()> {
     write_jsonl_atomic(&a.out, &examples)?;
     println!("{}", serde_json::to_string(&stats)?);
     Ok(())
+}
+
+/// Tokens the chat template adds around a prompt and its reply (SmolLM2's default system
+/// prompt and role markers take about 30).
+const CHAT_OVERHEAD_TOKENS: usize = 64;
+
+/// EFT examples as SFT records ({"prompt": judge prompt, "response": judgement}), each judge
+/// prompt shortened (`judge_prompt_within`) so that the whole example fits `max_len` tokens
+/// of `tokenizer` with its verdict: the trainer cuts sequences from the right, which would
+/// drop the `Score:` line first. Examples whose judgement alone does not fit are left out.
+pub fn as_sft(
+    examples: &[EftExample],
+    tokenizer: &tokenizers::Tokenizer,
+    max_len: usize,
+) -> Vec<serde_json::Value> {
+    let count = |t: &str| tokenizer.encode(t, false).map_or(usize::MAX, |e| e.len());
+    examples
+        .iter()
+        .filter_map(|e| {
+            let budget = max_len.checked_sub(count(&e.judgement) + CHAT_OVERHEAD_TOKENS)?;
+            let prompt = judge_prompt_within(&e.instruction, &e.response, budget, count)?;
+            Some(serde_json::json!({"prompt": prompt, "response": e.judgement}))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use srlm_core::judge::judge_prompt;
+
+    fn example(instruction: &str, response: &str) -> EftExample {
+        EftExample {
+            id: "x".into(),
+            instruction: instruction.into(),
+            response: response.into(),
+            judgement: "Relevant and complete.\nScore: 4".into(),
+            score: 4,
+        }
+    }
+
+    /// A whitespace tokenizer: one token a word.
+    fn words() -> tokenizers::Tokenizer {
+        let vocab: std::collections::HashMap<String, u32> = [("[UNK]".to_string(), 0)].into();
+        let model = tokenizers::models::wordlevel::WordLevel::builder()
+            .vocab(vocab.into_iter().collect())
+            .unk_token("[UNK]".into())
+            .build()
+            .unwrap();
+        let mut t = tokenizers::Tokenizer::new(model);
+        t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+        t
+    }
+
+    #[test]
+    fn long_examples_are_shortened_to_keep_their_verdict_within_the_training_length() {
+        let t = words();
+        let count = |s: &str| t.encode(s, false).unwrap().len();
+        let long = "word ".repeat(2000);
+        let out = as_sft(
+            &[example("Say hi.", "Hi!"), example("Say hi.", &long)],
+            &t,
+            600,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0]["prompt"], judge_prompt("Say hi.", "Hi!"));
+        let p = out[1]["prompt"].as_str().unwrap();
+        assert!(p.contains("[...]"));
+        let judgement = out[1]["response"].as_str().unwrap();
+        assert!(judgement.ends_with("Score: 4"));
+        assert!(count(p) + count(judgement) + CHAT_OVERHEAD_TOKENS <= 600);
+        // No room even for the judgement: left out, not cut.
+        assert!(as_sft(&[example("Say hi.", "Hi!")], &t, 40).is_empty());
+    }
 }

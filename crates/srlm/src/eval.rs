@@ -16,7 +16,7 @@ use srlm_core::judge::{
     judge_prompt, mean_value, JudgeSample, ParseFailure, ScoreDistribution, ScoreMode,
 };
 use srlm_core::metrics::{compare_judges, JudgedReply};
-use srlm_core::oasst::{ranked_prompt, RankedPrompt, Tree, TreeFilter, OASST_HINT};
+use srlm_core::oasst::{ranked_prompt, ranked_turns, RankedPrompt, Tree, TreeFilter, OASST_HINT};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
@@ -46,6 +46,10 @@ pub struct EvalJudgeArgs {
     /// Keep machine-written (synthetic) prompts and replies.
     #[arg(long)]
     pub keep_synthetic: bool,
+    /// Judge only the first turn of each tree (the paper's set); by default every turn with
+    /// ranked replies counts, a later turn with the conversation before it as its question.
+    #[arg(long)]
+    pub first_turn: bool,
     /// Which reading of the judgements the headline `agreement` reports (both are computed).
     #[arg(long, default_value = "sampled")]
     pub score: ScoreMode,
@@ -94,7 +98,10 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     let trees = read_jsonl::<Tree>(&data, OASST_HINT)?;
     let mut prompts: Vec<RankedPrompt> = trees
         .iter()
-        .filter_map(|t| ranked_prompt(&t.record, &filter))
+        .flat_map(|t| match a.first_turn {
+            true => ranked_prompt(&t.record, &filter).into_iter().collect(),
+            false => ranked_turns(&t.record, &filter),
+        })
         .collect();
     if let Some(n) = a.limit {
         prompts.truncate(n);

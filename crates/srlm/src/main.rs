@@ -5,6 +5,7 @@ mod bench;
 mod bench_serve;
 mod builtin;
 mod chat;
+mod contrast;
 mod eft;
 mod eval;
 mod eval_vs;
@@ -59,7 +60,11 @@ pub(crate) enum Command {
     Sft(train::SftArgs),
     /// Direct Preference Optimization on {"prompt", "chosen", "rejected"} JSONL (resumable).
     Dpo(train::DpoArgs),
-    /// Judge-training (EFT) examples from `eval judge` judgements that agree with human ranks.
+    /// Contrasting answers for judge training without labels: each prompt and a modified
+    /// instruction, both answered (Self-Taught Evaluators; resumable).
+    Contrast(contrast::ContrastArgs),
+    /// Judge-training (EFT) examples: judgements of human-ranked replies (`eval judge`) or of
+    /// contrasting answers (`contrast` + `judge`) that order them as their ranks do.
     Eft(eft::EftArgs),
     /// Evaluation: the judge against human rankings.
     #[command(subcommand)]
@@ -105,6 +110,7 @@ pub(crate) fn dispatch(command: Command) -> Result<()> {
         Command::Pairs(a) => stages::pairs(a),
         Command::Sft(a) => train::run_sft(a),
         Command::Dpo(a) => train::run_dpo(a),
+        Command::Contrast(a) => contrast::run(a),
         Command::Eft(a) => eft::run(a),
         Command::Eval(e) => eval::run(e),
         Command::Export(e) => export::run(e),

@@ -1,6 +1,9 @@
 //! `srlm run`: the whole self-rewarding loop in a run directory.
 //!
-//! M0 (the base model) is fine-tuned on the seed's IFT and EFT examples into M1; then for
+//! M0 (the base model) is fine-tuned on the seed's IFT and EFT examples; with `[eft] data`
+//! (the default: the Open Assistant training split srlm ships) that model then judges
+//! human-ranked replies, the judgements that follow the human order become judge-training
+//! examples (the paper's EFT construction, `srlm eft`), and a second SFT on them gives M1. Then for
 //! t = 1..=iterations: new prompts (self-instruction), N candidates per prompt from M_t, k
 //! judgements per candidate by M_t, best-against-worst pairs, and DPO from M_t gives M_{t+1}.
 //!
@@ -13,7 +16,9 @@
 //! RUN/config.toml        the resolved config (a rerun with a different one is refused)
 //! RUN/manifest.json      finished stages: command, inputs by hash, outputs, seconds
 //! RUN/seed/              ift.jsonl, eft.jsonl, sft.jsonl (IFT + EFT as prompt/response)
-//! RUN/models/m1 ...      Hugging Face folders
+//! RUN/eft/              the judge bootstrap: data/ (the ranked trees), judgements.jsonl,
+//!                        eft.jsonl (kept judgements), sft.jsonl (them as prompt/response)
+//! RUN/models/m1 ...      Hugging Face folders (m1-seed: the seed SFT the bootstrap starts from)
 //! RUN/iter1/             prompts.jsonl (+ .attempts.jsonl), candidates.jsonl,
 //!                        judgements.jsonl, pairs.jsonl (+ .stats.json)
 //! ```
@@ -22,6 +27,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use srlm_core::eft::Select;
 use srlm_core::jsonl::{read_jsonl, write_atomic, write_jsonl_atomic};
 use srlm_core::judge::{judge_prompt, ScoreMode};
 use srlm_core::seed::{load_eft, load_ift, EftExample, IftExample};
@@ -53,12 +59,12 @@ pub struct RunConfig {
     pub model: ModelSection,
     pub seed_data: SeedSection,
     pub sft: TrainSection,
+    pub eft: EftSection,
     pub prompts: PromptsSection,
     pub sample: GenSection,
     pub judge: JudgeSection,
     pub pairs: PairsSection,
     pub dpo: DpoSection,
-    #[serde(skip_serializing_if = "EvalSection::is_off")]
     pub eval: EvalSection,
     /// OpenAI-compatible servers by name, for the roles' `backend` keys.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -96,21 +102,27 @@ impl Default for BackendSection {
     }
 }
 
-/// Evaluation of every model after the loop (each part skipped while its data is empty).
+/// Evaluation of every model after the loop, on by default on data nothing in the run trains
+/// on (each part skipped when its data is set to "").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalSection {
-    /// Open Assistant trees: each model judges their human-ranked replies (`srlm eval judge`).
+    /// Open Assistant trees: each model judges their human-ranked replies (`srlm eval judge`,
+    /// with the judge's own settings); "builtin:oasst-eval" is the held-out split srlm ships.
     pub judge_data: String,
     /// Prompts judged (0: all).
     pub judge_limit: usize,
+    /// Judgements per reply.
     pub judge_k: usize,
-    /// Prompts for head-to-head (`srlm eval vs`) of every later model against every earlier.
+    /// Prompts for head-to-head (`srlm eval vs`) of every later model against M1;
+    /// "builtin:vicuna" is Vicuna's 80 questions.
     pub prompts: String,
     pub prompts_limit: usize,
-    /// The fixed judge of head-to-head: "base" (M0), "m1", or a path.
+    /// The fixed judge of head-to-head: "m1" (the same judge for every comparison), "base"
+    /// (M0), or a path.
     pub vs_judge: String,
-    /// pairwise (both orders) or scores.
+    /// "scores" (each answer scored alone with the additive prompt, `judge.score`'s reading:
+    /// no position to be biased by) or "pairwise" (both answers shown, in both orders).
     pub vs_mode: String,
     /// Where the head-to-head judge runs: "local" (`vs_judge`) or a [backends] name.
     pub vs_backend: String,
@@ -120,22 +132,16 @@ pub struct EvalSection {
 impl Default for EvalSection {
     fn default() -> Self {
         Self {
-            judge_data: String::new(),
+            judge_data: "builtin:oasst-eval".into(),
             judge_limit: 0,
-            judge_k: 3,
-            prompts: String::new(),
+            judge_k: 1,
+            prompts: "builtin:vicuna".into(),
             prompts_limit: 0,
-            vs_judge: "base".into(),
-            vs_mode: "pairwise".into(),
+            vs_judge: "m1".into(),
+            vs_mode: "scores".into(),
             vs_backend: "local".into(),
             max_new_tokens: 256,
         }
-    }
-}
-
-impl EvalSection {
-    fn is_off(&self) -> bool {
-        *self == Self::default()
     }
 }
 
@@ -174,6 +180,29 @@ pub struct TrainSection {
     pub lora_rank: usize,
     /// Steps between saves of the resume state.
     pub save_every: u64,
+}
+
+/// The judge bootstrap (the paper's EFT from human-ranked replies): the seed SFT judges the
+/// ranked replies of `data`, `srlm eft` keeps the judgements that follow the human order, and
+/// SFT on them (with `[sft]`'s settings, `epochs` of them) gives M1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EftSection {
+    /// Open Assistant trees with ranked replies; "builtin:oasst-train" is the training split
+    /// srlm ships (disjoint from the evaluation's `builtin:oasst-eval`); "" turns the
+    /// bootstrap off, and M1 is the seed SFT.
+    pub data: String,
+    /// Prompts judged (0: all).
+    pub limit: usize,
+    /// Judgements per reply: more give more chances of one that follows the ranking.
+    pub k: usize,
+    /// Sampling temperature of those judgements (diverse samples to choose among).
+    pub temperature: f32,
+    /// "order" (one sample per reply whose scores follow the ranking) or "mean" (the paper:
+    /// the replies' mean scores follow it).
+    pub select: Select,
+    /// Epochs of the SFT on the kept judgements.
+    pub epochs: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,6 +285,7 @@ impl Default for RunConfig {
             model: ModelSection::default(),
             seed_data: SeedSection::default(),
             sft: TrainSection::default(),
+            eft: EftSection::default(),
             prompts: PromptsSection::default(),
             sample: GenSection::default(),
             judge: JudgeSection::default(),
@@ -306,6 +336,21 @@ impl Default for TrainSection {
     }
 }
 
+impl Default for EftSection {
+    /// As measured on the held-out split (README, "the judge"): order-selected judgements of
+    /// four samples at temperature 1, two epochs.
+    fn default() -> Self {
+        Self {
+            data: "builtin:oasst-train".into(),
+            limit: 0,
+            k: 4,
+            temperature: 1.0,
+            select: Select::Order,
+            epochs: 2,
+        }
+    }
+}
+
 impl Default for PromptsSection {
     fn default() -> Self {
         Self {
@@ -341,7 +386,7 @@ impl Default for GenSection {
 impl Default for JudgeSection {
     fn default() -> Self {
         Self {
-            score: ScoreMode::Sampled,
+            score: ScoreMode::Expected,
             k: 3,
             temperature: 0.7,
             top_p: 0.9,
@@ -738,6 +783,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let mut run = Run {
         dir: dir.clone(),
         stage_total: 2
+            + if cfg.eft.data.is_empty() { 0 } else { 3 }
             + 5 * cfg.iterations
             + if cfg.eval.judge_data.is_empty() {
                 0
@@ -747,7 +793,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             + if cfg.eval.prompts.is_empty() {
                 0
             } else {
-                cfg.iterations * (cfg.iterations + 1) / 2
+                cfg.iterations
             },
         manifest,
         hashed: Default::default(),
@@ -789,22 +835,32 @@ pub fn run(a: RunArgs) -> Result<()> {
         )?;
     }
 
-    // M0 -> M1 by SFT on IFT + EFT.
+    // M0 -> M1 by SFT on IFT + EFT; with the bootstrap, that model is m1-seed, and M1 is it
+    // trained further on its own judgements that follow human rankings.
     let models = dir.join("models");
     let m1 = models.join("m1");
+    let bootstrap = !cfg.eft.data.is_empty();
+    let seed_model = if bootstrap {
+        models.join("m1-seed")
+    } else {
+        m1.clone()
+    };
     let base = run.base.clone();
     let mut cmd = vec!["sft".to_string(), "--data".into(), s(&sft_path)];
-    cmd.extend(train_flags(&cfg, &cfg.sft, &base, &m1));
+    cmd.extend(train_flags(&cfg, &cfg.sft, &base, &seed_model));
     run.stage(
-        "sft m1",
+        if bootstrap { "sft m1-seed" } else { "sft m1" },
         cmd,
         &[&sft_path, &base],
-        &[&m1.join("config.json")],
+        &[&seed_model.join("config.json")],
         |c| {
             srlm(c)?;
             Ok(None)
         },
     )?;
+    if bootstrap {
+        bootstrap_judge(&mut run, &cfg, &seed_model, &m1)?;
+    }
 
     let mut current = m1;
     let mut earlier_prompts: Vec<PathBuf> = Vec::new();
@@ -1009,8 +1065,109 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The judge bootstrap: `seed_model` judges the ranked replies of `[eft] data` (`srlm eval
+/// judge`), `srlm eft` keeps the judgements that follow the human order, and SFT on them
+/// from `seed_model` gives `m1`.
+fn bootstrap_judge(run: &mut Run, cfg: &RunConfig, seed_model: &Path, m1: &Path) -> Result<()> {
+    let e = &cfg.eft;
+    let dir = run.dir.join("eft");
+    let data = data_file(&e.data, &dir.join("data"))?;
+    let (judgements, eft, sft) = (
+        dir.join("judgements.jsonl"),
+        dir.join("eft.jsonl"),
+        dir.join("sft.jsonl"),
+    );
+    let mut cmd = vec![
+        "eval".to_string(),
+        "judge".into(),
+        "--data".into(),
+        s(&data),
+        "--out".into(),
+        s(&judgements),
+        "--k".into(),
+        e.k.to_string(),
+    ];
+    cmd.extend(sampling_flags(
+        cfg.batch_size,
+        e.temperature,
+        cfg.judge.top_p,
+        cfg.judge.max_new_tokens,
+        cfg.seed + 500,
+    ));
+    if e.limit > 0 {
+        cmd.extend(["--limit".into(), e.limit.to_string()]);
+    }
+    cmd.extend(model_flags(cfg, seed_model));
+    let metrics = PathBuf::from(format!("{}.metrics.json", judgements.display()));
+    run.stage("eft judge", cmd, &[&data, seed_model], &[&metrics], |c| {
+        srlm(c)?;
+        Ok(crate::report::read_json(&metrics).map(|v| v["agreement"]["pairwise_accuracy"].clone()))
+    })?;
+
+    let cmd = vec![
+        "eft".to_string(),
+        "--data".into(),
+        s(&data),
+        "--judgements".into(),
+        s(&judgements),
+        "--out".into(),
+        s(&eft),
+        "--select".into(),
+        match e.select {
+            Select::Mean => "mean",
+            Select::Order => "order",
+        }
+        .into(),
+        "--seed".into(),
+        cfg.seed.to_string(),
+    ];
+    let max_len = cfg.sft.max_len;
+    run.stage("eft", cmd, &[&data, &judgements], &[&eft, &sft], |c| {
+        srlm(c)?;
+        let examples = load_eft(&eft)?;
+        if examples.is_empty() {
+            bail!("no judgement of {} follows the human ranking, so there is nothing to train the judge on\n  hint: more samples per reply ([eft] k), or [eft] data = \"\" to skip the bootstrap", judgements.display());
+        }
+        let tokenizer = srlm_engine::tokenizer::tokenizer_from_file(&seed_model.join("tokenizer.json"))?;
+        let records = crate::eft::as_sft(&examples, &tokenizer, max_len);
+        write_jsonl_atomic(&sft, &records)?;
+        Ok(Some(serde_json::json!({"examples": records.len()})))
+    })?;
+
+    let mut train = cfg.sft.clone();
+    train.epochs = e.epochs;
+    let mut cmd = vec!["sft".to_string(), "--data".into(), s(&sft)];
+    cmd.extend(train_flags(cfg, &train, seed_model, m1));
+    run.stage(
+        "sft m1",
+        cmd,
+        &[&sft, seed_model],
+        &[&m1.join("config.json")],
+        |c| {
+            srlm(c)?;
+            Ok(None)
+        },
+    )
+}
+
+/// A data setting as a file: a path as it is, or shipped data (`builtin:NAME`) written into
+/// `dir`, so the run's manifest hashes a file inside the run.
+fn data_file(spec: &str, dir: &Path) -> Result<PathBuf> {
+    match crate::builtin::text(spec)? {
+        None => Ok(PathBuf::from(spec)),
+        Some(text) => {
+            std::fs::create_dir_all(dir)?;
+            let p = dir.join(format!("{}.jsonl", &spec["builtin:".len()..]));
+            if std::fs::read(&p).ok().as_deref() != Some(text.as_bytes()) {
+                write_atomic(&p, text.as_bytes())?;
+            }
+            Ok(p)
+        }
+    }
+}
+
 /// The evaluation stages: every model as a judge against human ranks, every later model
-/// against every earlier one (judged on `vs_remote`'s server, if any).
+/// against M1 (judged on `vs_remote`'s server, if any).
 fn evaluate(
     run: &mut Run,
     cfg: &RunConfig,
@@ -1023,7 +1180,7 @@ fn evaluate(
         .map(|m| models.join(format!("m{m}")))
         .collect();
     if !e.judge_data.is_empty() {
-        let data = PathBuf::from(&e.judge_data);
+        let data = data_file(&e.judge_data, &eval_dir.join("data"))?;
         for (i, m) in all.iter().enumerate() {
             let out = eval_dir.join(format!("judge_m{}.jsonl", i + 1));
             let mut cmd = vec![
@@ -1063,60 +1220,67 @@ fn evaluate(
         }
     }
     if !e.prompts.is_empty() {
-        let prompts = PathBuf::from(&e.prompts);
+        let prompts = data_file(&e.prompts, &eval_dir.join("data"))?;
         let judge = match e.vs_judge.as_str() {
             "base" => run.base.clone(),
             "m1" => all[0].clone(),
             path => PathBuf::from(path),
         };
-        for later in 1..all.len() {
-            for earlier in 0..later {
-                let out = eval_dir.join(format!("vs_m{}_m{}", later + 1, earlier + 1));
-                let mut cmd = vec![
-                    "eval".to_string(),
-                    "vs".into(),
-                    "--a".into(),
-                    s(&all[later]),
-                    "--b".into(),
-                    s(&all[earlier]),
-                    "--judge".into(),
-                    s(&judge),
-                    "--prompts".into(),
-                    s(&prompts),
-                    "--out".into(),
-                    s(&out),
-                    "--mode".into(),
-                    e.vs_mode.clone(),
-                    "--k".into(),
-                    e.judge_k.to_string(),
-                    "--max-new-tokens".into(),
-                    e.max_new_tokens.to_string(),
-                    "--batch-size".into(),
-                    cfg.batch_size.to_string(),
-                    "--seed".into(),
-                    (cfg.seed + 400).to_string(),
-                ];
-                if e.prompts_limit > 0 {
-                    cmd.extend(["--limit".into(), e.prompts_limit.to_string()]);
-                }
-                cmd.extend(engine_flags(cfg));
-                let mut inputs: Vec<&Path> = vec![&prompts, &all[later], &all[earlier]];
-                match vs_remote {
-                    Some(flags) => cmd.extend(flags.iter().cloned()),
-                    None => inputs.push(&judge),
-                }
-                let summary = out.join("summary.json");
-                run.stage(
-                    &format!("eval vs m{} m{}", later + 1, earlier + 1),
-                    cmd,
-                    &inputs,
-                    &[&summary],
-                    |c| {
-                        srlm(c)?;
-                        Ok(crate::report::read_json(&summary).map(|v| v["a_win_rate"].clone()))
-                    },
-                )?;
+        // Every later model against M1, as the paper compares its iterations.
+        let m1 = &all[0];
+        for (i, later) in all.iter().enumerate().skip(1) {
+            let m = i + 1;
+            let out = eval_dir.join(format!("vs_m{m}_m1"));
+            let mut cmd = vec![
+                "eval".to_string(),
+                "vs".into(),
+                "--a".into(),
+                s(later),
+                "--b".into(),
+                s(m1),
+                "--judge".into(),
+                s(&judge),
+                "--prompts".into(),
+                s(&prompts),
+                "--out".into(),
+                s(&out),
+                "--mode".into(),
+                e.vs_mode.clone(),
+                "--k".into(),
+                e.judge_k.to_string(),
+                "--score".into(),
+                cfg.judge.score.name().into(),
+                "--judge-temperature".into(),
+                cfg.judge.temperature.to_string(),
+                "--judge-max-new-tokens".into(),
+                cfg.judge.max_new_tokens.to_string(),
+                "--max-new-tokens".into(),
+                e.max_new_tokens.to_string(),
+                "--batch-size".into(),
+                cfg.batch_size.to_string(),
+                "--seed".into(),
+                (cfg.seed + 400).to_string(),
+            ];
+            if e.prompts_limit > 0 {
+                cmd.extend(["--limit".into(), e.prompts_limit.to_string()]);
             }
+            cmd.extend(engine_flags(cfg));
+            let mut inputs: Vec<&Path> = vec![&prompts, later, m1];
+            match vs_remote {
+                Some(flags) => cmd.extend(flags.iter().cloned()),
+                None => inputs.push(&judge),
+            }
+            let summary = out.join("summary.json");
+            run.stage(
+                &format!("eval vs m{m} m1"),
+                cmd,
+                &inputs,
+                &[&summary],
+                |c| {
+                    srlm(c)?;
+                    Ok(crate::report::read_json(&summary).map(|v| v["a_win_rate"].clone()))
+                },
+            )?;
         }
     }
     Ok(())

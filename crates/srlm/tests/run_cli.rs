@@ -14,11 +14,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The real human data beside the repository (never copied into it).
-fn shared_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
-}
-
 fn config(model: &Path) -> String {
     let f = fixtures();
     format!(
@@ -38,6 +33,10 @@ epochs = 20
 micro_batch = 4
 grad_accum = 1
 max_len = 2048
+[eft]
+limit = 6
+k = 4
+temperature = 0.7
 [prompts]
 count = 4
 generator = "current"
@@ -59,18 +58,14 @@ grad_accum = 1
 max_len = 2048
 save_every = 1
 [eval]
-judge_data = "{trees}"
 judge_limit = 2
 judge_k = 2
-prompts = "{vicuna}"
 prompts_limit = 2
 max_new_tokens = 8
 "#,
         model = model.display(),
         ift = f.join("tiny_seed_ift.jsonl").display(),
         eft = f.join("tiny_seed_eft.jsonl").display(),
-        trees = shared_data().join("oasst/trees.jsonl").display(),
-        vicuna = shared_data().join("vicuna/question.jsonl").display(),
     )
 }
 
@@ -100,7 +95,7 @@ fn ok(o: &Output) -> String {
 /// finish), by path relative to the run.
 fn artifacts(run: &Path) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
-    for sub in ["seed", "iter1", "iter2", "eval"] {
+    for sub in ["seed", "eft", "iter1", "iter2", "eval"] {
         for e in std::fs::read_dir(run.join(sub)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "jsonl") {
@@ -120,6 +115,27 @@ fn artifacts(run: &Path) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// Equal records, numbers up to float rounding. The judge's score distribution is read from
+/// logits whose last bits depend on which sequences shared a batch, and a resumed stage
+/// batches what was left; everything sampled or written (tokens, scores, ids) must be equal.
+fn same_up_to_rounding(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_up_to_rounding(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_up_to_rounding(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 #[test]
 fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,8 +149,31 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
     let stages = manifest["stages"].as_object().unwrap();
-    // seed, sft, 2 x (prompts, sample, judge, pairs, dpo), 3 x eval judge, 3 x eval vs.
-    assert_eq!(stages.len(), 18, "{:?}", stages.keys().collect::<Vec<_>>());
+    // seed, sft m1-seed, the judge bootstrap (eft judge, eft, sft m1), 2 x (prompts, sample,
+    // judge, pairs, dpo), 3 x eval judge, 2 x eval vs (M2 and M3 against M1), on the
+    // held-out data srlm ships (the default).
+    assert_eq!(stages.len(), 20, "{:?}", stages.keys().collect::<Vec<_>>());
+    // The bootstrap judged the shipped training split with the seed SFT and trained M1 on
+    // the judgements that follow the human order.
+    let eft_judge: Value = serde_json::from_str(
+        &std::fs::read_to_string(a.join("eft/judgements.jsonl.metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(eft_judge["prompts"], 6);
+    assert!(eft_judge["data"]
+        .as_str()
+        .unwrap()
+        .ends_with("eft/data/oasst-train.jsonl"));
+    let eft = lines(&a.join("eft/eft.jsonl"));
+    assert!(!eft.is_empty());
+    assert_eq!(lines(&a.join("eft/sft.jsonl")).len(), eft.len());
+    assert_eq!(stages["eft"]["stats"]["examples"], eft.len());
+    assert!(a.join("models/m1-seed/model.safetensors").exists());
+    assert!(stages["sft m1"]["command"]
+        .as_array()
+        .unwrap()
+        .windows(2)
+        .any(|w| w[0] == "--model" && w[1].as_str().unwrap().ends_with("models/m1-seed")));
     for m in 1..=3 {
         let metrics: Value = serde_json::from_str(
             &std::fs::read_to_string(a.join(format!("eval/judge_m{m}.jsonl.metrics.json")))
@@ -142,8 +181,13 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
         )
         .unwrap();
         assert_eq!(metrics["prompts"], 2);
+        // The shipped held-out split, written into the run.
+        assert!(metrics["data"]
+            .as_str()
+            .unwrap()
+            .ends_with("eval/data/oasst-eval.jsonl"));
     }
-    for vs in ["vs_m2_m1", "vs_m3_m1", "vs_m3_m2"] {
+    for vs in ["vs_m2_m1", "vs_m3_m1"] {
         let s: Value = serde_json::from_str(
             &std::fs::read_to_string(a.join("eval").join(vs).join("summary.json")).unwrap(),
         )
@@ -226,11 +270,12 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
 
     // Rerunning a finished run does nothing.
     let again = ok(&srlm_run(&cfg, &a, None));
-    assert_eq!(again.matches(": done (").count(), 18, "{again}");
+    assert_eq!(again.matches(": done (").count(), 20, "{again}");
 
     // The same run, crashed in four places and resumed after each.
     let b = dir.path().join("b");
     for crash in [
+        "eft/judgements.jsonl:3",
         "iter1/prompts.jsonl:1",
         "iter1/judgements.jsonl:5",
         "models/m2:2",
@@ -244,7 +289,21 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
         );
     }
     ok(&srlm_run(&cfg, &b, None));
-    assert_eq!(artifacts(&a), artifacts(&b));
+    let (fa, fb) = (artifacts(&a), artifacts(&b));
+    assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
+    for (name, lines) in &fa {
+        assert_eq!(lines.len(), fb[name].len(), "{name}");
+        for (la, lb) in lines.iter().zip(&fb[name]) {
+            let (va, vb): (Value, Value) = (
+                serde_json::from_str(la).unwrap(),
+                serde_json::from_str(lb).unwrap(),
+            );
+            assert!(
+                same_up_to_rounding(&va, &vb),
+                "{name} differs after resuming:\n{la}\n{lb}"
+            );
+        }
+    }
     for m in ["m1", "m2", "m3"] {
         let wa = std::fs::read(a.join("models").join(m).join("model.safetensors")).unwrap();
         let wb = std::fs::read(b.join("models").join(m).join("model.safetensors")).unwrap();
@@ -443,6 +502,8 @@ fn a_run_judges_on_the_backend_its_config_names() {
     let cfg_text = cfg_text[..cfg_text.find("[eval]").unwrap()]
         .replace("iterations = 2", "iterations = 1")
         .replace("[judge]\n", "[judge]\nbackend = \"big\"\n")
+        .replace("[eft]\nlimit = 6\n", "[eft]\ndata = \"\"\n")
+        + "[eval]\njudge_data = \"\"\nprompts = \"\"\n"
         + &format!(
             "[backends.big]\nbase_url = \"{url}\"\nmodel = \"judge-70b\"\nconcurrency = 2\n"
         );
