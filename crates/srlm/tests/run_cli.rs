@@ -49,6 +49,7 @@ n = 3
 max_new_tokens = 16
 [judge]
 k = 2
+temperature = 0.7
 max_new_tokens = 24
 [dpo]
 lr = 0.001
