@@ -1357,7 +1357,9 @@ mod tests {
         let partial: RunConfig = toml::from_str("iterations = 3\n[sample]\nn = 8\n").unwrap();
         assert_eq!(
             (partial.iterations, partial.sample.n, partial.judge.k),
-            (3, 8, 3)
+            (3, 8, JudgeSection::default().k)
         );
+        // Keys left out take their section's defaults, not zero.
+        assert_eq!(partial.eft, EftSection::default());
     }
 }
