@@ -354,7 +354,7 @@ impl Default for EftSection {
 impl Default for PromptsSection {
     fn default() -> Self {
         Self {
-            count: 32,
+            count: 64,
             generator: "base".into(),
             from_seed: 6,
             from_generated: 2,
@@ -414,10 +414,12 @@ impl Default for DpoSection {
             loss: "sigmoid".into(),
             rpo_alpha: 0.0,
             label_smoothing: 0.0,
+            // README, "A recipe for models under 1B": 64 pairs, 2 epochs at a constant 5e-6
+            // moved SmolLM2-135M to a 0.62 win rate over M1 (2e-6 for one epoch did not move it).
             train: TrainSection {
-                lr: 2e-6,
-                min_lr: 2e-6,
-                epochs: 1,
+                lr: 5e-6,
+                min_lr: 5e-6,
+                epochs: 2,
                 micro_batch: 2,
                 grad_accum: 4,
                 warmup_steps: 0,
