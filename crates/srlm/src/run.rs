@@ -1081,27 +1081,14 @@ fn bootstrap_judge(run: &mut Run, cfg: &RunConfig, seed_model: &Path, m1: &Path)
         dir.join("eft.jsonl"),
         dir.join("sft.jsonl"),
     );
-    let mut cmd = vec![
-        "eval".to_string(),
-        "judge".into(),
-        "--data".into(),
-        s(&data),
-        "--out".into(),
-        s(&judgements),
-        "--k".into(),
-        e.k.to_string(),
-    ];
-    cmd.extend(sampling_flags(
-        cfg.batch_size,
-        e.temperature,
-        cfg.judge.top_p,
-        cfg.judge.max_new_tokens,
+    let cmd = eval_judge_command(
+        cfg,
+        seed_model,
+        &data,
+        &judgements,
+        (e.k, e.temperature, e.limit),
         cfg.seed + 500,
-    ));
-    if e.limit > 0 {
-        cmd.extend(["--limit".into(), e.limit.to_string()]);
-    }
-    cmd.extend(model_flags(cfg, seed_model));
+    );
     let metrics = PathBuf::from(format!("{}.metrics.json", judgements.display()));
     run.stage("eft judge", cmd, &[&data, seed_model], &[&metrics], |c| {
         srlm(c)?;
@@ -1154,6 +1141,42 @@ fn bootstrap_judge(run: &mut Run, cfg: &RunConfig, seed_model: &Path, m1: &Path)
     )
 }
 
+/// `srlm eval judge` of `model` on the ranked trees `data` into `out`: `k` judgements per
+/// reply at `temperature` on `limit` prompts (0: all), with the judge's other settings.
+fn eval_judge_command(
+    cfg: &RunConfig,
+    model: &Path,
+    data: &Path,
+    out: &Path,
+    (k, temperature, limit): (usize, f32, usize),
+    seed: u64,
+) -> Vec<String> {
+    let mut cmd = vec![
+        "eval".to_string(),
+        "judge".into(),
+        "--data".into(),
+        s(data),
+        "--out".into(),
+        s(out),
+        "--k".into(),
+        k.to_string(),
+        "--score".into(),
+        cfg.judge.score.name().into(),
+    ];
+    cmd.extend(sampling_flags(
+        cfg.batch_size,
+        temperature,
+        cfg.judge.top_p,
+        cfg.judge.max_new_tokens,
+        seed,
+    ));
+    if limit > 0 {
+        cmd.extend(["--limit".into(), limit.to_string()]);
+    }
+    cmd.extend(model_flags(cfg, model));
+    cmd
+}
+
 /// A data setting as a file: a path as it is, or shipped data (`builtin:NAME`) written into
 /// `dir`, so the run's manifest hashes a file inside the run.
 fn data_file(spec: &str, dir: &Path) -> Result<PathBuf> {
@@ -1187,29 +1210,14 @@ fn evaluate(
         let data = data_file(&e.judge_data, &eval_dir.join("data"))?;
         for (i, m) in all.iter().enumerate() {
             let out = eval_dir.join(format!("judge_m{}.jsonl", i + 1));
-            let mut cmd = vec![
-                "eval".to_string(),
-                "judge".into(),
-                "--data".into(),
-                s(&data),
-                "--out".into(),
-                s(&out),
-                "--k".into(),
-                e.judge_k.to_string(),
-                "--score".into(),
-                cfg.judge.score.name().into(),
-            ];
-            cmd.extend(sampling_flags(
-                cfg.batch_size,
-                cfg.judge.temperature,
-                cfg.judge.top_p,
-                cfg.judge.max_new_tokens,
+            let cmd = eval_judge_command(
+                cfg,
+                m,
+                &data,
+                &out,
+                (e.judge_k, cfg.judge.temperature, e.judge_limit),
                 cfg.seed + 300,
-            ));
-            if e.judge_limit > 0 {
-                cmd.extend(["--limit".into(), e.judge_limit.to_string()]);
-            }
-            cmd.extend(model_flags(cfg, m));
+            );
             let metrics = PathBuf::from(format!("{}.metrics.json", out.display()));
             run.stage(
                 &format!("eval judge m{}", i + 1),
