@@ -47,6 +47,9 @@ pub struct Diagnostics {
     pub judgements: usize,
     pub parse_failures: usize,
     pub parse_failure_rate: f64,
+    /// Judgements that wrote no score and were asked for one (`forced_verdict`), scored or not.
+    #[serde(default)]
+    pub forced_verdicts: usize,
     /// Parsed judgement scores as written, by value ("0" .. "5"; half points as "4.5").
     pub score_histogram: BTreeMap<String, usize>,
     /// Which reading of the judgements the candidates' scores, their spread and the pairs use.
@@ -106,6 +109,7 @@ pub fn diagnose(
     let mut written: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut with_distribution = 0;
     for j in judgements {
+        d.forced_verdicts += j.forced_verdict.is_some() as usize;
         match (j.score, j.value(mode)) {
             (Some(s), Some(v)) => {
                 *d.score_histogram.entry(label(s)).or_insert(0) += 1;

@@ -30,10 +30,18 @@ impl Message {
     }
 }
 
-/// What to feed the model: a chat (templated) or raw text.
+/// What to feed the model: a chat (templated), a chat whose assistant turn is already begun,
+/// or raw text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PromptInput {
     Chat(Vec<Message>),
+    /// `messages` through the template with the generation prompt, then `assistant`: the model
+    /// continues that text instead of starting its turn (vLLM's and SGLang's
+    /// `continue_final_message`).
+    Continue {
+        messages: Vec<Message>,
+        assistant: String,
+    },
     Raw(String),
 }
 

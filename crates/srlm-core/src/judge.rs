@@ -85,6 +85,42 @@ pub fn judge_prompt_within(
     }
 }
 
+/// What srlm writes after a judgement that ended without a score, for the judge to continue
+/// with its verdict.
+pub const VERDICT_CUE: &str = "Score:";
+
+/// The begun assistant turn that asks a judge for the verdict it did not write: its own text,
+/// cut after its last complete line when it stopped mid-line (a repetition loop that ran into
+/// the token limit), then a new line with [`VERDICT_CUE`].
+pub fn verdict_prefill(raw: &str) -> String {
+    let kept = match raw.trim_end().rfind('\n') {
+        Some(end) if !raw.ends_with('\n') && !raw[..end].trim().is_empty() => &raw[..end],
+        _ => raw,
+    };
+    format!("{}\n{VERDICT_CUE}", kept.trim_end())
+}
+
+/// The score and its distribution in what a judge wrote after [`VERDICT_CUE`]: the first line
+/// of `continuation`, read as `Score:` + that line.
+pub fn read_verdict(
+    continuation: &str,
+    logprobs: Option<&[TokenLogprob]>,
+) -> Option<(f64, Option<ScoreDistribution>)> {
+    let first = continuation.split('\n').next().unwrap_or("");
+    let text = format!("{VERDICT_CUE}{first}");
+    let score = parse_score(&text).ok()?;
+    let distribution = logprobs.and_then(|t| {
+        let cue = TokenLogprob {
+            token: VERDICT_CUE.into(),
+            logprob: 0.0,
+            top_logprobs: Vec::new(),
+        };
+        let tokens: Vec<TokenLogprob> = std::iter::once(cue).chain(t.iter().cloned()).collect();
+        score_distribution(&text, &tokens).ok().flatten()
+    });
+    Some((score, distribution))
+}
+
 /// Why a judgement has no score.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -311,11 +347,34 @@ pub struct JudgeSample {
         skip_serializing_if = "Option::is_none"
     )]
     pub distribution: Option<ScoreDistribution>,
+    /// When `raw` ended without a score: what the judge wrote after srlm's [`VERDICT_CUE`]
+    /// (see [`verdict_prefill`]); `score` and `distribution` are read from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_verdict: Option<String>,
 }
 
 impl JudgeSample {
     pub fn parse(raw: &str) -> Self {
         Self::read(raw, None)
+    }
+
+    /// The sample of `raw`, and, when `raw` wrote no score, of the `verdict` the judge
+    /// continued with after [`VERDICT_CUE`] (its text and log-probabilities).
+    pub fn read_with_verdict(
+        raw: &str,
+        logprobs: Option<&[TokenLogprob]>,
+        verdict: Option<(&str, Option<&[TokenLogprob]>)>,
+    ) -> Self {
+        let mut sample = Self::read(raw, logprobs);
+        if let (Some(ParseFailure::NoScore), Some((text, logprobs))) = (&sample.failure, verdict) {
+            if let Some((score, distribution)) = read_verdict(text, logprobs) {
+                sample.score = Some(score);
+                sample.failure = None;
+                sample.distribution = distribution;
+            }
+            sample.forced_verdict = Some(text.to_string());
+        }
+        sample
     }
 
     /// The sample of `raw`, with its score's distribution read from `logprobs` if given.
@@ -330,6 +389,7 @@ impl JudgeSample {
             score,
             failure,
             distribution,
+            forced_verdict: None,
         }
     }
 
@@ -537,5 +597,55 @@ mod tests {
             .unwrap();
         assert!(cut.contains("Why?</question>"));
         assert_eq!(judge_prompt_within(q, &r, 5, words), None);
+    }
+
+    #[test]
+    fn a_verdict_is_asked_after_the_judges_last_complete_line() {
+        let looped = "Relevant.\nThe response is vague.\nThe response is vague.\nThe resp";
+        assert_eq!(
+            verdict_prefill(looped),
+            "Relevant.\nThe response is vague.\nThe response is vague.\nScore:"
+        );
+        // A judgement that stopped at a line's end, or is one line, is kept whole.
+        assert_eq!(verdict_prefill("Fine answer.\n\n"), "Fine answer.\nScore:");
+        assert_eq!(verdict_prefill("One long line"), "One long line\nScore:");
+        assert_eq!(verdict_prefill("\nOnly this"), "\nOnly this\nScore:");
+    }
+
+    #[test]
+    fn an_asked_verdict_scores_a_judgement_that_wrote_none_and_says_so() {
+        let looped = "The response is vague.\nThe response is vague.";
+        // The judge continued " 2" after the cue, with 2 at p=0.5 and 3 at p=0.25.
+        let tokens = [
+            tok(" ", -0.01, &[]),
+            tok(
+                "2",
+                0.5f32.ln(),
+                &[("2", 0.5f32.ln()), ("3", 0.25f32.ln()), ("x", -3.0)],
+            ),
+        ];
+        let j = JudgeSample::read_with_verdict(looped, None, Some((" 2", Some(&tokens))));
+        assert_eq!(j.score, Some(2.0));
+        assert_eq!(j.failure, None);
+        assert_eq!(j.forced_verdict.as_deref(), Some(" 2"));
+        let d = j.distribution.unwrap();
+        assert!((d.probs[2] - 2.0 / 3.0).abs() < 1e-6 && (d.probs[3] - 1.0 / 3.0).abs() < 1e-6);
+        assert!((d.expected - 7.0 / 3.0).abs() < 1e-6);
+        // Without log-probabilities the written verdict counts.
+        let j = JudgeSample::read_with_verdict(looped, None, Some((" 4/5\nmore", None)));
+        assert_eq!((j.score, j.distribution.is_none()), (Some(4.0), true));
+        // A continuation that is no score leaves the failure, and records what was written.
+        let j = JudgeSample::read_with_verdict(looped, None, Some((" great", None)));
+        assert_eq!(j.failure, Some(ParseFailure::NoScore));
+        assert_eq!(j.forced_verdict.as_deref(), Some(" great"));
+        // A judgement that wrote its score is never overridden, nor one whose verdict was
+        // malformed.
+        let j = JudgeSample::read_with_verdict("Good.\nScore: 5", None, Some((" 1", None)));
+        assert_eq!((j.score, j.forced_verdict), (Some(5.0), None));
+        let j = JudgeSample::read_with_verdict("Score: 9", None, Some((" 1", None)));
+        assert_eq!(
+            (j.failure, j.forced_verdict),
+            (Some(ParseFailure::OutOfRange), None)
+        );
     }
 }

@@ -91,6 +91,12 @@ pub struct StreamOptions {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
+    /// vLLM's and SGLang's extension: continue the last message (an assistant turn already
+    /// begun) instead of starting a new one; sent with `add_generation_prompt: false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_final_message: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_generation_prompt: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

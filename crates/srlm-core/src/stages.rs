@@ -53,6 +53,9 @@ pub struct JudgementRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub distribution: Option<ScoreDistribution>,
+    /// What the judge wrote after srlm's `Score:` cue when `raw` had no score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_verdict: Option<String>,
 }
 
 impl JudgementRecord {
@@ -101,6 +104,7 @@ pub(crate) mod fixtures {
             score,
             failure: None,
             distribution: None,
+            forced_verdict: None,
         }
     }
 }

@@ -154,10 +154,14 @@ impl Engine {
     }
 
     /// The text a prompt becomes: a chat through the template (with the generation prompt),
-    /// raw text as it is.
+    /// a begun assistant turn after it, raw text as it is.
     pub fn render(&self, input: &PromptInput) -> Result<String> {
         match input {
             PromptInput::Chat(messages) => self.chat.render(messages, true),
+            PromptInput::Continue {
+                messages,
+                assistant,
+            } => Ok(self.chat.render(messages, true)? + assistant),
             PromptInput::Raw(text) => Ok(text.clone()),
         }
     }

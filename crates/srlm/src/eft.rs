@@ -57,17 +57,25 @@ pub struct EftArgs {
     pub keep_synthetic: bool,
 }
 
+/// A stored judgement as EFT reads it. A verdict srlm had to ask for counts as no score: an
+/// EFT example teaches the judge's own text, which must end with its score.
 fn sample(
     raw: String,
     score: Option<f64>,
     failure: Option<srlm_core::judge::ParseFailure>,
     distribution: Option<srlm_core::judge::ScoreDistribution>,
+    forced_verdict: Option<String>,
 ) -> JudgeSample {
+    let forced = forced_verdict.is_some();
     JudgeSample {
         raw,
-        score,
-        failure,
-        distribution,
+        score: score.filter(|_| !forced),
+        failure: match forced {
+            true => Some(srlm_core::judge::ParseFailure::NoScore),
+            false => failure,
+        },
+        distribution: distribution.filter(|_| !forced),
+        forced_verdict,
     }
 }
 
@@ -86,7 +94,13 @@ fn ranked_replies(
         samples
             .entry((r.prompt_id, r.reply))
             .or_default()
-            .push(sample(r.raw, r.score, r.failure, r.distribution));
+            .push(sample(
+                r.raw,
+                r.score,
+                r.failure,
+                r.distribution,
+                r.forced_verdict,
+            ));
     }
     let mut prompts = Vec::new();
     let trees = read_jsonl::<Tree>(&crate::builtin::resolve(data)?, OASST_HINT)?;
@@ -123,6 +137,7 @@ fn contrasting(candidates: &Path, judgements: &Path) -> Result<Vec<JudgedPrompt>
             r.score,
             r.failure,
             r.distribution,
+            r.forced_verdict,
         ));
     }
     let mut prompts: Vec<JudgedPrompt> = Vec::new();

@@ -5,6 +5,7 @@
 //! gives log-probabilities), beside the length baseline and the constant judge on the same
 //! pairs. The default data is the held-out Open Assistant split shipped in the binary.
 
+use crate::backend::ask_verdict::{judge_sample, AskVerdict};
 use crate::backend::BackendArgs;
 use crate::model_args::SamplingArgs;
 use crate::stages::{judge_params, run_resumable, seeded, WithoutDistribution};
@@ -80,6 +81,9 @@ pub struct JudgementRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub distribution: Option<ScoreDistribution>,
+    /// What the judge wrote after srlm's `Score:` cue when `raw` had no score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_verdict: Option<String>,
 }
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
@@ -134,9 +138,10 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     // Replies whose judgements failed (too long for the context, or a server that kept
     // failing) are left out of the metrics, as a missing score would be, and counted.
     let mut without = WithoutDistribution::default();
-    let run = run_resumable(backend.as_ref(), requests, &a.out, "judging", |c| {
+    let asking = AskVerdict::new(backend.as_ref());
+    let run = run_resumable(&asking, requests, &a.out, "judging", |c| {
         let (prompt_id, reply, sample, human_rank) = meta[&c.id].clone();
-        let j = JudgeSample::read(&c.text, c.logprobs.as_deref());
+        let j = judge_sample(&c);
         without.count(&j, c.logprobs.is_some());
         JudgementRecord {
             id: c.id,
@@ -148,6 +153,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
             score: j.score,
             failure: j.failure,
             distribution: j.distribution,
+            forced_verdict: j.forced_verdict,
         }
     })?;
     without.warn(backend.as_ref());
@@ -165,6 +171,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
                 score: r.score,
                 failure: r.failure,
                 distribution: r.distribution,
+                forced_verdict: r.forced_verdict,
             });
     }
     let samples = by_reply.values().map(|v| v.1.len()).sum::<usize>();
@@ -172,6 +179,11 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
         .values()
         .flat_map(|v| &v.1)
         .filter(|j| j.score.is_none())
+        .count();
+    let forced = by_reply
+        .values()
+        .flat_map(|v| &v.1)
+        .filter(|j| j.forced_verdict.is_some())
         .count();
     let with_distribution = by_reply
         .values()
@@ -206,7 +218,10 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
         "k": a.k,
         "judgements": samples,
         "failed_requests": run.failed,
+        // Judgements with no score even after being asked for one, and those that had to be
+        // asked (`forced_verdict`): the judge's own failure rate is the two together.
         "parse_failure_rate": if samples > 0 { failures as f64 / samples as f64 } else { 0.0 },
+        "forced_verdict_rate": if samples > 0 { forced as f64 / samples as f64 } else { 0.0 },
         "with_distribution": if scored > 0 { with_distribution as f64 / scored as f64 } else { 0.0 },
         "score": a.score.name(),
         "agreement": agreement,

@@ -9,7 +9,8 @@
 //! appends as it goes and resumes when rerun; the result goes to `OUT/summary.json`, with the
 //! answers' lengths and whether A's record is bought by length (`LengthCheck`).
 
-use crate::backend::BackendArgs;
+use crate::backend::ask_verdict::{judge_sample, AskVerdict};
+use crate::backend::{Backend, BackendArgs};
 use crate::model_args::SamplingArgs;
 use crate::stages::{run_resumable, seeded};
 use anyhow::{bail, Result};
@@ -20,9 +21,7 @@ use srlm_core::headtohead::{
     combine, length_check, pairwise_prompt, parse_verdict, win_rate, Outcome, Verdict,
 };
 use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_atomic};
-use srlm_core::judge::{
-    judge_prompt, JudgeSample, ScoreDistribution, ScoreMode, JUDGE_TOP_LOGPROBS,
-};
+use srlm_core::judge::{judge_prompt, ScoreDistribution, ScoreMode, JUDGE_TOP_LOGPROBS};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -101,6 +100,9 @@ struct JudgeRecord {
         skip_serializing_if = "Option::is_none"
     )]
     distribution: Option<ScoreDistribution>,
+    /// What the judge wrote after srlm's `Score:` cue when `raw` had no score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forced_verdict: Option<String>,
 }
 
 /// Evaluation prompts from any of the usual files.
@@ -252,13 +254,20 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
             .iter()
             .map(|(id, text)| seeded(id.clone(), text, &params))
             .collect();
-        run_resumable(backend.as_ref(), requests, &verdicts_path, "judging", |c| {
-            let j = JudgeSample::read(&c.text, c.logprobs.as_deref());
+        // Scores mode asks a judge that wrote no score for it; a pairwise verdict is not asked.
+        let asking = AskVerdict::new(backend.as_ref());
+        let answering: &dyn Backend = match a.mode {
+            VsMode::Scores => &asking,
+            VsMode::Pairwise => backend.as_ref(),
+        };
+        run_resumable(answering, requests, &verdicts_path, "judging", |c| {
+            let j = judge_sample(&c);
             JudgeRecord {
                 id: c.id,
                 verdict: parse_verdict(&c.text),
                 score: j.score,
                 distribution: j.distribution,
+                forced_verdict: j.forced_verdict,
                 raw: c.text,
             }
         })?;

@@ -83,6 +83,9 @@ struct JudgeEval {
     data: String,
     prompts: usize,
     parse_failure_rate: f64,
+    /// Judgements that wrote no score and were asked for it.
+    #[serde(default)]
+    forced_verdict_rate: f64,
     /// The reading the run uses.
     score: String,
     judges: JudgeComparison,
@@ -367,23 +370,24 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         .map_err(plot_err)?;
         writeln!(md, "## Judging and pairs, per iteration\n")?;
         writeln!(md, "![scores](scores.png)\n\n![lengths](lengths.png)\n")?;
-        writeln!(md, "| iteration | prompts | candidates | judgements | parse failures | mean score | k samples agree | sample std | tied prompts | unscored prompts | pairs | mean margin | mean length | chosen length | rejected length | length-score Spearman |")?;
+        writeln!(md, "| iteration | prompts | candidates | judgements | parse failures | verdicts asked | mean score | k samples agree | sample std | tied prompts | unscored prompts | pairs | mean margin | mean length | chosen length | rejected length | length-score Spearman |")?;
         writeln!(
             md,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         )?;
         for it in &its {
             let d = &it.diagnostics;
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {} ({:.0}%) | {:.2} | {:.0}% | {:.2} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
+                "| {} | {} | {} | {} | {} ({:.0}%) | {} | {:.2} | {:.0}% | {:.2} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
                 it.t, d.prompts, d.candidates, d.judgements, d.parse_failures, 100.0 * d.parse_failure_rate,
-                d.candidate_scores.mean, 100.0 * d.judge_samples_agree, d.judge_sample_std, d.prompts_tied,
+                d.forced_verdicts, d.candidate_scores.mean, 100.0 * d.judge_samples_agree, d.judge_sample_std, d.prompts_tied,
                 d.prompts_unscored, d.pairs, d.pair_margins.mean, d.response_chars.mean, d.chosen_chars.mean,
                 d.rejected_chars.mean, f(d.length_score_spearman)
             )?;
         }
-        writeln!(md, "\nA positive length-score correlation that grows over iterations, or chosen answers that keep getting longer than rejected ones, is the length bias the paper observed; `pairs.length_control` counters it.\n")?;
+        writeln!(md, "\nParse failures are judgements left without a score; verdicts asked are those that wrote none and were asked for it after `Score:` (a judge caught in a repetition loop), scored from that continuation.\n")?;
+        writeln!(md, "A positive length-score correlation that grows over iterations, or chosen answers that keep getting longer than rejected ones, is the length bias the paper observed; `pairs.length_control` counters it.\n")?;
     }
 
     // The judge against human rankings, per model.
@@ -444,7 +448,7 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             "## The judge against human rankings\n\n![judge](judge.png)\n\nEach model scores the human-ranked replies of {} (pairs of replies with different human ranks); the rows below it are the trivial judges on the same pairs. Pairwise accuracy counts a tie as a miss; ties are shown apart.\n",
             judge_rows[0].1.data
         )?;
-        writeln!(md, "| model | judge | prompts | pairs | parse failures | pairwise accuracy | ties | exact match | Spearman | Kendall tau-b | 5-best |")?;
+        writeln!(md, "| model | judge | prompts | pairs | parse failures (verdicts asked) | pairwise accuracy | ties | exact match | Spearman | Kendall tau-b | 5-best |")?;
         writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
         for (m, e) in &judge_rows {
             let j = &e.judges;
@@ -480,10 +484,11 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
                 };
                 writeln!(
                     md,
-                    "| {head} | {marked} | {} | {} | {:.1}% | {} | {} | {} | {} | {} | {} |",
+                    "| {head} | {marked} | {} | {} | {:.1}% ({:.1}%) | {} | {} | {} | {} | {} | {} |",
                     e.prompts,
                     a.pairs,
                     100.0 * e.parse_failure_rate,
+                    100.0 * e.forced_verdict_rate,
                     g(a.pairwise_accuracy),
                     if scored {
                         format!("{:.0}%", 100.0 * a.pairwise_ties)

@@ -4,6 +4,7 @@
 //! ```text
 //! GET  /v1/models            the one model served
 //! POST /v1/chat/completions  messages -> chat template; n, stream (SSE), stop, seed,
+//!                            continue_final_message (vLLM's: continue a begun assistant turn),
 //!                            logprobs + top_logprobs, ...
 //! POST /v1/completions       raw prompt text; the same options (`logprobs: N`)
 //! GET  /health
@@ -386,17 +387,25 @@ async fn chat_completions(
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid chat completion request: {e}")),
     };
-    if req.messages.is_empty() {
+    let mut messages = req.messages;
+    let Some(last) = messages.last() else {
         return bad_request("`messages` is empty".into());
-    }
-    respond(
-        s,
-        &req.model,
-        PromptInput::Chat(req.messages),
-        req.sampling,
-        Endpoint::Chat,
-    )
-    .await
+    };
+    let prompt = if req.continue_final_message {
+        if last.role != "assistant" {
+            return bad_request(
+                "`continue_final_message` needs the last message to be the assistant's".into(),
+            );
+        }
+        let assistant = messages.pop().expect("not empty").content;
+        PromptInput::Continue {
+            messages,
+            assistant,
+        }
+    } else {
+        PromptInput::Chat(messages)
+    };
+    respond(s, &req.model, prompt, req.sampling, Endpoint::Chat).await
 }
 
 async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: String) -> Response {

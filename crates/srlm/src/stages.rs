@@ -4,6 +4,7 @@
 //! records as they finish and resume by id when rerun. Sampling and judging run on the local
 //! model or, with `--api-base`, on an OpenAI-compatible server (`crate::backend`).
 
+use crate::backend::ask_verdict::{judge_sample, AskVerdict};
 use crate::backend::{Backend, BackendArgs, GenRequest, Generated, Outcome};
 use crate::generate::record_seed;
 use crate::model_args::SamplingArgs;
@@ -237,9 +238,10 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
         }
     }
     let mut without = WithoutDistribution::default();
-    run_resumable(backend.as_ref(), requests, &a.out, "judging", |c| {
+    let asking = AskVerdict::new(backend.as_ref());
+    run_resumable(&asking, requests, &a.out, "judging", |c| {
         let (candidate_id, prompt_id, sample) = meta[&c.id].clone();
-        let j = JudgeSample::read(&c.text, c.logprobs.as_deref());
+        let j = judge_sample(&c);
         without.count(&j, c.logprobs.is_some());
         JudgementRecord {
             id: c.id,
@@ -250,6 +252,7 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
             score: j.score,
             failure: j.failure,
             distribution: j.distribution,
+            forced_verdict: j.forced_verdict,
         }
     })?;
     without.warn(backend.as_ref());

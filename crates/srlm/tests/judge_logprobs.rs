@@ -212,3 +212,74 @@ fn a_server_without_logprobs_falls_back_to_the_written_score_with_a_warning() {
         (Some(0), Some(1))
     );
 }
+
+/// A judge caught in a loop: it never writes its score until asked, after `Score:`.
+#[test]
+fn a_judgement_without_a_score_is_asked_for_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    write_candidates(dir.path());
+    let looped = "The response is nice.\nThe response is nice.\nThe resp";
+    let seen = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let s = seen.clone();
+    let url = common::start(move |stream, req| {
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        s.lock().unwrap().push(body.clone());
+        let n = body["n"].as_u64().unwrap_or(1) as usize;
+        let choice = |i: usize| {
+            if body["continue_final_message"] == json!(true) {
+                let top =
+                    |t: &str, p: f64| json!({"token": t, "logprob": p.ln(), "bytes": t.as_bytes()});
+                json!({"index": i, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": " 3"},
+                    "logprobs": {"content": [
+                        {"token": " ", "logprob": -0.01, "bytes": [32], "top_logprobs": []},
+                        {"token": "3", "logprob": 0.5f64.ln(), "bytes": [51],
+                         "top_logprobs": [top("3", 0.5), top("2", 0.25), top("Three", 0.25)]}]}})
+            } else {
+                json!({"index": i, "finish_reason": "length",
+                    "message": {"role": "assistant", "content": looped}})
+            }
+        };
+        let reply_body = json!({"id": "x", "object": "chat.completion", "created": 0,
+            "model": "fake", "choices": (0..n).map(choice).collect::<Vec<_>>()});
+        reply(stream, "200 OK", "", &reply_body.to_string());
+    });
+    let out = judge(dir.path(), &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bodies = seen.lock().unwrap().clone();
+    let asks: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| b["continue_final_message"] == json!(true))
+        .collect();
+    // Four judgements (2 candidates x k=2), each asked once (a candidate's two identical asks
+    // go as one request with n = 2), greedily, for a few tokens.
+    let asked: u64 = asks.iter().map(|a| a["n"].as_u64().unwrap_or(1)).sum();
+    assert_eq!(asked, 4, "{bodies:?}");
+    for a in &asks {
+        let m = a["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 2, "{a}");
+        assert_eq!(m[1]["role"], "assistant");
+        assert_eq!(
+            m[1]["content"],
+            "The response is nice.\nThe response is nice.\nScore:"
+        );
+        assert_eq!(a["add_generation_prompt"], json!(false));
+        assert_eq!(a["temperature"], json!(0.0));
+        assert_eq!(a["top_logprobs"], json!(20));
+        assert!(a["max_tokens"].as_u64().unwrap() <= 4, "{a}");
+    }
+    let js = lines(&dir.path().join("judge.jsonl"));
+    assert_eq!(js.len(), 4);
+    for j in &js {
+        assert_eq!(j["raw"], looped, "the judge's own text is kept: {j}");
+        assert_eq!(j["forced_verdict"], " 3", "{j}");
+        assert_eq!(j["score"], json!(3.0), "{j}");
+        assert!(j.get("failure").is_none(), "{j}");
+        let e = j["score_distribution"]["expected"].as_f64().unwrap();
+        assert!((e - (3.0 * 0.5 + 2.0 * 0.25) / 0.75).abs() < 1e-6, "{j}");
+    }
+}

@@ -173,6 +173,32 @@ fn serve_speaks_the_openai_api() {
     assert_eq!(text["choices"][0]["finish_reason"], "length");
     assert_eq!(text["usage"]["completion_tokens"], 6);
 
+    // A begun assistant turn is continued (vLLM's `continue_final_message`): the same as the
+    // raw completion of the rendered chat (ChatML, the tiny model's template) and that text.
+    let begun = json!({"model": "tiny", "temperature": 0, "max_tokens": 6,
+        "messages": [{"role": "user", "content": "Name a colour."},
+                     {"role": "assistant", "content": "Score:"}],
+        "continue_final_message": true, "add_generation_prompt": false});
+    let continued = post_json(&format!("{base}/chat/completions"), &begun);
+    let raw = post_json(
+        &format!("{base}/completions"),
+        &json!({"model": "tiny", "max_tokens": 6, "temperature": 0,
+            "prompt": "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\nScore:"}),
+    );
+    assert_eq!(
+        continued["choices"][0]["message"]["content"],
+        raw["choices"][0]["text"]
+    );
+    assert_eq!(continued["usage"], raw["usage"]);
+    let mut not_assistant = begun.clone();
+    not_assistant["messages"][1]["role"] = json!("user");
+    let (status, body) = post(
+        &format!("{base}/chat/completions"),
+        &not_assistant.to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("continue_final_message"), "{body}");
+
     // Errors in OpenAI's shape.
     let (status, body) = post(
         &format!("{base}/chat/completions"),
@@ -411,9 +437,18 @@ fn remote_judge_through_srlm_serve_equals_the_local_judge() {
         js.sort_by_key(|j| j["id"].as_str().unwrap().to_string());
         js
     };
-    let local = judge("local.jsonl", false);
-    let remote = judge("remote.jsonl", true);
+    let mut local = judge("local.jsonl", false);
+    let mut remote = judge("remote.jsonl", true);
     assert_eq!(local.len(), 6);
+    // The untrained model writes no score in 48 tokens, so each judgement is asked for its
+    // verdict: the server prefills that ask after the judge prompt it has cached, the local
+    // engine prefills it whole, and the untrained model's near-tied digits after `Score:` can
+    // then differ in their last bits and flip ("90%" against "9.5"). Both were asked, and
+    // everything the judge wrote by itself is compared exactly.
+    for j in local.iter_mut().chain(remote.iter_mut()) {
+        let asked = j.as_object_mut().unwrap().remove("forced_verdict");
+        assert!(asked.is_some() || j.get("score").is_some(), "{j}");
+    }
     assert_eq!(remote, local);
 
     assert!(local.iter().all(|j| !j["raw"].as_str().unwrap().is_empty()));

@@ -75,6 +75,7 @@ impl Backend for LocalBackend {
                     text: c.text,
                     finish_reason: c.finish_reason,
                     logprobs: c.logprobs,
+                    forced_verdict: None,
                 });
                 if let Err(e) = on_outcome(out) {
                     let msg = format!("{e:#}");

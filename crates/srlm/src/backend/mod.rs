@@ -8,6 +8,7 @@
 //! remote backend's retries) comes back as [`Outcome::Failed`]; stages record those beside
 //! their output and go on, and a rerun of the stage asks for them again.
 
+pub mod ask_verdict;
 pub mod local;
 pub mod openai;
 
@@ -38,6 +39,16 @@ pub struct Generated {
     pub completion_tokens: Option<usize>,
     /// Per generated token, when the request asked for `logprobs` and the backend gave them
     /// (a server may not).
+    pub logprobs: Option<Vec<TokenLogprob>>,
+    /// A judgement that ended without a score: what the judge wrote when asked for it
+    /// ([`ask_verdict::AskVerdict`]).
+    pub forced_verdict: Option<Continuation>,
+}
+
+/// What a model wrote to continue a begun turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Continuation {
+    pub text: String,
     pub logprobs: Option<Vec<TokenLogprob>>,
 }
 

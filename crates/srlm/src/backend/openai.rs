@@ -16,7 +16,7 @@
 
 use super::{Backend, GenRequest, Generated, Outcome};
 use anyhow::{bail, Result};
-use srlm_core::generation::PromptInput;
+use srlm_core::generation::{Message, PromptInput};
 use srlm_core::openai::{
     parse_finish_reason, ChatRequest, CompletionRequest, CompletionResponse, ErrorBody,
     LogprobsField, ModelList, PromptText, SamplingFields, Stop, MAX_TOP_LOGPROBS,
@@ -228,6 +228,29 @@ impl OpenAiBackend {
                 serde_json::to_string(&ChatRequest {
                     model,
                     messages: messages.clone(),
+                    continue_final_message: false,
+                    add_generation_prompt: None,
+                    sampling: SamplingFields {
+                        logprobs: top.map(|_| LogprobsField::Flag(true)),
+                        top_logprobs: top,
+                        ..sampling
+                    },
+                }),
+            ),
+            PromptInput::Continue {
+                messages,
+                assistant,
+            } => (
+                "chat/completions",
+                serde_json::to_string(&ChatRequest {
+                    model,
+                    messages: messages
+                        .iter()
+                        .cloned()
+                        .chain([Message::new("assistant", assistant)])
+                        .collect(),
+                    continue_final_message: true,
+                    add_generation_prompt: Some(false),
                     sampling: SamplingFields {
                         logprobs: top.map(|_| LogprobsField::Flag(true)),
                         top_logprobs: top,
@@ -290,6 +313,7 @@ impl OpenAiBackend {
                             completion_tokens: usage
                                 .filter(|_| n == 1)
                                 .map(|u| u.completion_tokens),
+                            forced_verdict: None,
                         }));
                     }
                 }
@@ -389,7 +413,6 @@ impl Backend for OpenAiBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use srlm_core::generation::Message;
     use srlm_engine::sampling::SamplingParams;
 
     fn req(id: &str, prompt: &str, seed: u64) -> GenRequest {
