@@ -53,7 +53,9 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The paper's SFT settings where they apply to a small CPU run.
+    /// The paper's SFT settings where they apply to a small CPU run, for callers of this
+    /// library and its tests that set only what they exercise. srlm's commands never start
+    /// from it: their defaults live once, in the binary's `train_settings.rs`.
     fn default() -> Self {
         Self {
             method: Method::Full,

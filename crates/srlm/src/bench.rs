@@ -195,9 +195,8 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     use srlm_train::dpo::Dpo;
     use srlm_train::loss::DpoConfig;
     use srlm_train::optim::{clip_factor, global_norm, AdamW};
-    use srlm_train::params::{LoraConfig, Method, ALL_LINEAR};
     use srlm_train::sft::Sft;
-    use srlm_train::trainer::{Objective, TrainConfig, Trainer};
+    use srlm_train::trainer::{Objective, Trainer};
 
     if let Some(t) = a.threads {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
@@ -206,23 +205,15 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => srlm_engine::fetch::default_model()?,
     };
-    let method = if a.lora_rank > 0 {
-        Method::Lora(LoraConfig {
-            rank: a.lora_rank,
-            alpha: 2.0 * a.lora_rank as f64,
-            dropout: 0.0,
-            target_modules: ALL_LINEAR.iter().map(|s| s.to_string()).collect(),
-        })
-    } else {
-        Method::Full
-    };
-    let cfg = TrainConfig {
-        method,
+    // The SFT stage's settings, with the benchmark's shape.
+    let cfg = crate::train_settings::TrainSettings {
+        lora_rank: a.lora_rank,
         max_len: a.seq_len + 1,
         micro_batch: a.batch,
         grad_accum: 1,
-        ..TrainConfig::default()
-    };
+        ..crate::train_settings::TrainSettings::sft()
+    }
+    .config(42);
     let out = tempfile_dir()?;
     let trainer = Trainer::load(&path, cfg.clone(), &out)?;
     let vocab = trainer.engine.model.config().vocab_size as u32;

@@ -19,6 +19,7 @@ mod run;
 mod serve;
 mod stages;
 mod train;
+mod train_settings;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

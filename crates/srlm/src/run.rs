@@ -23,6 +23,7 @@
 //!                        judgements.jsonl, pairs.jsonl (+ .stats.json)
 //! ```
 
+use crate::train_settings::{TrainFlags, TrainSettings};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
@@ -58,7 +59,9 @@ pub struct RunConfig {
     pub batch_size: usize,
     pub model: ModelSection,
     pub seed_data: SeedSection,
-    pub sft: TrainSection,
+    /// The seed SFT and the judge bootstrap's SFT: keys set here over `TrainSettings::sft`.
+    #[serde(deserialize_with = "crate::train_settings::sft_section")]
+    pub sft: TrainSettings,
     pub eft: EftSection,
     pub prompts: PromptsSection,
     pub sample: GenSection,
@@ -166,22 +169,6 @@ pub struct SeedSection {
     pub eft: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainSection {
-    pub lr: f64,
-    pub min_lr: f64,
-    pub epochs: usize,
-    pub micro_batch: usize,
-    pub grad_accum: usize,
-    pub warmup_steps: u64,
-    pub max_len: usize,
-    pub dropout: f32,
-    pub lora_rank: usize,
-    /// Steps between saves of the resume state.
-    pub save_every: u64,
-}
-
 /// The judge bootstrap (the paper's EFT from human-ranked replies): the seed SFT judges the
 /// ranked replies of `data`, `srlm eft` keeps the judgements that follow the human order, and
 /// SFT on them (with `[sft]`'s settings, `epochs` of them) gives M1.
@@ -264,8 +251,11 @@ pub struct PairsSection {
     pub length_control: f64,
 }
 
+/// `[dpo]`: DPO's own settings and the training settings, keys set here over
+/// `TrainSettings::dpo` (read through [`DpoFile`], so that a section naming only `beta` keeps
+/// DPO's training defaults rather than SFT's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "DpoFile")]
 pub struct DpoSection {
     pub beta: f64,
     /// sigmoid or ipo.
@@ -273,7 +263,32 @@ pub struct DpoSection {
     pub rpo_alpha: f64,
     pub label_smoothing: f64,
     #[serde(flatten)]
-    pub train: TrainSection,
+    pub train: TrainSettings,
+}
+
+/// `[dpo]` as written: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DpoFile {
+    beta: Option<f64>,
+    loss: Option<String>,
+    rpo_alpha: Option<f64>,
+    label_smoothing: Option<f64>,
+    #[serde(flatten)]
+    train: TrainFlags,
+}
+
+impl From<DpoFile> for DpoSection {
+    fn from(f: DpoFile) -> Self {
+        let d = DpoSection::default();
+        Self {
+            beta: f.beta.unwrap_or(d.beta),
+            loss: f.loss.unwrap_or(d.loss),
+            rpo_alpha: f.rpo_alpha.unwrap_or(d.rpo_alpha),
+            label_smoothing: f.label_smoothing.unwrap_or(d.label_smoothing),
+            train: f.train.resolve(d.train),
+        }
+    }
 }
 
 impl Default for RunConfig {
@@ -284,7 +299,7 @@ impl Default for RunConfig {
             batch_size: 16,
             model: ModelSection::default(),
             seed_data: SeedSection::default(),
-            sft: TrainSection::default(),
+            sft: TrainSettings::sft(),
             eft: EftSection::default(),
             prompts: PromptsSection::default(),
             sample: GenSection::default(),
@@ -313,25 +328,6 @@ impl Default for SeedSection {
         Self {
             ift: vec!["builtin".into()],
             eft: vec!["builtin".into()],
-        }
-    }
-}
-
-impl Default for TrainSection {
-    /// SFT for a small model: the paper's 5.5e-6 is Llama 2 70B's rate; a 135M model learns the
-    /// judge format from a few hundred examples only with a larger one.
-    fn default() -> Self {
-        Self {
-            lr: 5e-5,
-            min_lr: 5e-6,
-            epochs: 1,
-            micro_batch: 4,
-            grad_accum: 4,
-            warmup_steps: 2,
-            max_len: 1024,
-            dropout: 0.0,
-            lora_rank: 0,
-            save_every: 25,
         }
     }
 }
@@ -414,20 +410,7 @@ impl Default for DpoSection {
             loss: "sigmoid".into(),
             rpo_alpha: 0.0,
             label_smoothing: 0.0,
-            // README, "A recipe for models under 1B": 64 pairs, 2 epochs at a constant 5e-6
-            // moved SmolLM2-135M to a 0.62 win rate over M1 (2e-6 for one epoch did not move it).
-            train: TrainSection {
-                lr: 5e-6,
-                min_lr: 5e-6,
-                epochs: 2,
-                micro_batch: 2,
-                grad_accum: 4,
-                warmup_steps: 0,
-                max_len: 1024,
-                dropout: 0.0,
-                lora_rank: 0,
-                save_every: 25,
-            },
+            train: TrainSettings::dpo(),
         }
     }
 }
@@ -668,35 +651,10 @@ fn role_model<'a>(
     }
 }
 
-fn train_flags(cfg: &RunConfig, t: &TrainSection, model: &Path, out: &Path) -> Vec<String> {
-    let mut v = vec![
-        "--model".into(),
-        s(model),
-        "--out".into(),
-        s(out),
-        "--lr".into(),
-        t.lr.to_string(),
-        "--min-lr".into(),
-        t.min_lr.to_string(),
-        "--epochs".into(),
-        t.epochs.to_string(),
-        "--micro-batch".into(),
-        t.micro_batch.to_string(),
-        "--grad-accum".into(),
-        t.grad_accum.to_string(),
-        "--warmup-steps".into(),
-        t.warmup_steps.to_string(),
-        "--max-len".into(),
-        t.max_len.to_string(),
-        "--dropout".into(),
-        t.dropout.to_string(),
-        "--lora-rank".into(),
-        t.lora_rank.to_string(),
-        "--save-every".into(),
-        t.save_every.to_string(),
-        "--seed".into(),
-        cfg.seed.to_string(),
-    ];
+fn train_flags(cfg: &RunConfig, t: &TrainSettings, model: &Path, out: &Path) -> Vec<String> {
+    let mut v = vec!["--model".into(), s(model), "--out".into(), s(out)];
+    v.extend(t.to_argv());
+    v.extend(["--seed".into(), cfg.seed.to_string()]);
     if cfg.model.threads > 0 {
         v.extend(["--threads".into(), cfg.model.threads.to_string()]);
     }
@@ -1371,5 +1329,56 @@ mod tests {
         );
         // Keys left out take their section's defaults, not zero.
         assert_eq!(partial.eft, EftSection::default());
+    }
+
+    #[test]
+    fn a_training_section_keeps_its_stages_defaults_for_keys_it_leaves_out() {
+        // `[dpo]` naming only `beta` once gave DPO the SFT's rate (5e-5, ten times DPO's).
+        let cfg: RunConfig = toml::from_str(
+            "[dpo]
+beta = 0.2
+[sft]
+epochs = 3
+weight_decay = 0.1
+",
+        )
+        .unwrap();
+        assert_eq!(cfg.dpo.beta, 0.2);
+        assert_eq!(cfg.dpo.train, TrainSettings::dpo());
+        assert_eq!(
+            cfg.sft,
+            TrainSettings {
+                epochs: 3,
+                weight_decay: 0.1,
+                ..TrainSettings::sft()
+            }
+        );
+        // Every trainer option is a key, and a misspelt one is an error in either section.
+        let every = toml::to_string(&TrainSettings::sft()).unwrap();
+        for key in [
+            "adam_beta2",
+            "max_grad_norm",
+            "lora_alpha",
+            "lora_targets",
+            "eval_every",
+        ] {
+            let line = match key {
+                "lora_alpha" => "lora_alpha = 8.0".to_string(),
+                "lora_targets" => "lora_targets = \"q_proj\"".to_string(),
+                _ => every
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .unwrap()
+                    .to_string(),
+            };
+            for section in ["sft", "dpo"] {
+                let text = format!("[{section}]\n{line}\n");
+                assert!(toml::from_str::<RunConfig>(&text).is_ok(), "{text}");
+            }
+        }
+        for section in ["sft", "dpo"] {
+            let text = format!("[{section}]\nlrr = 1.0\n");
+            assert!(toml::from_str::<RunConfig>(&text).is_err(), "{text}");
+        }
     }
 }

@@ -6,11 +6,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use srlm_train::data::{load_pairs, load_sft};
 use srlm_train::dpo::{reference_logps, Dpo};
 use srlm_train::loss::{DpoConfig, DpoLossType};
-use srlm_train::optim::AdamWConfig;
-use srlm_train::params::{LoraConfig, Method, ALL_LINEAR};
 use srlm_train::sft::Sft;
 use srlm_train::trainer::{fingerprint, Progress, RunSummary, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
+
+use crate::train_settings::{TrainFlags, TrainSettings};
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -25,61 +25,10 @@ pub struct TrainArgs {
     /// Held-out file in the same format; its loss is logged as eval/loss.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
-    /// Peak learning rate (the paper: 5.5e-6 for SFT, 1e-6 for DPO).
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// The floor the cosine schedule decays to (the paper: 1.1e-6 for SFT).
-    #[arg(long)]
-    pub min_lr: Option<f64>,
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: u64,
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
-    /// Stop after this many optimizer steps.
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    /// Examples per forward pass.
-    #[arg(long, default_value_t = 4)]
-    pub micro_batch: usize,
-    /// Micro-batches per optimizer step (batch = micro-batch x accumulation; the paper: 16).
-    #[arg(long, default_value_t = 4)]
-    pub grad_accum: usize,
-    /// Clip the global gradient norm to this; 0 is off.
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub adam_beta1: f64,
-    #[arg(long, default_value_t = 0.999)]
-    pub adam_beta2: f64,
-    #[arg(long, default_value_t = 1e-8)]
-    pub adam_eps: f64,
-    /// Dropout on attention probabilities (the paper: 0.1).
-    #[arg(long, default_value_t = 0.0)]
-    pub dropout: f32,
-    /// Longest sequence in tokens; longer ones are cut from the right.
-    #[arg(long, default_value_t = 1024)]
-    pub max_len: usize,
+    #[command(flatten)]
+    pub settings: TrainFlags,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Evaluate the held-out set every N steps (and at the end); 0: only at the end.
-    #[arg(long, default_value_t = 0)]
-    pub eval_every: u64,
-    /// Save the resume state every N steps.
-    #[arg(long, default_value_t = 25)]
-    pub save_every: u64,
-    /// Train low-rank adapters of this rank instead of every weight (0: full fine-tuning).
-    #[arg(long, default_value_t = 0)]
-    pub lora_rank: usize,
-    /// LoRA's alpha (scale = alpha / rank); default 2 x rank.
-    #[arg(long)]
-    pub lora_alpha: Option<f64>,
-    #[arg(long, default_value_t = 0.0)]
-    pub lora_dropout: f32,
-    /// Modules that get adapters, comma-separated, or all-linear.
-    #[arg(long, default_value = "all-linear")]
-    pub lora_targets: String,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -116,51 +65,9 @@ pub struct DpoArgs {
 }
 
 impl TrainArgs {
-    fn method(&self) -> Result<Method> {
-        if self.lora_rank == 0 {
-            return Ok(Method::Full);
-        }
-        let targets: Vec<String> = if self.lora_targets == "all-linear" {
-            ALL_LINEAR.iter().map(|s| s.to_string()).collect()
-        } else {
-            self.lora_targets
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .collect()
-        };
-        Ok(Method::Lora(LoraConfig {
-            rank: self.lora_rank,
-            alpha: self.lora_alpha.unwrap_or(2.0 * self.lora_rank as f64),
-            dropout: self.lora_dropout,
-            target_modules: targets,
-        }))
-    }
-
-    pub fn config(&self, default_lr: f64, default_min_lr: f64) -> Result<TrainConfig> {
-        Ok(TrainConfig {
-            method: self.method()?,
-            lr: self.lr.unwrap_or(default_lr),
-            min_lr: self
-                .min_lr
-                .unwrap_or(default_min_lr.min(self.lr.unwrap_or(default_lr))),
-            warmup_steps: self.warmup_steps,
-            epochs: self.epochs,
-            max_steps: self.max_steps,
-            micro_batch: self.micro_batch,
-            grad_accum: self.grad_accum,
-            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
-            adamw: AdamWConfig {
-                beta1: self.adam_beta1,
-                beta2: self.adam_beta2,
-                eps: self.adam_eps,
-                weight_decay: self.weight_decay,
-            },
-            seed: self.seed,
-            max_len: self.max_len,
-            attention_dropout: self.dropout,
-            eval_every: self.eval_every,
-            save_every: self.save_every,
-        })
+    /// The trainer's configuration: these flags over `defaults`, the stage's.
+    pub fn config(&self, defaults: TrainSettings) -> TrainConfig {
+        self.settings.resolve(defaults).config(self.seed)
     }
 
     pub fn load(&self, cfg: TrainConfig) -> Result<Trainer> {
@@ -232,7 +139,7 @@ fn report(summary: &RunSummary, trainer: &Trainer) {
 }
 
 pub fn run_sft(a: SftArgs) -> Result<()> {
-    let cfg = a.train.config(5.5e-6, 1.1e-6)?;
+    let cfg = a.train.config(TrainSettings::sft());
     let mut trainer = a.train.load(cfg.clone())?;
     let pad = pad_id(&trainer);
     let data = load_sft(&trainer.engine, &a.data, cfg.max_len)?;
@@ -270,7 +177,7 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
 }
 
 pub fn run_dpo(a: DpoArgs) -> Result<()> {
-    let cfg = a.train.config(1e-6, 1e-6)?;
+    let cfg = a.train.config(TrainSettings::dpo());
     let dpo_cfg = DpoConfig {
         beta: a.beta,
         loss_type: a.loss,
