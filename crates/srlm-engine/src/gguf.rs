@@ -15,14 +15,16 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// How projection weights are kept in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How projection weights are kept in memory. Serialised as the name `FromStr` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WeightFormat {
     /// Dequantized f32 tensors: the reference and training path.
     Dense,
     /// Quantized blocks as stored in the file.
     Native,
     /// Requantized to Q8_0 at load, which has fast CPU kernels (Q4_1 has none in candle).
+    #[serde(rename = "q8_0")]
     Q8_0,
     /// Q8_0 for decoding plus dense f32 for prefill and wide batches (about 5x the memory of
     /// Q8_0 alone: for a 135M model ~0.9 GB).

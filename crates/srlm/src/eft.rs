@@ -20,7 +20,7 @@ use srlm_core::stages::{CandidateRecord, JudgementRecord, CANDIDATE_HINT, JUDGEM
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct EftArgs {
     /// Open Assistant trees (oasst1 export format), judged by `srlm eval judge`;
     /// `builtin:oasst-train` is the training split srlm ships.

@@ -29,7 +29,7 @@ pub enum EvalCommand {
     Vs(crate::eval_vs::EvalVsArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct EvalJudgeArgs {
     /// Open Assistant trees (oasst1 export format); `builtin:oasst-eval` is the held-out split
     /// shipped in srlm, which nothing srlm trains on comes from.

@@ -34,7 +34,7 @@ pub enum VsMode {
     Scores,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct EvalVsArgs {
     /// Model A (GGUF file or Hugging Face folder).
     #[arg(long)]

@@ -13,6 +13,7 @@ mod export;
 mod faults;
 mod generate;
 mod model_args;
+mod pipeline;
 mod prompts;
 mod report;
 mod run;

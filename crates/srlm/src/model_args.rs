@@ -8,7 +8,7 @@ use srlm_engine::sampling::SamplingParams;
 use srlm_engine::{Engine, LoadOptions};
 use std::path::PathBuf;
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct ModelArgs {
     /// A GGUF file or a Hugging Face model folder. Default: SmolLM2-135M-Instruct, fetched on first use.
     #[arg(long, env = "SRLM_MODEL")]
@@ -48,12 +48,12 @@ impl ModelArgs {
     }
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct SamplingArgs {
     /// 0 is greedy.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = SamplingArgs::TEMPERATURE)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = SamplingArgs::TOP_P)]
     pub top_p: f32,
     /// 0 keeps every token.
     #[arg(long, default_value_t = 0)]
@@ -71,6 +71,10 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// The defaults of `--temperature` and `--top-p` (the paper's sampling of candidates).
+    pub const TEMPERATURE: f32 = 0.7;
+    pub const TOP_P: f32 = 0.9;
+
     pub fn params(&self) -> SamplingParams {
         SamplingParams {
             temperature: self.temperature,

@@ -24,7 +24,7 @@ use srlm_engine::sampling::SamplingParams;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct PromptsArgs {
     /// Seed data (any format `srlm` reads as seed: chat, prompt/response, Self-Instruct tasks,
     /// Open Assistant trees); its prompts are the few-shot examples (repeatable).

@@ -4,7 +4,8 @@
 //! head-to-head win rates (when the run's evaluation produced them, under `RUN/eval/`), the
 //! training curves, and the stage timings.
 
-use crate::run::{Manifest, RunConfig};
+use crate::pipeline::config::RunConfig;
+use crate::pipeline::manifest::Manifest;
 use anyhow::{Context, Result};
 use clap::Args;
 use plotters::prelude::*;
@@ -613,7 +614,8 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             md,
             "## Stages\n\n| stage | seconds | stats |\n|---|---|---|"
         )?;
-        let mut stages: Vec<(&String, &crate::run::StageEntry)> = manifest.stages.iter().collect();
+        let mut stages: Vec<(&String, &crate::pipeline::manifest::StageEntry)> =
+            manifest.stages.iter().collect();
         stages.sort_by_key(|a| stage_order(a.0));
         for (name, e) in stages {
             let stats = e

@@ -23,7 +23,7 @@ use srlm_engine::sampling::SamplingParams;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct SampleArgs {
     /// Prompts: {"id", "prompt"} JSONL.
     #[arg(long)]
@@ -41,7 +41,7 @@ pub struct SampleArgs {
     pub sampling: SamplingArgs,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct JudgeArgs {
     /// Candidates written by `srlm sample`.
     #[arg(long)]
@@ -59,7 +59,7 @@ pub struct JudgeArgs {
     pub sampling: SamplingArgs,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct PairsArgs {
     #[arg(long)]
     pub candidates: PathBuf,

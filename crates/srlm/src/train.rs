@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::train_settings::{TrainFlags, TrainSettings};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct TrainArgs {
     /// The model to start from: a GGUF file (dequantized to f32) or a Hugging Face folder.
     /// Default: SmolLM2-135M-Instruct, fetched on first use.
@@ -34,7 +34,7 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct SftArgs {
     /// Training data: {"messages": [...]} or {"prompt", "response"} JSONL.
     #[arg(long)]
@@ -43,7 +43,7 @@ pub struct SftArgs {
     pub train: TrainArgs,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct DpoArgs {
     /// Preference pairs: {"prompt", "chosen", "rejected"} JSONL (TRL's format).
     #[arg(long)]

@@ -134,40 +134,6 @@ impl TrainSettings {
             save_every: self.save_every,
         }
     }
-
-    /// Every setting as the flags [`TrainFlags`] reads.
-    pub fn to_argv(&self) -> Vec<String> {
-        let mut v: Vec<String> = Vec::new();
-        let mut flag = |name: &str, value: String| {
-            v.push(format!("--{name}"));
-            v.push(value);
-        };
-        flag("lr", self.lr.to_string());
-        flag("min-lr", self.min_lr.to_string());
-        flag("warmup-steps", self.warmup_steps.to_string());
-        flag("epochs", self.epochs.to_string());
-        if let Some(n) = self.max_steps {
-            flag("max-steps", n.to_string());
-        }
-        flag("micro-batch", self.micro_batch.to_string());
-        flag("grad-accum", self.grad_accum.to_string());
-        flag("max-grad-norm", self.max_grad_norm.to_string());
-        flag("weight-decay", self.weight_decay.to_string());
-        flag("adam-beta1", self.adam_beta1.to_string());
-        flag("adam-beta2", self.adam_beta2.to_string());
-        flag("adam-eps", self.adam_eps.to_string());
-        flag("dropout", self.dropout.to_string());
-        flag("max-len", self.max_len.to_string());
-        flag("eval-every", self.eval_every.to_string());
-        flag("save-every", self.save_every.to_string());
-        flag("lora-rank", self.lora_rank.to_string());
-        if let Some(a) = self.lora_alpha {
-            flag("lora-alpha", a.to_string());
-        }
-        flag("lora-dropout", self.lora_dropout.to_string());
-        flag("lora-targets", self.lora_targets.clone());
-        v
-    }
 }
 
 /// [`TrainSettings`] with every value optional: what a command line or a TOML section sets.
@@ -267,6 +233,34 @@ impl TrainFlags {
     }
 }
 
+impl From<TrainSettings> for TrainFlags {
+    /// Every value set: flags that resolve to `s` over any defaults.
+    fn from(s: TrainSettings) -> Self {
+        Self {
+            lr: Some(s.lr),
+            min_lr: Some(s.min_lr),
+            warmup_steps: Some(s.warmup_steps),
+            epochs: Some(s.epochs),
+            max_steps: s.max_steps,
+            micro_batch: Some(s.micro_batch),
+            grad_accum: Some(s.grad_accum),
+            max_grad_norm: Some(s.max_grad_norm),
+            weight_decay: Some(s.weight_decay),
+            adam_beta1: Some(s.adam_beta1),
+            adam_beta2: Some(s.adam_beta2),
+            adam_eps: Some(s.adam_eps),
+            dropout: Some(s.dropout),
+            max_len: Some(s.max_len),
+            eval_every: Some(s.eval_every),
+            save_every: Some(s.save_every),
+            lora_rank: Some(s.lora_rank),
+            lora_alpha: s.lora_alpha,
+            lora_dropout: Some(s.lora_dropout),
+            lora_targets: Some(s.lora_targets),
+        }
+    }
+}
+
 /// `[sft]` of `srlm run`'s TOML: the keys it sets over [`TrainSettings::sft`].
 pub fn sft_section<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrainSettings, D::Error> {
     Ok(TrainFlags::deserialize(d)?.resolve(TrainSettings::sft()))
@@ -312,8 +306,8 @@ mod tests {
     #[test]
     fn every_setting_survives_flags_and_toml() {
         let s = changed();
-        // Every field of `changed` differs from both defaults, so a field that `to_argv`,
-        // `resolve` or the TOML section forgot would come back as a default.
+        // Every field of `changed` differs from both defaults, so a field that `from`,
+        // `resolve`, the flags or the TOML section forgot would come back as a default.
         for d in [TrainSettings::sft(), TrainSettings::dpo()] {
             let (a, b) = (
                 serde_json::to_value(&s).unwrap(),
@@ -322,7 +316,8 @@ mod tests {
             for (k, v) in a.as_object().unwrap() {
                 assert_ne!(Some(v), b.get(k), "`{k}` of the test equals a default");
             }
-            let argv = std::iter::once("x".to_string()).chain(s.to_argv());
+            let flags = TrainFlags::from(s.clone());
+            let argv = crate::pipeline::argv::to_argv(&["x"], &flags);
             let parsed = Cli::try_parse_from(argv).unwrap().flags.resolve(d.clone());
             assert_eq!(parsed, s);
             let toml_text = toml::to_string(&s).unwrap();

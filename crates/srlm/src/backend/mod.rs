@@ -74,7 +74,7 @@ pub trait Backend {
 
 /// A remote OpenAI-compatible server, as the command line names it. Without `--api-base`,
 /// the command's local `--model` answers.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default, serde::Serialize)]
 pub struct RemoteArgs {
     /// Generate through an OpenAI-compatible server instead of a local model: its base URL,
     /// e.g. http://localhost:8000/v1 (vLLM, SGLang, llama.cpp server, `srlm serve`, a provider).
@@ -101,6 +101,10 @@ pub struct RemoteArgs {
 }
 
 impl RemoteArgs {
+    pub fn is_local(&self) -> bool {
+        self.api_base.is_none()
+    }
+
     pub fn config(&self) -> Option<openai::RemoteConfig> {
         let base_url = self.api_base.clone()?;
         Some(openai::RemoteConfig {
@@ -113,43 +117,20 @@ impl RemoteArgs {
             n_per_request: !self.api_no_n,
         })
     }
-
-    /// The flags that give these settings back (how `srlm run` passes a backend to a stage).
-    pub fn to_flags(&self) -> Vec<String> {
-        let Some(base) = &self.api_base else {
-            return Vec::new();
-        };
-        let mut v = vec!["--api-base".to_string(), base.clone()];
-        if let Some(m) = &self.api_model {
-            v.extend(["--api-model".into(), m.clone()]);
-        }
-        v.extend([
-            "--api-key-env".into(),
-            self.api_key_env.clone(),
-            "--api-concurrency".into(),
-            self.api_concurrency.to_string(),
-            "--api-timeout-s".into(),
-            self.api_timeout_s.to_string(),
-            "--api-max-retries".into(),
-            self.api_max_retries.to_string(),
-        ]);
-        if self.api_no_n {
-            v.push("--api-no-n".into());
-        }
-        v
-    }
 }
 
 /// Where a generating command's completions come from, as its flags say: the server of
 /// `--api-base`, else the local `--model` decoding `--batch-size` sequences together.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct BackendArgs {
     /// Sequences decoded together (local model).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Written into a command line only when it names a server.
     #[command(flatten)]
+    #[serde(skip_serializing_if = "RemoteArgs::is_local")]
     pub remote: RemoteArgs,
 }
 
