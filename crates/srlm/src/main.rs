@@ -2,25 +2,16 @@
 
 mod backend;
 mod bench;
-mod bench_serve;
 mod builtin;
-mod chat;
-mod contrast;
-mod eft;
-mod eval;
-mod eval_vs;
-mod export;
+mod commands;
 mod faults;
-mod generate;
 mod model_args;
 mod pipeline;
-mod prompts;
 mod report;
-mod run;
 mod serve;
-mod stages;
-mod train;
 mod train_settings;
+
+use commands::{chat, contrast, eft, eval, export, generate, prompts, run, stages, train};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -191,7 +191,7 @@ impl Then {
             Then::PromptsKept { prompts, asked } => {
                 let kept = read_jsonl::<serde_json::Value>(&prompts, "")?.len();
                 if kept == 0 {
-                    bail!("no generated prompt passed the filters\n  hint: see {} for why each was dropped", crate::prompts::attempts_path(&prompts).display());
+                    bail!("no generated prompt passed the filters\n  hint: see {} for why each was dropped", crate::commands::prompts::attempts_path(&prompts).display());
                 }
                 Ok(Some(json!({"kept": kept, "asked": asked})))
             }
@@ -234,7 +234,7 @@ impl Then {
                     bail!("no judgement of {} follows the human ranking, so there is nothing to train the judge on\n  hint: more samples per reply ([eft] k), or [eft] data = \"\" to skip the bootstrap", judgements.display());
                 }
                 let tokenizer = srlm_engine::tokenizer::tokenizer_from_file(&tokenizer)?;
-                let records = crate::eft::as_sft(&examples, &tokenizer, max_len);
+                let records = crate::commands::eft::as_sft(&examples, &tokenizer, max_len);
                 write_jsonl_atomic(&sft, &records)?;
                 Ok(Some(json!({"examples": records.len()})))
             }

@@ -3,9 +3,9 @@
 //! same by hand) in its manifest, and calls the command's function directly.
 
 use super::argv::to_argv;
+use crate::commands::{eft, eval, eval_vs, prompts, stages, train};
 #[cfg(test)]
 use crate::Command;
-use crate::{eft, eval, eval_vs, prompts, stages, train};
 use anyhow::Result;
 use serde::Serialize;
 

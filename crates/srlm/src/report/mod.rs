@@ -19,7 +19,7 @@ use srlm_core::stages::{CandidateRecord, JudgementRecord};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),

@@ -6,7 +6,7 @@
 
 use crate::backend::ask_verdict::{judge_sample, AskVerdict};
 use crate::backend::{Backend, BackendArgs, GenRequest, Generated, Outcome};
-use crate::generate::record_seed;
+use crate::commands::generate::record_seed;
 use crate::model_args::SamplingArgs;
 use anyhow::Result;
 use clap::Args;

@@ -11,8 +11,8 @@
 
 use crate::backend::ask_verdict::{judge_sample, AskVerdict};
 use crate::backend::{Backend, BackendArgs};
+use crate::commands::stages::{run_resumable, seeded};
 use crate::model_args::SamplingArgs;
-use crate::stages::{run_resumable, seeded};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};

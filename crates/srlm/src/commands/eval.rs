@@ -7,8 +7,8 @@
 
 use crate::backend::ask_verdict::{judge_sample, AskVerdict};
 use crate::backend::BackendArgs;
+use crate::commands::stages::{judge_params, run_resumable, seeded, WithoutDistribution};
 use crate::model_args::SamplingArgs;
-use crate::stages::{judge_params, run_resumable, seeded, WithoutDistribution};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ pub enum EvalCommand {
     /// Score human-ranked replies with the model as judge; report agreement with the humans.
     Judge(EvalJudgeArgs),
     /// Model A against model B on the same prompts under a fixed judge, both answer orders.
-    Vs(crate::eval_vs::EvalVsArgs),
+    Vs(crate::commands::eval_vs::EvalVsArgs),
 }
 
 #[derive(Args, Debug, serde::Serialize)]
@@ -89,7 +89,7 @@ pub struct JudgementRecord {
 pub fn run(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Judge(a) => eval_judge(a),
-        EvalCommand::Vs(a) => crate::eval_vs::eval_vs(a),
+        EvalCommand::Vs(a) => crate::commands::eval_vs::eval_vs(a),
     }
 }
 

@@ -6,8 +6,8 @@
 //! and `srlm eft --candidates OUT --judgements J` keeps judgements that rank 0 above 1.
 
 use crate::backend::BackendArgs;
+use crate::commands::stages::{run_resumable, seeded};
 use crate::model_args::SamplingArgs;
-use crate::stages::{run_resumable, seeded};
 use anyhow::Result;
 use clap::Args;
 use serde::{Deserialize, Serialize};

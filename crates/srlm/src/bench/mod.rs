@@ -1,6 +1,8 @@
 //! `srlm bench`: throughput and memory, measured the way llama.cpp's llama-bench reports them
 //! (prefill of a long prompt; decode of new tokens at batch 1 and across many sequences).
 
+pub mod serve;
+
 use crate::model_args::ModelArgs;
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -19,7 +21,7 @@ pub enum BenchCommand {
     Judge(BenchJudgeArgs),
     /// Requests/s and tokens/s of `srlm serve` (or another OpenAI-compatible server) at 1, 4
     /// and 16 concurrent clients.
-    Serve(crate::bench_serve::BenchServeArgs),
+    Serve(crate::bench::serve::BenchServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -87,7 +89,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Generate(a) => bench_generate(a),
         BenchCommand::Train(a) => bench_train(a),
         BenchCommand::Judge(a) => bench_judge(a),
-        BenchCommand::Serve(a) => crate::bench_serve::run(a),
+        BenchCommand::Serve(a) => crate::bench::serve::run(a),
     }
 }
 
