@@ -7,6 +7,7 @@
 //! Pure functions over the per-iteration diagnostics and the evaluation's judge comparisons.
 
 use crate::diagnostics::Diagnostics;
+use crate::judge::ScoreMode;
 use crate::metrics::JudgeComparison;
 use serde::{Deserialize, Serialize};
 
@@ -164,9 +165,9 @@ pub fn iteration_flags(its: &[Diagnostics], th: &Thresholds) -> Vec<Flag> {
 }
 
 /// The flags of the evaluation: model `m`'s judge against held-out human rankings.
-pub fn evaluation_flags(m: usize, c: &JudgeComparison, reading: &str) -> Vec<Flag> {
+pub fn evaluation_flags(m: usize, c: &JudgeComparison, reading: ScoreMode) -> Vec<Flag> {
     let judge = match (reading, &c.expected) {
-        ("expected", Some(e)) => e,
+        (ScoreMode::Expected, Some(e)) => e,
         _ => &c.sampled,
     };
     if judge.pairs == 0 || judge.pairwise_accuracy > c.length.pairwise_accuracy {
@@ -178,7 +179,7 @@ pub fn evaluation_flags(m: usize, c: &JudgeComparison, reading: &str) -> Vec<Fla
         seen: format!(
             "pairwise accuracy {:.3} ({} reading, ties {:.0}%) against {:.3} for \"the longer reply wins\" on the same {} pairs",
             judge.pairwise_accuracy,
-            reading,
+            reading.name(),
             100.0 * judge.pairwise_ties,
             c.length.pairwise_accuracy,
             judge.pairs
@@ -306,9 +307,9 @@ mod tests {
             constant: acc(0.0),
         };
         assert_eq!(
-            kinds(&evaluation_flags(1, &c, "sampled")),
+            kinds(&evaluation_flags(1, &c, ScoreMode::Sampled)),
             vec![(FlagKind::BelowLengthBaseline, 1)]
         );
-        assert!(evaluation_flags(1, &c, "expected").is_empty());
+        assert!(evaluation_flags(1, &c, ScoreMode::Expected).is_empty());
     }
 }

@@ -22,6 +22,7 @@ pub mod rouge;
 pub mod seed;
 pub mod selfinstruct;
 pub mod stages;
+pub mod summaries;
 pub mod train_data;
 
 pub use jsonl::{JsonlError, JsonlWriter};

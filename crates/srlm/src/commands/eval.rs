@@ -18,6 +18,7 @@ use srlm_core::judge::{
 };
 use srlm_core::metrics::{compare_judges, JudgedReply};
 use srlm_core::oasst::{ranked_prompt, ranked_turns, RankedPrompt, Tree, TreeFilter, OASST_HINT};
+use srlm_core::summaries::{to_pretty_json, JudgeEvalSummary};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
@@ -211,25 +212,26 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
         _ => judges.sampled.clone(),
     };
     let scored = samples - failures;
-    let report = serde_json::json!({
-        "model": backend.describe(),
-        "data": a.data.display().to_string(),
-        "prompts": prompts.len(),
-        "k": a.k,
-        "judgements": samples,
-        "failed_requests": run.failed,
+    let share = |n: usize, of: usize| if of > 0 { n as f64 / of as f64 } else { 0.0 };
+    let summary = JudgeEvalSummary {
+        model: backend.describe(),
+        data: a.data.display().to_string(),
+        prompts: prompts.len(),
+        k: a.k,
+        judgements: samples,
+        failed_requests: run.failed,
         // Judgements with no score even after being asked for one, and those that had to be
         // asked (`forced_verdict`): the judge's own failure rate is the two together.
-        "parse_failure_rate": if samples > 0 { failures as f64 / samples as f64 } else { 0.0 },
-        "forced_verdict_rate": if samples > 0 { forced as f64 / samples as f64 } else { 0.0 },
-        "with_distribution": if scored > 0 { with_distribution as f64 / scored as f64 } else { 0.0 },
-        "score": a.score.name(),
-        "agreement": agreement,
-        "judges": judges,
-    });
+        parse_failure_rate: share(failures, samples),
+        forced_verdict_rate: share(forced, samples),
+        with_distribution: share(with_distribution, scored),
+        score: a.score,
+        agreement,
+        judges,
+    };
     let metrics_path = PathBuf::from(format!("{}.metrics.json", a.out.display()));
-    std::fs::write(&metrics_path, serde_json::to_string_pretty(&report)?)
+    std::fs::write(&metrics_path, to_pretty_json(&summary)?)
         .with_context(|| format!("writing {}", metrics_path.display()))?;
-    println!("{report}");
+    println!("{}", serde_json::to_value(&summary)?);
     Ok(())
 }

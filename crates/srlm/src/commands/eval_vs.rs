@@ -22,6 +22,7 @@ use srlm_core::headtohead::{
 };
 use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_atomic};
 use srlm_core::judge::{judge_prompt, ScoreDistribution, ScoreMode, JUDGE_TOP_LOGPROBS};
+use srlm_core::summaries::{to_pretty_json, PromptOutcome, VsSummary};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,16 @@ pub enum VsMode {
     Pairwise,
     /// The judge scores each answer alone (additive prompt, k samples).
     Scores,
+}
+
+impl VsMode {
+    /// As the flag and the summary spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pairwise => "pairwise",
+            Self::Scores => "scores",
+        }
+    }
 }
 
 #[derive(Args, Debug, serde::Serialize)]
@@ -310,7 +321,10 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
                 }
             }
         };
-        per_prompt.push(serde_json::json!({"id": id, "outcome": outcome}));
+        per_prompt.push(PromptOutcome {
+            id: id.clone(),
+            outcome,
+        });
         outcomes.push(outcome);
     }
     let wr = win_rate(&outcomes);
@@ -321,33 +335,36 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
     };
     let lengths = length_check(&outcomes, &chars(&answers_a), &chars(&answers_b));
     let judgements = records.len();
-    let summary = serde_json::json!({
-        "a": a.a.display().to_string(),
-        "b": a.b.display().to_string(),
-        "judge": match (&a.backend.remote.api_base, &a.judge) {
-            (Some(url), _) => format!("{} at {url}", a.backend.remote.api_model.as_deref().unwrap_or("(first listed)")),
+    let summary = VsSummary {
+        a: a.a.display().to_string(),
+        b: a.b.display().to_string(),
+        judge: match (&a.backend.remote.api_base, &a.judge) {
+            (Some(url), _) => format!(
+                "{} at {url}",
+                a.backend
+                    .remote
+                    .api_model
+                    .as_deref()
+                    .unwrap_or("(first listed)")
+            ),
             (None, Some(p)) => p.display().to_string(),
             (None, None) => "default".into(),
         },
-        "prompts": a.prompts.display().to_string(),
-        "mode": a.mode,
-        "score": (a.mode == VsMode::Scores).then_some(a.score.name()),
-        "compared": outcomes.len(),
-        "a_win_rate": wr,
-        "lengths": lengths,
-        "judge_unparsed": unparsed,
-        "judgements": judgements,
-        // Pairwise: how often the answer shown first won; 0.5 is no position bias.
-        "first_position_win_share": if a.mode == VsMode::Pairwise && judgements > 0 {
-            Some(first_shown_wins as f64 / judgements as f64)
-        } else {
-            None
-        },
-        "outcomes": per_prompt,
-    });
+        prompts: a.prompts.display().to_string(),
+        mode: a.mode.name().into(),
+        score: (a.mode == VsMode::Scores).then(|| a.score.name().into()),
+        compared: outcomes.len(),
+        a_win_rate: wr,
+        lengths,
+        judge_unparsed: unparsed,
+        judgements,
+        first_position_win_share: (a.mode == VsMode::Pairwise && judgements > 0)
+            .then(|| first_shown_wins as f64 / judgements as f64),
+        outcomes: per_prompt,
+    };
     write_atomic(
         &a.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
+        to_pretty_json(&summary)?.as_bytes(),
     )?;
     println!(
         "A wins {}, ties {}, loses {} of {}: score {:.3} (95% CI {:.3}-{:.3}); {} unparsed judgements; answers {:.0} vs {:.0} characters{}",

@@ -12,8 +12,9 @@ use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use srlm_core::diagnostics::diagnose;
 use srlm_core::generation::{Message, PromptInput};
-use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_jsonl_atomic, JsonlWriter};
+use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_atomic, write_jsonl_atomic, JsonlWriter};
 use srlm_core::judge::{judge_prompt, JudgeSample, ScoreMode, JUDGE_TOP_LOGPROBS};
 use srlm_core::pairs::{build_pairs, PairOptions};
 use srlm_core::stages::{
@@ -78,6 +79,10 @@ pub struct PairsArgs {
     /// token (judgements without a distribution count their written score).
     #[arg(long, default_value = "sampled")]
     pub score: ScoreMode,
+    /// Also write the iteration's diagnostics here (score histogram, agreement of the k
+    /// samples, ties, lengths of chosen and rejected: what `srlm report` shows).
+    #[arg(long)]
+    pub diagnostics: Option<PathBuf>,
 }
 
 /// What a stage's generation came to.
@@ -325,6 +330,10 @@ pub fn pairs(a: PairsArgs) -> Result<()> {
     };
     let (pairs, stats) = build_pairs(&candidates, &judgements, &opts);
     write_jsonl_atomic(&a.out, &pairs)?;
+    if let Some(path) = &a.diagnostics {
+        let d = diagnose(&candidates, &judgements, &pairs, &stats, a.score);
+        write_atomic(path, serde_json::to_string_pretty(&d)?.as_bytes())?;
+    }
     println!("{}", serde_json::to_string(&stats)?);
     Ok(())
 }

@@ -8,7 +8,7 @@
 //!                        eft.jsonl (kept judgements), sft.jsonl (them as prompt/response)
 //! RUN/models/m1 ...      Hugging Face folders (m1-seed: the seed SFT the bootstrap starts from)
 //! RUN/iter1/             prompts.jsonl (+ .attempts.jsonl), candidates.jsonl,
-//!                        judgements.jsonl, pairs.jsonl (+ .stats.json)
+//!                        judgements.jsonl, pairs.jsonl, diagnostics.json (the pairs stage's)
 //! RUN/eval/              data/, judge_m1.jsonl (+ .metrics.json) ..., vs_m2_m1/ ...
 //! RUN/report/            report.md and its plots
 //! ```
@@ -42,6 +42,8 @@ pub struct IterationFiles {
     pub candidates: PathBuf,
     pub judgements: PathBuf,
     pub pairs: PathBuf,
+    /// The judge's and the pairs' diagnostics, written by the pairs stage.
+    pub diagnostics: PathBuf,
 }
 
 /// `RUN/eval/`.
@@ -117,6 +119,7 @@ impl Layout {
             candidates: d.join("candidates.jsonl"),
             judgements: d.join("judgements.jsonl"),
             pairs: d.join("pairs.jsonl"),
+            diagnostics: d.join("diagnostics.json"),
         }
     }
 

@@ -4,32 +4,15 @@
 use super::layout::Layout;
 use super::plan::{Planned, Then, Work};
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use srlm_core::jsonl::{read_jsonl, write_atomic, write_jsonl_atomic};
 use srlm_core::seed::{load_eft, load_ift, EftExample, IftExample};
+use srlm_core::summaries::{read_summary, JudgeEvalSummary, VsSummary};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// One finished stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StageEntry {
-    /// The srlm command line that ran it (without the program name).
-    pub command: Vec<String>,
-    /// Input path (relative to the run) -> SHA-256.
-    pub inputs: BTreeMap<String, String>,
-    pub outputs: Vec<String>,
-    pub seconds: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Manifest {
-    pub schema_version: u32,
-    pub stages: BTreeMap<String, StageEntry>,
-}
+pub use srlm_core::summaries::{Manifest, StageEntry};
 
 fn sha256_file(path: &Path, h: &mut Sha256) -> Result<()> {
     let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
@@ -220,8 +203,8 @@ impl Then {
                 }
                 Ok(Some(json!({"pairs": n})))
             }
-            Then::JudgeAccuracy { metrics } => Ok(crate::report::read_json(&metrics)
-                .map(|v| v["agreement"]["pairwise_accuracy"].clone())),
+            Then::JudgeAccuracy { metrics } => Ok(read_summary::<JudgeEvalSummary>(&metrics)
+                .map(|m| json!(m.agreement.pairwise_accuracy))),
             Then::EftAsSft {
                 eft,
                 judgements,
@@ -238,9 +221,9 @@ impl Then {
                 write_jsonl_atomic(&sft, &records)?;
                 Ok(Some(json!({"examples": records.len()})))
             }
-            Then::WinRate { summary } => {
-                Ok(crate::report::read_json(&summary).map(|v| v["a_win_rate"].clone()))
-            }
+            Then::WinRate { summary } => Ok(read_summary::<VsSummary>(&summary)
+                .map(|v| serde_json::to_value(v.a_win_rate))
+                .transpose()?),
         }
     }
 }

@@ -251,6 +251,7 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
                     length_control: (cfg.pairs.length_control >= 0.0)
                         .then_some(cfg.pairs.length_control),
                     score: cfg.judge.score,
+                    diagnostics: Some(it.diagnostics.clone()),
                 }),
                 Then::PairsMade {
                     pairs: it.pairs.clone(),
@@ -259,7 +260,7 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
                 },
             ),
             inputs: vec![it.candidates.clone(), it.judgements.clone()],
-            outputs: vec![it.pairs.clone()],
+            outputs: vec![it.pairs.clone(), it.diagnostics.clone()],
         });
 
         let d = &cfg.dpo;

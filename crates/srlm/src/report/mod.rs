@@ -1,6 +1,6 @@
 //! `srlm report RUN_DIR`: report.md with PNG plots for a run of `srlm run`: per iteration, the
-//! reward-hacking diagnostics (`srlm_core::diagnostics`, recomputed from the artifacts and
-//! written to `iterN/diagnostics.json`), the judge's agreement with human rankings and the
+//! reward-hacking diagnostics (`srlm_core::diagnostics`, as the pairs stage wrote them to
+//! `iterN/diagnostics.json`), the judge's agreement with human rankings and the
 //! head-to-head win rates (when the run's evaluation produced them, under `RUN/eval/`), the
 //! training curves, and the stage timings.
 
@@ -13,9 +13,11 @@ use serde_json::Value;
 use srlm_core::diagnostics::{diagnose, Diagnostics};
 use srlm_core::health::{evaluation_flags, iteration_flags, FlagKind, Thresholds};
 use srlm_core::jsonl::{read_jsonl, write_atomic};
-use srlm_core::metrics::{JudgeAgreement, JudgeComparison};
+use srlm_core::judge::ScoreMode;
+use srlm_core::metrics::JudgeAgreement;
 use srlm_core::pairs::{build_pairs, PairOptions};
 use srlm_core::stages::{CandidateRecord, JudgementRecord};
+use srlm_core::summaries::{read_summary, JudgeEvalSummary, VsSummary};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -67,33 +69,17 @@ fn iterations(run: &Path, cfg: &RunConfig) -> Result<Vec<Iteration>> {
             read_jsonl(&c, "")?.into_iter().map(|l| l.record).collect();
         let judgements: Vec<JudgementRecord> =
             read_jsonl(&j, "")?.into_iter().map(|l| l.record).collect();
-        let (pairs, stats) = build_pairs(&candidates, &judgements, &opts);
-        let d = diagnose(&candidates, &judgements, &pairs, &stats, cfg.judge.score);
-        write_atomic(
-            &it.join("diagnostics.json"),
-            serde_json::to_string_pretty(&d)?.as_bytes(),
-        )?;
+        // The pairs stage wrote them; a run from before it did is diagnosed here, in memory.
+        let d = match read_summary::<Diagnostics>(&it.join("diagnostics.json")) {
+            Some(d) => d,
+            None => {
+                let (pairs, stats) = build_pairs(&candidates, &judgements, &opts);
+                diagnose(&candidates, &judgements, &pairs, &stats, cfg.judge.score)
+            }
+        };
         out.push(Iteration { t, diagnostics: d });
     }
     Ok(out)
-}
-
-/// What `srlm eval judge` writes to `<out>.metrics.json`, the parts the report reads.
-#[derive(Debug, serde::Deserialize)]
-struct JudgeEval {
-    data: String,
-    prompts: usize,
-    parse_failure_rate: f64,
-    /// Judgements that wrote no score and were asked for it.
-    #[serde(default)]
-    forced_verdict_rate: f64,
-    /// The reading the run uses.
-    score: String,
-    judges: JudgeComparison,
-}
-
-pub(crate) fn read_json(p: &Path) -> Option<Value> {
-    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
 }
 
 /// The series' labels in a box.
@@ -329,10 +315,7 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         .with_context(|| format!("{} is not a run directory of `srlm run`", run.display()))?;
     let cfg: RunConfig =
         toml::from_str(&cfg_text).with_context(|| format!("{}/config.toml", run.display()))?;
-    let manifest: Manifest = read_json(&run.join("manifest.json"))
-        .map(serde_json::from_value)
-        .transpose()?
-        .unwrap_or_default();
+    let manifest: Manifest = read_summary(&run.join("manifest.json")).unwrap_or_default();
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| run.join("report"));
@@ -393,12 +376,10 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
 
     // The judge against human rankings, per model.
     let eval = run.join("eval");
-    let mut judge_rows: Vec<(usize, JudgeEval)> = Vec::new();
+    let mut judge_rows: Vec<(usize, JudgeEvalSummary)> = Vec::new();
     for m in 0..=its.len() + 1 {
-        if let Some(v) = read_json(&eval.join(format!("judge_m{m}.jsonl.metrics.json"))) {
-            if let Ok(e) = serde_json::from_value::<JudgeEval>(v) {
-                judge_rows.push((m, e));
-            }
+        if let Some(e) = read_summary(&eval.join(format!("judge_m{m}.jsonl.metrics.json"))) {
+            judge_rows.push((m, e));
         }
     }
     let mut flags = iteration_flags(
@@ -408,7 +389,7 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         &Thresholds::default(),
     );
     for (m, e) in &judge_rows {
-        flags.extend(evaluation_flags(*m, &e.judges, &e.score));
+        flags.extend(evaluation_flags(*m, &e.judges, e.score));
     }
     if !judge_rows.is_empty() {
         let ms: Vec<usize> = judge_rows.iter().map(|r| r.0).collect();
@@ -458,8 +439,8 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             if let Some(x) = &j.expected {
                 rows.push(("expected score".into(), x));
             }
-            let used = match (e.score.as_str(), &j.expected) {
-                ("expected", Some(_)) => "expected score",
+            let used = match (e.score, &j.expected) {
+                (ScoreMode::Expected, Some(_)) => "expected score",
                 _ => "written score",
             };
             rows.push(("longer reply wins".into(), &j.length));
@@ -540,21 +521,17 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             .collect();
         dirs.sort();
         for d in dirs {
-            let v = read_json(&d.join("summary.json")).unwrap_or_default();
-            let w = &v["a_win_rate"];
+            let Some(v) = read_summary::<VsSummary>(&d.join("summary.json")) else {
+                continue;
+            };
+            let w = v.a_win_rate;
             let name = d
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .replace("vs_", "")
                 .replace('_', " vs ");
-            vs_rows.push((
-                name,
-                w["score"].as_f64().unwrap_or(0.0),
-                w["ci95"][0].as_f64().unwrap_or(0.0),
-                w["ci95"][1].as_f64().unwrap_or(0.0),
-                v,
-            ));
+            vs_rows.push((name, w.score, w.ci95.0, w.ci95.1, v));
         }
     }
     if !vs_rows.is_empty() {
@@ -567,17 +544,17 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         writeln!(md, "| A vs B | mode | prompts | A wins | ties | B wins | A's score (95% CI) | unparsed | first-shown win share |")?;
         writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
         for (name, score, lo, hi, v) in &vs_rows {
-            let w = &v["a_win_rate"];
+            let w = &v.a_win_rate;
             writeln!(
                 md,
                 "| {name} | {} | {} | {} | {} | {} | {score:.3} ({lo:.3}-{hi:.3}) | {} | {} |",
-                v["mode"].as_str().unwrap_or(""),
-                v["compared"],
-                w["wins"],
-                w["ties"],
-                w["losses"],
-                v["judge_unparsed"],
-                f(v["first_position_win_share"].as_f64())
+                v.mode,
+                v.compared,
+                w.wins,
+                w.ties,
+                w.losses,
+                v.judge_unparsed,
+                f(v.first_position_win_share)
             )?;
         }
         writeln!(md)?;
