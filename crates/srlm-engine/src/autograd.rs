@@ -1,5 +1,6 @@
-//! Fused CPU kernels that carry their own backward pass, for the training path: RMSNorm and
-//! softmax over the last dimension.
+//! Fused CPU kernels that carry their own backward pass, for the training path: RMSNorm, the
+//! causal softmax of scaled attention scores, causal self-attention, linear layers, rope and
+//! SwiGLU.
 //!
 //! candle's fused `rms_norm` and `softmax_last_dim` have no backward (gradients silently vanish);
 //! composing them from primitive ops is correct but slow, because candle's backprop allocates a
@@ -8,8 +9,8 @@
 //!
 //! RMSNorm: y = x·r·w with r = 1/√(mean(x²) + ε), per row of d elements.
 //!   dx = r·(g·w) − x·r³·mean(g·w·x)       dw = Σ_rows g·x·r
-//! Softmax: y = exp(x − max) / Σ exp(x − max).
-//!   dx = y·(g − Σ g·y)
+//! Causal softmax: y = exp(s·x − max) / Σ exp(s·x − max) over the keys a query may see.
+//!   dx = s·y·(g − Σ g·y)
 //! Causal softmax: y = softmax(scale·x) over the keys a query may see (the rest 0).
 //!   dx = scale·y·(g − Σ g·y)
 //! Rotate-half rope on (n, heads, d) with per-row cos/sin (n, d/2): a rotation, so
@@ -139,41 +140,6 @@ impl CustomOp2 for RmsNorm {
 /// `x / √(mean(x²) + ε) · w` over the last dimension, with a backward pass.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op2(w, RmsNorm { eps: eps as f32 })
-}
-
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "softmax-train"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        let d = *l.dims().last().expect("rank >= 1");
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
-            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for i in 0..d {
-                y[i] = (x[i] - max).exp();
-                sum += y[i];
-            }
-            let inv = 1.0 / sum;
-            y.iter_mut().for_each(|v| *v *= inv);
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(scaled_softmax_backward(y, g, 1.0)?))
-    }
-}
-
-/// Softmax over the last dimension, with a backward pass. Rows of all −∞ are not supported
-/// (a causal mask always leaves the diagonal).
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
 }
 
 /// Softmax of scaled attention scores under the causal mask. The last two dims are
@@ -821,7 +787,7 @@ mod tests {
 
     /// Forward and gradients (under a random upstream gradient) equal the composed ops'.
     #[test]
-    fn rms_norm_and_softmax_match_their_composed_forms() {
+    fn rms_norm_matches_its_composed_form() {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, (2, 3, 40), &dev).unwrap();
         let w = Var::randn(1f32, 0.1, 40, &dev).unwrap();
@@ -833,29 +799,5 @@ mod tests {
         let gs = grads_of_dot(&slow, &up);
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-4);
         close(gf.get(&w).unwrap(), gs.get(&w).unwrap(), 1e-4);
-
-        let mask = Tensor::new(&[0f32, f32::NEG_INFINITY], &dev).unwrap();
-        let xm = x
-            .as_tensor()
-            .narrow(2, 0, 2)
-            .unwrap()
-            .broadcast_add(&mask)
-            .unwrap();
-        let s = softmax_last_dim(&xm).unwrap();
-        assert_eq!(
-            s.narrow(2, 1, 1)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap(),
-            0.0
-        );
-        let fused = softmax_last_dim(x.as_tensor()).unwrap();
-        let slow = composed_softmax(x.as_tensor());
-        close(&fused, &slow, 1e-6);
-        let gf = grads_of_dot(&fused, &up);
-        let gs = grads_of_dot(&slow, &up);
-        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
     }
 }

@@ -37,28 +37,6 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// A random-weight model small enough for unit tests: 2 layers, GQA 4/2, vocab 256+.
-    pub fn tiny(vocab_size: usize) -> Self {
-        Self {
-            model_type: "llama".into(),
-            vocab_size,
-            hidden_size: 64,
-            intermediate_size: 96,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: 16,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: None,
-            max_position_embeddings: 512,
-            tie_word_embeddings: true,
-            attention_bias: false,
-            bos_token_id: None,
-            eos_token_ids: vec![],
-        }
-    }
-
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(EngineError::Config(m));
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {

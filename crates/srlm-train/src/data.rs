@@ -228,11 +228,11 @@ impl Batch {
         Ok(match model.lm_head_dense() {
             Some(w) => {
                 let h = model.hidden_rows(&self.ids, &self.rows)?; // (n, hidden)
-                crate::loss::linear_token_logps(&h, w, &self.targets)?
+                crate::token_logps::linear_token_logps(&h, w, &self.targets)?
             }
             None => {
                 let logits = model.forward_rows(&self.ids, &self.rows)?; // (n, vocab)
-                crate::loss::token_logps(&logits, &self.targets)?
+                crate::token_logps::token_logps(&logits, &self.targets)?
             }
         })
     }

@@ -11,6 +11,7 @@ pub mod optim;
 pub mod params;
 pub mod schedule;
 pub mod sft;
+pub mod token_logps;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

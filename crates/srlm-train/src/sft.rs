@@ -40,13 +40,10 @@ impl Objective for Sft {
         let batch = Batch::new(&seqs, self.pad_id, model.device())?;
         let logps = batch.target_logps(model)?; // (n,)
         let loss = sft_loss(&logps, norm.targets)?;
-        let nll = -(logps.sum_all()?.to_scalar::<f32>()? as f64);
+        // The loss is SFT's one metric; the trainer logs it.
         Ok(MicroOutput {
             loss,
-            sums: BTreeMap::from([
-                ("nll".to_string(), nll),
-                ("targets".to_string(), batch.target_count() as f64),
-            ]),
+            sums: BTreeMap::new(),
         })
     }
 
