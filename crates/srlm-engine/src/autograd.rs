@@ -263,7 +263,7 @@ impl AttentionDims {
 /// and dq, dk are rotated back by rope's inverse.
 struct SelfAttention {
     dims: AttentionDims,
-    rope: Rope,
+    rope: RopeOp,
     scale: f32,
     p: Tensor, // (b, kvh, rep·t, t)
     q: Tensor, // (b, kvh, rep·t, d), roped
@@ -347,7 +347,7 @@ pub fn causal_self_attention(
         ..
     } = dims;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let rope = Rope {
+    let rope = RopeOp {
         cos: cos.flatten_all()?.to_vec1::<f32>()?,
         sin: sin.flatten_all()?.to_vec1::<f32>()?,
     };
@@ -375,12 +375,12 @@ pub fn causal_self_attention(
 }
 
 /// Rotate-half rope with the cos/sin rows of each token: `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`.
-struct Rope {
+struct RopeOp {
     cos: Vec<f32>, // (n, d/2)
     sin: Vec<f32>,
 }
 
-impl Rope {
+impl RopeOp {
     /// Rotates rows (n, heads·d) by each token's angles, or back by them (`inverse`: the
     /// backward pass).
     fn rotate(&self, x: &[f32], n: usize, heads: usize, d: usize, inverse: bool) -> Vec<f32> {
@@ -416,7 +416,7 @@ impl Rope {
     }
 }
 
-impl CustomOp1 for Rope {
+impl CustomOp1 for RopeOp {
     fn name(&self) -> &'static str {
         "rope-train"
     }
@@ -439,7 +439,7 @@ impl CustomOp1 for Rope {
 
 /// Rotate-half rope of `x` (n, heads, d) with `cos`, `sin` (n, d/2), with a backward pass.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let op = Rope {
+    let op = RopeOp {
         cos: cos.flatten_all()?.to_vec1::<f32>()?,
         sin: sin.flatten_all()?.to_vec1::<f32>()?,
     };

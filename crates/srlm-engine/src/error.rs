@@ -26,6 +26,10 @@ pub enum EngineError {
     },
     #[error("fetching the default model: {0}")]
     Fetch(String),
+    /// The caller's event handler failed and asked the generator to stop; the caller keeps
+    /// its own error and returns that.
+    #[error("stopped by the caller: {0}")]
+    Stopped(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{path}: {source}")]

@@ -52,11 +52,11 @@ pub enum Event<'a> {
     Done(Completion),
 }
 
-impl Sequence {
+impl ActiveSequence {
     /// A sequence for `req` whose cache already holds its first `cached` prompt tokens.
     fn new(req: Request, cache: KvCache, cached: usize) -> Self {
         debug_assert_eq!(cache.len(), cached);
-        Sequence {
+        ActiveSequence {
             cache,
             sampler: Sampler::new(req.params.clone()),
             pending: req.prompt_ids[cached..].to_vec(),
@@ -74,7 +74,7 @@ impl Sequence {
     }
 }
 
-struct Sequence {
+struct ActiveSequence {
     req: Request,
     cache: KvCache,
     sampler: Sampler,
@@ -248,7 +248,7 @@ impl<'a> Generator<'a> {
         let mut stats = RunStats::default();
         let mut waiting: VecDeque<Request> = VecDeque::new();
         let mut store = PrefixStore::default();
-        let mut active: Vec<Sequence> = Vec::new();
+        let mut active: Vec<ActiveSequence> = Vec::new();
         let mut exhausted = false;
         loop {
             active.retain(|s| wanted(&s.req.id));
@@ -278,7 +278,7 @@ impl<'a> Generator<'a> {
                 };
                 if !self.prefix_reuse {
                     stats.prompt_tokens += req.prompt_ids.len();
-                    active.push(Sequence::new(req, KvCache::new(), 0));
+                    active.push(ActiveSequence::new(req, KvCache::new(), 0));
                     continue;
                 }
                 let cached = store.best(&req.prompt_ids);
@@ -300,7 +300,7 @@ impl<'a> Generator<'a> {
                 };
                 stats.prompt_tokens += req.prompt_ids.len();
                 stats.reused_tokens += have;
-                active.push(Sequence::new(req, cache, have));
+                active.push(ActiveSequence::new(req, cache, have));
             }
             still_waiting.extend(waiting.drain(..));
             waiting = still_waiting;
@@ -314,7 +314,7 @@ impl<'a> Generator<'a> {
                 // Nothing is prefilling, so nothing blocks the first waiting request.
                 let req = waiting.pop_front().expect("non-empty");
                 stats.prompt_tokens += req.prompt_ids.len();
-                active.push(Sequence::new(req, KvCache::new(), 0));
+                active.push(ActiveSequence::new(req, KvCache::new(), 0));
             }
             stats.generated_tokens += self.step(&mut active, &mut store, &mut on_event)?;
         }
@@ -324,7 +324,7 @@ impl<'a> Generator<'a> {
     /// consumed its whole prompt.
     fn step(
         &self,
-        active: &mut Vec<Sequence>,
+        active: &mut Vec<ActiveSequence>,
         store: &mut PrefixStore,
         on_event: &mut impl FnMut(Event<'_>) -> Result<()>,
     ) -> Result<usize> {
@@ -424,7 +424,7 @@ impl<'a> Generator<'a> {
     /// asked for); returns why the sequence ends, if it does.
     fn push_token(
         &self,
-        s: &mut Sequence,
+        s: &mut ActiveSequence,
         tok: u32,
         position: Option<(PositionLogprobs, f32)>,
         on_event: &mut impl FnMut(Event<'_>) -> Result<()>,

@@ -214,7 +214,7 @@ pub trait WeightSource {
 
 /// cos/sin tables for rotate-half rope, `(max_pos, head_dim / 2)`.
 #[derive(Debug, Clone)]
-struct Rope {
+struct RopeTables {
     cos: Tensor,
     sin: Tensor,
 }
@@ -248,7 +248,7 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
         .collect()
 }
 
-impl Rope {
+impl RopeTables {
     fn new(cfg: &LlamaConfig, max_pos: usize, device: &Device) -> Result<Self> {
         let inv_freq = rope_inv_freq(cfg);
         let half = inv_freq.len();
@@ -469,7 +469,7 @@ impl Attention {
     fn qkv(
         &self,
         x: &Tensor,
-        rope: &Rope,
+        rope: &RopeTables,
         positions: &Tensor,
         ops: Ops,
         q_rows: Option<usize>,
@@ -498,7 +498,7 @@ impl Attention {
         x: &Tensor,
         b: usize,
         t: usize,
-        rope: &Rope,
+        rope: &RopeTables,
         positions: &Tensor,
         ops: Ops,
         dropout: Option<&Dropout>,
@@ -556,7 +556,7 @@ impl Attention {
         spans: &[(usize, usize)],
         caches: &mut [&mut KvCache],
         layer: usize,
-        rope: &Rope,
+        rope: &RopeTables,
         positions: &Tensor,
         ops: Ops,
         q_rows: usize,
@@ -733,7 +733,7 @@ pub struct Llama {
     layers: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
-    rope: Rope,
+    rope: RopeTables,
     ops: Ops,
     device: Device,
     max_positions: usize,
@@ -778,7 +778,7 @@ impl Llama {
             layers,
             norm: src.dense("model.norm.weight")?,
             lm_head,
-            rope: Rope::new(cfg, max_positions, device)?,
+            rope: RopeTables::new(cfg, max_positions, device)?,
             ops,
             device: device.clone(),
             max_positions,

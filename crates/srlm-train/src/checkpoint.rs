@@ -171,13 +171,40 @@ pub fn save_adapter(
     write_json(&dir.join("adapter_config.json"), &cfg)
 }
 
-/// The resume state's bookkeeping.
+/// The layout of `resume/` and `complete.json` this srlm writes. A state of a later format
+/// is refused rather than misread; states written before the field existed are format 1.
+pub const RESUME_FORMAT: u32 = 1;
+
+fn format_one() -> u32 {
+    1
+}
+
+/// The resume state's bookkeeping (`resume/state.json`, and `complete.json` once finished).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ResumeInfo {
+    #[serde(default = "format_one")]
+    pub format_version: u32,
     /// Optimizer steps completed.
     pub step: u64,
     /// A fingerprint of the data and settings; resuming with others is refused.
     pub fingerprint: String,
+    /// The settings the run trains with, for whoever reads the folder (the fingerprint is
+    /// what resuming checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::trainer::TrainConfig>,
+}
+
+impl ResumeInfo {
+    fn check_format(&self, path: &Path) -> Result<()> {
+        if self.format_version > RESUME_FORMAT {
+            return Err(TrainError::Checkpoint(format!(
+                "{}: format {} is newer than this srlm's ({RESUME_FORMAT})\n  hint: resume with the srlm that wrote it, or use a new --out",
+                path.display(),
+                self.format_version
+            )));
+        }
+        Ok(())
+    }
 }
 
 const STATE_DIR: &str = "resume";
@@ -238,6 +265,7 @@ pub fn load_resume(
     let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
     let info: ResumeInfo = serde_json::from_str(&text)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?;
+    info.check_format(&state_path)?;
     let weights = read_safetensors(&dir.join("weights.safetensors"))?;
     for (name, var) in vars {
         let t = weights.get(name).ok_or_else(|| {
@@ -275,7 +303,41 @@ pub fn completed(out: &Path) -> Result<Option<ResumeInfo>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let info = serde_json::from_str(&text)
+    let info: ResumeInfo = serde_json::from_str(&text)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    info.check_format(&path)?;
     Ok(Some(info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_of_a_later_format_is_refused_and_one_without_a_format_is_format_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = ResumeInfo {
+            format_version: RESUME_FORMAT,
+            step: 3,
+            fingerprint: "f".into(),
+            config: Some(crate::trainer::TrainConfig::default()),
+        };
+        mark_complete(dir.path(), &info).unwrap();
+        assert_eq!(completed(dir.path()).unwrap(), Some(info));
+        // Written before the format and the config were recorded.
+        std::fs::write(
+            dir.path().join(COMPLETE),
+            r#"{"step": 3, "fingerprint": "f"}"#,
+        )
+        .unwrap();
+        let old = completed(dir.path()).unwrap().unwrap();
+        assert_eq!((old.format_version, old.config), (1, None));
+        let later = format!(
+            r#"{{"format_version": {}, "step": 3, "fingerprint": "f"}}"#,
+            RESUME_FORMAT + 1
+        );
+        std::fs::write(dir.path().join(COMPLETE), later).unwrap();
+        let e = completed(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("newer than this srlm"), "{e}");
+    }
 }

@@ -417,8 +417,10 @@ impl Trainer {
             log.write(&entry)?;
             if self.cfg.save_every > 0 && done % self.cfg.save_every == 0 && done < total {
                 let info = ResumeInfo {
+                    format_version: checkpoint::RESUME_FORMAT,
                     step: done,
                     fingerprint: fingerprint.to_string(),
+                    config: Some(self.cfg.clone()),
                 };
                 checkpoint::save_resume(&self.out, &vars, &opt, &info)?;
             }
@@ -436,8 +438,10 @@ impl Trainer {
         // The model folder is whole: mark the run complete, then drop the resume state (the
         // marker comes first, so a crash between the two still reads as complete).
         let info = ResumeInfo {
+            format_version: checkpoint::RESUME_FORMAT,
             step: total,
             fingerprint: fingerprint.to_string(),
+            config: Some(self.cfg.clone()),
         };
         checkpoint::mark_complete(&self.out, &info)?;
         Ok(RunSummary {

@@ -64,7 +64,7 @@ impl Backend for LocalBackend {
         if todo.is_empty() {
             return Ok(());
         }
-        // The callback's error is carried out through the engine's error type and back.
+        // The callback's error stops the generator (`Stopped`) and is returned as it was.
         let mut failed: Option<anyhow::Error> = None;
         let run = gen.run(todo, |ev| {
             if let Event::Done(c) = ev {
@@ -80,7 +80,7 @@ impl Backend for LocalBackend {
                 if let Err(e) = on_outcome(out) {
                     let msg = format!("{e:#}");
                     failed = Some(e);
-                    return Err(srlm_engine::EngineError::Config(msg));
+                    return Err(srlm_engine::EngineError::Stopped(msg));
                 }
             }
             Ok(())

@@ -8,7 +8,7 @@
 //!   (candidate 0) and an answer to a modified instruction (candidate 1), `srlm judge` judges
 //!   them (`--candidates`), and judgements that score 0 above 1 are kept.
 
-use crate::commands::eval::JudgementRecord as EvalJudgement;
+use crate::commands::eval::RankedReplyJudgement as EvalJudgement;
 use anyhow::{bail, Result};
 use clap::Args;
 use srlm_core::eft::{build_eft, EftOptions, JudgedPrompt, Select};

@@ -64,7 +64,7 @@ pub struct EvalJudgeArgs {
 
 /// One judgement as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JudgementRecord {
+pub struct RankedReplyJudgement {
     /// `<prompt id>/<reply index>/<sample>`.
     pub id: String,
     pub prompt_id: String,
@@ -117,7 +117,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
             a.data.display()
         );
     }
-    let done: Vec<JudgementRecord> = recover_jsonl(&a.out)?;
+    let done: Vec<RankedReplyJudgement> = recover_jsonl(&a.out)?;
     let done_ids: HashSet<String> = done.iter().map(|r| r.id.clone()).collect();
     let backend = a.backend.open()?;
     let base = judge_params(&a.sampling);
@@ -144,7 +144,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
         let (prompt_id, reply, sample, human_rank) = meta[&c.id].clone();
         let j = judge_sample(&c);
         without.count(&j, c.logprobs.is_some());
-        JudgementRecord {
+        RankedReplyJudgement {
             id: c.id,
             prompt_id,
             reply,
@@ -160,7 +160,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     without.warn(backend.as_ref());
 
     // Metrics over every judgement of the selected prompts.
-    let all: Vec<JudgementRecord> = recover_jsonl(&a.out)?;
+    let all: Vec<RankedReplyJudgement> = recover_jsonl(&a.out)?;
     let mut by_reply: BTreeMap<(String, usize), (u32, Vec<JudgeSample>)> = BTreeMap::new();
     for r in all.into_iter().filter(|r| meta.contains_key(&r.id)) {
         by_reply

@@ -87,7 +87,7 @@ pub struct PairsArgs {
 
 /// What a stage's generation came to.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RunSummary {
+pub(crate) struct GenerationSummary {
     pub done: usize,
     pub failed: usize,
 }
@@ -112,14 +112,14 @@ pub(crate) fn run_resumable<R: Serialize>(
     out: &Path,
     label: &str,
     mut make: impl FnMut(Generated) -> R,
-) -> Result<RunSummary> {
+) -> Result<GenerationSummary> {
     let failures_file = failures_path(out);
     if requests.is_empty() {
         eprintln!("srlm: nothing to do: {} is complete", out.display());
         if failures_file.exists() {
             std::fs::remove_file(&failures_file)?;
         }
-        return Ok(RunSummary::default());
+        return Ok(GenerationSummary::default());
     }
     let mut writer = JsonlWriter::append(out)?;
     let bar = ProgressBar::new(requests.len() as u64);
@@ -130,7 +130,7 @@ pub(crate) fn run_resumable<R: Serialize>(
         .expect("valid template"),
     );
     let total = requests.len();
-    let mut summary = RunSummary::default();
+    let mut summary = GenerationSummary::default();
     let mut failures: Vec<(String, String)> = Vec::new();
     backend.generate(requests, &mut |outcome| {
         match outcome {
