@@ -1,18 +1,20 @@
 //! srlm's model engine: Llama-family models from GGUF files or Hugging Face folders, their
 //! tokenizers and chat templates, sampling, and batched generation.
 
-pub mod autograd;
 pub mod chat;
 pub mod config;
-pub mod decode_attention;
 pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
-pub mod llama;
-pub mod q4_1;
+pub mod kernels;
+pub mod model;
+/// The kernels at the paths every caller uses.
+pub use kernels::{autograd, decode_attention, q4_1};
+/// The decoder and everything it exports, at the path every caller uses.
+pub use model::llama;
 pub mod sampling;
 pub mod tokenizer;
 

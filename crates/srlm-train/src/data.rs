@@ -231,7 +231,7 @@ impl Batch {
                 crate::token_logps::linear_token_logps(&h, w, &self.targets)?
             }
             None => {
-                let logits = model.forward_rows(&self.ids, &self.rows)?; // (n, vocab)
+                let logits = model.logits_at(&self.ids, &self.rows)?; // (n, vocab)
                 crate::token_logps::token_logps(&logits, &self.targets)?
             }
         })

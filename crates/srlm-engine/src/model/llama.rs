@@ -12,12 +12,14 @@
 //! tokens, share the projections and MLP matmuls; only the last position's logits are computed.
 
 use crate::config::LlamaConfig;
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Result, Tensor};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use candle_core::{DType, Device, Result, Tensor};
+use std::sync::Arc;
+
+pub use super::kv_cache::KvCache;
+use super::linear::load_linear;
+pub use super::linear::{Dropout, Linear, Quantized, WeightSource, MIXED_DENSE_ROWS};
+pub use super::rope::rope_inv_freq;
+use super::rope::RopeTables;
 
 /// Which kernels the non-matmul ops use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,364 +31,11 @@ pub enum Ops {
     Fused,
 }
 
-/// Quantized weights with a fast matmul: candle's kernels, or ours for Q4_1.
-#[derive(Debug, Clone)]
-pub enum Quantized {
-    Candle(QMatMul),
-    Q41(crate::q4_1::Q41Matrix),
-}
-
-impl Quantized {
-    /// `x`: (n, in) -> (n, out)
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Quantized::Candle(w) => w.forward(x),
-            Quantized::Q41(w) => w.forward(x),
-        }
-    }
-}
-
-/// A projection `y = x Wᵀ + b` over dense or quantized weights.
-#[derive(Debug, Clone)]
-pub enum Linear {
-    Dense {
-        w: Tensor,
-        b: Option<Tensor>,
-    },
-    Quant {
-        w: Quantized,
-        b: Option<Tensor>,
-    },
-    /// Both forms of the same weight: quantized blocks for a few rows (decoding is bound by
-    /// memory traffic), dense f32 for many (prefill is bound by arithmetic, where the f32 GEMM
-    /// beats candle's quantized kernels).
-    Mixed {
-        q: Quantized,
-        dense: Tensor,
-        b: Option<Tensor>,
-    },
-    /// A frozen base plus a low-rank update: `y = base(x) + scale · (dropout(x) Aᵀ) Bᵀ`
-    /// (PEFT's LoRA). `a`: (r, in), `b`: (out, r).
-    Lora {
-        base: Box<Linear>,
-        a: Tensor,
-        b: Tensor,
-        scale: f64,
-        dropout: Option<Arc<Dropout>>,
-    },
-}
-
-/// Inverted dropout with its own seeded generator, so a resumed run draws the same masks.
-/// Inactive (the identity) unless training switches it on.
-#[derive(Debug)]
-pub struct Dropout {
-    p: f32,
-    rng: Mutex<StdRng>,
-    active: AtomicBool,
-}
-
-impl Dropout {
-    pub fn new(p: f32, seed: u64) -> Arc<Self> {
-        Arc::new(Self {
-            p,
-            rng: Mutex::new(StdRng::seed_from_u64(seed)),
-            active: AtomicBool::new(false),
-        })
-    }
-
-    pub fn set_active(&self, on: bool) {
-        self.active.store(on, Ordering::Relaxed);
-    }
-
-    /// Restarts the mask stream: the trainer reseeds from (seed, step, micro-batch).
-    pub fn reseed(&self, seed: u64) {
-        *self.rng.lock().expect("dropout rng") = StdRng::seed_from_u64(seed);
-    }
-
-    /// Whether `forward` drops anything now.
-    pub fn is_active(&self) -> bool {
-        self.p > 0.0 && self.active.load(Ordering::Relaxed)
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !self.is_active() {
-            return Ok(x.clone());
-        }
-        let keep = 1.0 / (1.0 - self.p);
-        let n = x.elem_count();
-        let mask: Vec<f32> = {
-            let mut rng = self.rng.lock().expect("dropout rng");
-            (0..n)
-                .map(|_| {
-                    if rng.random::<f32>() < self.p {
-                        0.0
-                    } else {
-                        keep
-                    }
-                })
-                .collect()
-        };
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
-    }
-}
-
-/// Rows at and above which `Linear::Mixed` uses its dense weight. In generation the choice is
-/// made per segment instead (see `Llama::forward_segments`).
-pub const MIXED_DENSE_ROWS: usize = 32;
-
-impl Linear {
-    /// `forward`, except that a `Mixed` weight sends the first `q_rows` rows through its
-    /// quantized blocks and the rest through its dense copy, however many there are: the caller
-    /// chooses each row's path, so a row's result does not depend on the batch it is in.
-    /// `None` is plain `forward`.
-    pub fn forward_rows(&self, x: &Tensor, q_rows: Option<usize>) -> Result<Tensor> {
-        let (Some(q_rows), Linear::Mixed { q, dense, b }) = (q_rows, self) else {
-            return self.forward(x);
-        };
-        let n = x.dim(0)?;
-        let y = if q_rows >= n {
-            q.forward(x)?
-        } else if q_rows == 0 {
-            x.matmul(&dense.t()?)?
-        } else {
-            let top = q.forward(&x.narrow(0, 0, q_rows)?)?;
-            let rest = x.narrow(0, q_rows, n - q_rows)?.matmul(&dense.t()?)?;
-            Tensor::cat(&[top, rest], 0)?
-        };
-        match b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
-    }
-
-    /// `x`: (n, in) -> (n, out)
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Linear::Lora {
-            base,
-            a,
-            b,
-            scale,
-            dropout,
-        } = self
-        {
-            let y = base.forward(x)?;
-            let h = match dropout {
-                Some(d) => d.forward(x)?,
-                None => x.clone(),
-            };
-            let delta = h.matmul(&a.t()?)?.matmul(&b.t()?)?; // (n, r) -> (n, out)
-            return y + (delta * *scale)?;
-        }
-        let (y, b) = match self {
-            // Training: one node whose backward gives each operand that trains its gradient
-            // (none to LoRA's frozen base), in place of candle's matmul over a transposed node.
-            Linear::Dense { w, b } if x.track_op() || w.track_op() => {
-                (crate::autograd::linear(x, w)?, b)
-            }
-            Linear::Dense { w, b } => (x.matmul(&w.t()?)?, b),
-            Linear::Quant { w, b } => (w.forward(x)?, b),
-            Linear::Mixed { q, dense, b } => {
-                if x.dim(0)? >= MIXED_DENSE_ROWS {
-                    (x.matmul(&dense.t()?)?, b)
-                } else {
-                    (q.forward(x)?, b)
-                }
-            }
-            Linear::Lora { .. } => unreachable!("handled above"),
-        };
-        match b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
-    }
-}
-
-/// Where a model's weights come from, by Hugging Face state-dict name
-/// (`model.layers.0.self_attn.q_proj.weight`). Q/K projections come in the HF layout.
-pub trait WeightSource {
-    /// A dense f32 tensor (norms, embeddings, biases).
-    fn dense(&self, name: &str) -> crate::Result<Tensor>;
-    /// A projection's weight, dense or quantized as the source chooses.
-    fn linear(&self, name: &str) -> crate::Result<Linear>;
-    fn contains(&self, name: &str) -> bool;
-}
-
-/// cos/sin tables for rotate-half rope, `(max_pos, head_dim / 2)`.
-#[derive(Debug, Clone)]
-struct RopeTables {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-/// The inverse frequencies of rope, with Llama 3's scaling when configured.
-pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
-    let d = cfg.head_dim;
-    let base: Vec<f64> = (0..d / 2)
-        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64))
-        .collect();
-    let Some(s) = &cfg.rope_scaling else {
-        return base.into_iter().map(|f| f as f32).collect();
-    };
-    let old = s.original_max_position_embeddings as f64;
-    let low_wavelen = old / s.low_freq_factor;
-    let high_wavelen = old / s.high_freq_factor;
-    base.into_iter()
-        .map(|freq| {
-            let wavelen = 2.0 * std::f64::consts::PI / freq;
-            let f = if wavelen < high_wavelen {
-                freq
-            } else if wavelen > low_wavelen {
-                freq / s.factor
-            } else {
-                let smooth =
-                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                (1.0 - smooth) * freq / s.factor + smooth * freq
-            };
-            f as f32
-        })
-        .collect()
-}
-
-impl RopeTables {
-    fn new(cfg: &LlamaConfig, max_pos: usize, device: &Device) -> Result<Self> {
-        let inv_freq = rope_inv_freq(cfg);
-        let half = inv_freq.len();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-        let t = Tensor::arange(0u32, max_pos as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((max_pos, 1))?;
-        let freqs = t.broadcast_mul(&inv_freq)?; // (max_pos, d/2)
-        Ok(Self {
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
-        })
-    }
-
-    /// The cos and sin rows of `positions` (n,) -> (n, d/2) each.
-    fn rows(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((
-            self.cos.index_select(positions, 0)?,
-            self.sin.index_select(positions, 0)?,
-        ))
-    }
-
-    /// `x`: (n, heads, d) at absolute `positions` (n,) -> (n, heads, d)
-    fn apply(&self, x: &Tensor, positions: &Tensor, ops: Ops) -> Result<Tensor> {
-        let (cos, sin) = self.rows(positions)?; // (n, d/2) each
-        match ops {
-            Ops::Fused => {
-                let (n, h, d) = x.dims3()?;
-                let x = x.contiguous()?.reshape((1, n, h, d))?; // (1, n, h, d): "thd" layout
-                candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?.reshape((n, h, d))
-            }
-            Ops::Differentiable => crate::autograd::rope(x, &cos, &sin),
-        }
-    }
-}
-
 /// RMSNorm over the last dim: `x / sqrt(mean(x²) + eps) * w`.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {
     match ops {
         Ops::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32),
         Ops::Differentiable => crate::autograd::rms_norm(x, w, eps),
-    }
-}
-
-/// One sequence's keys and values for every layer, grown in chunks so decoding appends in place.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>, // per layer: k, v buffers, each (kv_heads, capacity, d)
-    len: usize,
-}
-
-const CACHE_CHUNK: usize = 256;
-
-impl KvCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Tokens the cache holds.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Appends `k`, `v` (kv_heads, t, d) for `layer` and returns the whole (kv_heads, len + t, d).
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        if self.layers.len() <= layer {
-            self.layers.resize(layer + 1, None);
-        }
-        let (kvh, t, d) = k.dims3()?;
-        let len = self.len;
-        let need = len + t;
-        let slot = &mut self.layers[layer];
-        let cap = slot.as_ref().map(|(k, _)| k.dims()[1]).unwrap_or(0);
-        if need > cap {
-            let new_cap = need.div_ceil(CACHE_CHUNK) * CACHE_CHUNK;
-            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-                let buf = Tensor::zeros((kvh, new_cap, d), k.dtype(), k.device())?;
-                if let Some(old) = old {
-                    buf.slice_set(&old.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
-                }
-                Ok(buf)
-            };
-            let kb = grow(slot.as_ref().map(|(k, _)| k))?;
-            let vb = grow(slot.as_ref().map(|(_, v)| v))?;
-            *slot = Some((kb, vb));
-        }
-        let (kb, vb) = slot.as_ref().expect("allocated above");
-        kb.slice_set(&k.contiguous()?, 1, len)?;
-        vb.slice_set(&v.contiguous()?, 1, len)?;
-        Ok((kb.narrow(1, 0, need)?, vb.narrow(1, 0, need)?))
-    }
-
-    /// Called once per forward, after every layer appended its `t` new tokens.
-    fn advance(&mut self, t: usize) {
-        self.len += t;
-    }
-
-    /// A new cache holding a copy of this one's first `n` tokens (its own buffers, so both can
-    /// grow independently): the keys and values of a shared prompt prefix, computed once.
-    pub fn prefix_copy(&self, n: usize) -> Result<KvCache> {
-        assert!(
-            n <= self.len,
-            "prefix of {n} tokens from a cache of {}",
-            self.len
-        );
-        let mut out = KvCache::new();
-        if n == 0 {
-            return Ok(out);
-        }
-        let cap = n.div_ceil(CACHE_CHUNK) * CACHE_CHUNK;
-        for layer in &self.layers {
-            let Some((k, v)) = layer else {
-                out.layers.push(None);
-                continue;
-            };
-            let copy = |src: &Tensor| -> Result<Tensor> {
-                let (kvh, _, d) = src.dims3()?;
-                let buf = Tensor::zeros((kvh, cap, d), src.dtype(), src.device())?;
-                buf.slice_set(&src.narrow(1, 0, n)?.contiguous()?, 1, 0)?;
-                Ok(buf)
-            };
-            out.layers.push(Some((copy(k)?, copy(v)?)));
-        }
-        out.len = n;
-        Ok(out)
-    }
-
-    /// Bytes the cache's buffers hold.
-    pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
     }
 }
 
@@ -464,7 +113,7 @@ impl Attention {
         })
     }
 
-    /// Projections and rope for n flattened tokens (`q_rows`: see `Linear::forward_rows`).
+    /// Projections and rope for n flattened tokens (`q_rows`: see `Linear::forward_split`).
     /// `x`: (n, hidden) -> q (n, h, d), k (n, kvh, d), v (n, kvh, d)
     fn qkv(
         &self,
@@ -477,15 +126,15 @@ impl Attention {
         let n = x.dim(0)?;
         let q = self
             .q_proj
-            .forward_rows(x, q_rows)?
+            .forward_split(x, q_rows)?
             .reshape((n, self.n_heads, self.head_dim))?;
         let k =
             self.k_proj
-                .forward_rows(x, q_rows)?
+                .forward_split(x, q_rows)?
                 .reshape((n, self.n_kv_heads, self.head_dim))?;
         let v =
             self.v_proj
-                .forward_rows(x, q_rows)?
+                .forward_split(x, q_rows)?
                 .reshape((n, self.n_kv_heads, self.head_dim))?;
         let q = rope.apply(&q, positions, ops)?;
         let k = rope.apply(&k, positions, ops)?;
@@ -611,7 +260,7 @@ impl Attention {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        self.o_proj.forward_rows(&y, Some(q_rows))
+        self.o_proj.forward_split(&y, Some(q_rows))
     }
 }
 
@@ -678,15 +327,15 @@ struct Mlp {
 }
 
 impl Mlp {
-    /// `x`: (n, hidden) -> (n, hidden) (`q_rows`: see `Linear::forward_rows`)
+    /// `x`: (n, hidden) -> (n, hidden) (`q_rows`: see `Linear::forward_split`)
     fn forward(&self, x: &Tensor, ops: Ops, q_rows: Option<usize>) -> Result<Tensor> {
-        let gate = self.gate_proj.forward_rows(x, q_rows)?;
-        let up = self.up_proj.forward_rows(x, q_rows)?;
+        let gate = self.gate_proj.forward_split(x, q_rows)?;
+        let up = self.up_proj.forward_split(x, q_rows)?;
         let h = match ops {
             Ops::Fused => (gate.silu()? * up)?,
             Ops::Differentiable => crate::autograd::swiglu(&gate, &up)?,
         };
-        self.down_proj.forward_rows(&h, q_rows)
+        self.down_proj.forward_split(&h, q_rows)
     }
 }
 
@@ -695,35 +344,6 @@ struct Block {
     self_attn: Attention,
     post_attention_layernorm: Tensor,
     mlp: Mlp,
-}
-
-fn load_linear(src: &dyn WeightSource, prefix: &str, bias: bool) -> crate::Result<Linear> {
-    let lin = src.linear(&format!("{prefix}.weight"))?;
-    if !bias {
-        return Ok(lin);
-    }
-    let b = Some(src.dense(&format!("{prefix}.bias"))?);
-    Ok(match lin {
-        Linear::Dense { w, .. } => Linear::Dense { w, b },
-        Linear::Quant { w, .. } => Linear::Quant { w, b },
-        Linear::Mixed { q, dense, .. } => Linear::Mixed { q, dense, b },
-        Linear::Lora {
-            base,
-            a,
-            b: lb,
-            scale,
-            dropout,
-        } => Linear::Lora {
-            base: Box::new(match *base {
-                Linear::Dense { w, .. } => Linear::Dense { w, b },
-                other => other,
-            }),
-            a,
-            b: lb,
-            scale,
-            dropout,
-        },
-    })
 }
 
 /// The decoder with its LM head.
@@ -817,7 +437,7 @@ impl Llama {
     /// Logits at chosen positions only, so the LM head (the largest activation in training)
     /// runs where a loss needs it. `ids`: (b, t), `rows`: (n,) flat indices into b*t ->
     /// (n, vocab)
-    pub fn forward_rows(&self, ids: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    pub fn logits_at(&self, ids: &Tensor, rows: &Tensor) -> Result<Tensor> {
         let x = self.trunk(ids)?; // (b*t, hidden)
         self.head(&x.index_select(rows, 0)?)
     }
@@ -941,7 +561,7 @@ impl Llama {
         let last = Tensor::from_vec(last, order.len(), &self.device)?;
         let h = x.index_select(&last, 0)?;
         let h = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps, self.ops)?;
-        let logits = self.lm_head.forward_rows(&h, Some(q_segments))?; // (segments, vocab), path order
+        let logits = self.lm_head.forward_split(&h, Some(q_segments))?; // (segments, vocab), path order
         let mut back = vec![0u32; order.len()];
         for (row, &i) in order.iter().enumerate() {
             back[i] = row as u32;

@@ -1,0 +1,7 @@
+//! The CPU kernels the model calls: the Q4_1 matmul (`q4_1.rs`), one attention kernel over
+//! every decoding sequence's cache (`decode_attention.rs`), and the fused ops with hand-written
+//! backward passes that training uses (`autograd.rs`).
+
+pub mod autograd;
+pub mod decode_attention;
+pub mod q4_1;

@@ -1,0 +1,225 @@
+//! Projections `y = x Wᵀ + b` over dense, quantized or both forms of a weight, LoRA on top,
+//! seeded dropout, and where weights come from (`WeightSource`).
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Module, Result, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Quantized weights with a fast matmul: candle's kernels, or ours for Q4_1.
+#[derive(Debug, Clone)]
+pub enum Quantized {
+    Candle(QMatMul),
+    Q41(crate::q4_1::Q41Matrix),
+}
+
+impl Quantized {
+    /// `x`: (n, in) -> (n, out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Quantized::Candle(w) => w.forward(x),
+            Quantized::Q41(w) => w.forward(x),
+        }
+    }
+}
+
+/// A projection `y = x Wᵀ + b` over dense or quantized weights.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Dense {
+        w: Tensor,
+        b: Option<Tensor>,
+    },
+    Quant {
+        w: Quantized,
+        b: Option<Tensor>,
+    },
+    /// Both forms of the same weight: quantized blocks for a few rows (decoding is bound by
+    /// memory traffic), dense f32 for many (prefill is bound by arithmetic, where the f32 GEMM
+    /// beats candle's quantized kernels).
+    Mixed {
+        q: Quantized,
+        dense: Tensor,
+        b: Option<Tensor>,
+    },
+    /// A frozen base plus a low-rank update: `y = base(x) + scale · (dropout(x) Aᵀ) Bᵀ`
+    /// (PEFT's LoRA). `a`: (r, in), `b`: (out, r).
+    Lora {
+        base: Box<Linear>,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+        dropout: Option<Arc<Dropout>>,
+    },
+}
+
+/// Inverted dropout with its own seeded generator, so a resumed run draws the same masks.
+/// Inactive (the identity) unless training switches it on.
+#[derive(Debug)]
+pub struct Dropout {
+    p: f32,
+    rng: Mutex<StdRng>,
+    active: AtomicBool,
+}
+
+impl Dropout {
+    pub fn new(p: f32, seed: u64) -> Arc<Self> {
+        Arc::new(Self {
+            p,
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            active: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_active(&self, on: bool) {
+        self.active.store(on, Ordering::Relaxed);
+    }
+
+    /// Restarts the mask stream: the trainer reseeds from (seed, step, micro-batch).
+    pub fn reseed(&self, seed: u64) {
+        *self.rng.lock().expect("dropout rng") = StdRng::seed_from_u64(seed);
+    }
+
+    /// Whether `forward` drops anything now.
+    pub fn is_active(&self) -> bool {
+        self.p > 0.0 && self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.is_active() {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 / (1.0 - self.p);
+        let n = x.elem_count();
+        let mask: Vec<f32> = {
+            let mut rng = self.rng.lock().expect("dropout rng");
+            (0..n)
+                .map(|_| {
+                    if rng.random::<f32>() < self.p {
+                        0.0
+                    } else {
+                        keep
+                    }
+                })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// Rows at and above which `Linear::Mixed` uses its dense weight. In generation the choice is
+/// made per segment instead (see `Llama::forward_segments`).
+pub const MIXED_DENSE_ROWS: usize = 32;
+
+impl Linear {
+    /// `forward`, except that a `Mixed` weight sends the first `q_rows` rows through its
+    /// quantized blocks and the rest through its dense copy, however many there are: the caller
+    /// chooses each row's path, so a row's result does not depend on the batch it is in.
+    /// `None` is plain `forward`.
+    pub fn forward_split(&self, x: &Tensor, q_rows: Option<usize>) -> Result<Tensor> {
+        let (Some(q_rows), Linear::Mixed { q, dense, b }) = (q_rows, self) else {
+            return self.forward(x);
+        };
+        let n = x.dim(0)?;
+        let y = if q_rows >= n {
+            q.forward(x)?
+        } else if q_rows == 0 {
+            x.matmul(&dense.t()?)?
+        } else {
+            let top = q.forward(&x.narrow(0, 0, q_rows)?)?;
+            let rest = x.narrow(0, q_rows, n - q_rows)?.matmul(&dense.t()?)?;
+            Tensor::cat(&[top, rest], 0)?
+        };
+        match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// `x`: (n, in) -> (n, out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Linear::Lora {
+            base,
+            a,
+            b,
+            scale,
+            dropout,
+        } = self
+        {
+            let y = base.forward(x)?;
+            let h = match dropout {
+                Some(d) => d.forward(x)?,
+                None => x.clone(),
+            };
+            let delta = h.matmul(&a.t()?)?.matmul(&b.t()?)?; // (n, r) -> (n, out)
+            return y + (delta * *scale)?;
+        }
+        let (y, b) = match self {
+            // Training: one node whose backward gives each operand that trains its gradient
+            // (none to LoRA's frozen base), in place of candle's matmul over a transposed node.
+            Linear::Dense { w, b } if x.track_op() || w.track_op() => {
+                (crate::autograd::linear(x, w)?, b)
+            }
+            Linear::Dense { w, b } => (x.matmul(&w.t()?)?, b),
+            Linear::Quant { w, b } => (w.forward(x)?, b),
+            Linear::Mixed { q, dense, b } => {
+                if x.dim(0)? >= MIXED_DENSE_ROWS {
+                    (x.matmul(&dense.t()?)?, b)
+                } else {
+                    (q.forward(x)?, b)
+                }
+            }
+            Linear::Lora { .. } => unreachable!("handled above"),
+        };
+        match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Where a model's weights come from, by Hugging Face state-dict name
+/// (`model.layers.0.self_attn.q_proj.weight`). Q/K projections come in the HF layout.
+pub trait WeightSource {
+    /// A dense f32 tensor (norms, embeddings, biases).
+    fn dense(&self, name: &str) -> crate::Result<Tensor>;
+    /// A projection's weight, dense or quantized as the source chooses.
+    fn linear(&self, name: &str) -> crate::Result<Linear>;
+    fn contains(&self, name: &str) -> bool;
+}
+
+pub(crate) fn load_linear(
+    src: &dyn WeightSource,
+    prefix: &str,
+    bias: bool,
+) -> crate::Result<Linear> {
+    let lin = src.linear(&format!("{prefix}.weight"))?;
+    if !bias {
+        return Ok(lin);
+    }
+    let b = Some(src.dense(&format!("{prefix}.bias"))?);
+    Ok(match lin {
+        Linear::Dense { w, .. } => Linear::Dense { w, b },
+        Linear::Quant { w, .. } => Linear::Quant { w, b },
+        Linear::Mixed { q, dense, .. } => Linear::Mixed { q, dense, b },
+        Linear::Lora {
+            base,
+            a,
+            b: lb,
+            scale,
+            dropout,
+        } => Linear::Lora {
+            base: Box::new(match *base {
+                Linear::Dense { w, .. } => Linear::Dense { w, b },
+                other => other,
+            }),
+            a,
+            b: lb,
+            scale,
+            dropout,
+        },
+    })
+}
