@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the same small `srlm run` (the run_cli test's config, DPO's epochs and warmup pinned: the tiny random model in
-# crates/srlm-engine/tests/goldens/tiny-llama, two iterations, the bootstrap and both
-# evaluations) with two srlm binaries and compares what they wrote: every file of the run
+# Runs the same small `srlm run` (crates/srlm/tests/fixtures/tiny_run.toml, the run_cli
+# tests' config: the tiny random model in crates/srlm-engine/tests/goldens/tiny-llama, two
+# iterations, the bootstrap and both evaluations) with two srlm binaries and compares what they wrote: every file of the run
 # directories byte for byte; JSON that differs only in wall-clock fields (seconds,
 # tokens/s) counts as the same; of the manifest, the stage names, input hashes, outputs and
 # stats are compared and the command lines and seconds are not (a refactor may spell a
@@ -26,57 +26,8 @@ for f in model.safetensors tokenizer.json tokenizer_config.json generation_confi
 done
 python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c["max_position_embeddings"]=4096; json.dump(c,open(sys.argv[2],"w"))' \
   "$src/config.json" "$work/tiny/config.json"
-cat > "$work/run.toml" <<EOF
-iterations = 2
-batch_size = 8
-[model]
-base = "$work/tiny"
-weights = "dense"
-context_length = 4096
-[seed_data]
-ift = ["$fixtures/tiny_seed_ift.jsonl"]
-eft = ["$fixtures/tiny_seed_eft.jsonl"]
-[sft]
-lr = 0.003
-min_lr = 0.003
-epochs = 20
-micro_batch = 4
-grad_accum = 1
-max_len = 2048
-[eft]
-limit = 6
-k = 4
-temperature = 0.7
-[prompts]
-count = 4
-generator = "current"
-min_words = 1
-max_rouge_l = 1.01
-max_new_tokens = 16
-max_attempts_factor = 20
-[sample]
-n = 3
-max_new_tokens = 16
-[judge]
-k = 2
-temperature = 0.7
-max_new_tokens = 24
-[dpo]
-lr = 0.001
-min_lr = 0.001
-# Set, not left to the defaults: before d0e3c52 a partial [dpo] took SFT's defaults.
-epochs = 1
-warmup_steps = 2
-micro_batch = 1
-grad_accum = 1
-max_len = 2048
-save_every = 1
-[eval]
-judge_limit = 2
-judge_k = 2
-prompts_limit = 2
-max_new_tokens = 8
-EOF
+sed -e "s|@MODEL@|$work/tiny|" -e "s|@IFT@|$fixtures/tiny_seed_ift.jsonl|" \
+  -e "s|@EFT@|$fixtures/tiny_seed_eft.jsonl|" "$fixtures/tiny_run.toml" > "$work/run.toml"
 for side in old new; do
   rm -rf "$work/$side"
   bin=$old; [ "$side" = new ] && bin=$new

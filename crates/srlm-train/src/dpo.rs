@@ -44,6 +44,12 @@ struct RefLine {
 /// The reference log-probabilities of every pair: taken from the records where they carry them,
 /// otherwise computed with `model` (no gradient) and appended to `cache` as they come, so an
 /// interrupted run does not compute them twice.
+///
+/// candle has no no-grad mode, so this pass runs through the trainable weights and the fused
+/// head keeps its (tokens, vocab) gradient buffer unused, up to the kernel's budget. Left so on
+/// purpose: the buffer-free path computes the head in row chunks, whose log-probabilities can
+/// differ in the last bits from the training pass's, where the reference is meant to equal the
+/// policy exactly at step 0 (a starting loss of log 2, margins of zero).
 pub fn reference_logps(
     model: &Llama,
     pairs: &[PairSequences],

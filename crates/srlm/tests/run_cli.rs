@@ -14,60 +14,21 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The fixture run config (`tests/fixtures/tiny_run.toml`, shared with
+/// `scripts/compare_runs.sh`) with its model and seed files filled in.
 fn config(model: &Path) -> String {
     let f = fixtures();
-    format!(
-        r#"iterations = 2
-batch_size = 8
-[model]
-base = "{model}"
-weights = "dense"
-context_length = 4096
-[seed_data]
-ift = ["{ift}"]
-eft = ["{eft}"]
-[sft]
-lr = 0.003
-min_lr = 0.003
-epochs = 20
-micro_batch = 4
-grad_accum = 1
-max_len = 2048
-[eft]
-limit = 6
-k = 4
-temperature = 0.7
-[prompts]
-count = 4
-generator = "current"
-min_words = 1
-max_rouge_l = 1.01
-max_new_tokens = 16
-max_attempts_factor = 20
-[sample]
-n = 3
-max_new_tokens = 16
-[judge]
-k = 2
-temperature = 0.7
-max_new_tokens = 24
-[dpo]
-lr = 0.001
-min_lr = 0.001
-micro_batch = 1
-grad_accum = 1
-max_len = 2048
-save_every = 1
-[eval]
-judge_limit = 2
-judge_k = 2
-prompts_limit = 2
-max_new_tokens = 8
-"#,
-        model = model.display(),
-        ift = f.join("tiny_seed_ift.jsonl").display(),
-        eft = f.join("tiny_seed_eft.jsonl").display(),
-    )
+    std::fs::read_to_string(f.join("tiny_run.toml"))
+        .unwrap()
+        .replace("@MODEL@", &model.display().to_string())
+        .replace(
+            "@IFT@",
+            &f.join("tiny_seed_ift.jsonl").display().to_string(),
+        )
+        .replace(
+            "@EFT@",
+            &f.join("tiny_seed_eft.jsonl").display().to_string(),
+        )
 }
 
 fn srlm_run(cfg: &Path, out: &Path, crash: Option<&str>) -> Output {

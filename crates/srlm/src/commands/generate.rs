@@ -41,6 +41,10 @@ pub fn record_seed(base: u64, id: &str) -> u64 {
     srlm_core::hash::fnv1a_from(base, id.as_bytes())
 }
 
+/// Drives the engine's generator itself rather than a `Backend`: it checks every record
+/// against the context before generating anything, naming the file and line of a prompt that
+/// does not fit, where a backend reports that only as the request's failure after the rest ran;
+/// and it writes `srlm generate`'s own record shape. Stages that want a server use `Backend`.
 pub fn run(args: GenerateArgs) -> Result<()> {
     let records = read_jsonl::<GenerateRecord>(&args.input, GENERATE_SCHEMA_HINT)?;
     let done: Vec<GenerateOutput> = recover_jsonl(&args.output)?;
@@ -142,7 +146,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 logprobs: c.logprobs,
             };
             out.write(&rec)
-                .map_err(|e| srlm_engine::EngineError::Config(e.to_string()))?;
+                .map_err(|e| srlm_engine::EngineError::Stopped(e.to_string()))?;
             bar.inc(1);
             bar.set_message(format!(
                 "{:.1} tok/s",

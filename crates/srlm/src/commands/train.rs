@@ -7,7 +7,7 @@ use srlm_train::data::{load_pairs, load_sft};
 use srlm_train::dpo::{reference_logps, Dpo};
 use srlm_train::loss::{DpoConfig, DpoLossType};
 use srlm_train::sft::Sft;
-use srlm_train::trainer::{fingerprint, Progress, RunSummary, TrainConfig, Trainer};
+use srlm_train::trainer::{fingerprint, Objective, Progress, RunSummary, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 
 use crate::train_settings::{TrainFlags, TrainSettings};
@@ -159,21 +159,15 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
         sequences: data,
         pad_id: pad,
     };
-    eprintln!(
-        "SFT on {} examples ({} steps of {} examples)",
-        sft.sequences.len(),
-        trainer.total_steps(sft.sequences.len()),
-        cfg.batch_size()
-    );
-    let summary = trainer.run(
+    train(
+        &mut trainer,
         &sft,
-        eval.as_ref()
-            .map(|e| e as &dyn srlm_train::trainer::Objective),
+        eval.as_ref(),
         &fp,
-        &mut progress_bar(&a.train.out),
-    )?;
-    report(&summary, &trainer);
-    Ok(())
+        "SFT",
+        "examples",
+        &a.train.out,
+    )
 }
 
 pub fn run_dpo(a: DpoArgs) -> Result<()> {
@@ -235,20 +229,37 @@ pub fn run_dpo(a: DpoArgs) -> Result<()> {
         cfg: dpo_cfg,
         pad_id: pad,
     };
-    eprintln!(
-        "DPO on {} pairs ({} steps of {} pairs)",
-        dpo.pairs.len(),
-        trainer.total_steps(dpo.pairs.len()),
-        cfg.batch_size()
-    );
-    let summary = trainer.run(
+    train(
+        &mut trainer,
         &dpo,
-        eval.as_ref()
-            .map(|e| e as &dyn srlm_train::trainer::Objective),
+        eval.as_ref(),
         &fp,
-        &mut progress_bar(&a.train.out),
-    )?;
-    report(&summary, &trainer);
+        "DPO",
+        "pairs",
+        &a.train.out,
+    )
+}
+
+/// Runs `objective` (`what`, over `items`) to the end, with a progress bar, and says where the
+/// model went.
+fn train<O: Objective>(
+    trainer: &mut Trainer,
+    objective: &O,
+    eval: Option<&O>,
+    fingerprint: &str,
+    what: &str,
+    items: &str,
+    out: &Path,
+) -> Result<()> {
+    eprintln!(
+        "{what} on {} {items} ({} steps of {} {items})",
+        objective.len(),
+        trainer.total_steps(objective.len()),
+        trainer.cfg.batch_size()
+    );
+    let eval = eval.map(|e| e as &dyn Objective);
+    let summary = trainer.run(objective, eval, fingerprint, &mut progress_bar(out))?;
+    report(&summary, trainer);
     Ok(())
 }
 
