@@ -355,9 +355,11 @@ impl Default for JudgeSection {
 
 impl Default for PairsSection {
     fn default() -> Self {
+        // README, "A recipe for models under 1B": re-pairing one iteration's judgements with
+        // 0.25 raised M2's win over M1 from 0.619 to 0.681 and took the length out of it.
         Self {
             min_margin: 0.0,
-            length_control: -1.0,
+            length_control: 0.25,
         }
     }
 }
