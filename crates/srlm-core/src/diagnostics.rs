@@ -209,12 +209,16 @@ mod tests {
             judged("q/1", 0, Some(3.0)),
             judged("q/1", 1, Some(3.0)),
         ];
+        let mut judgements = judgements;
+        // One judgement wrote no score and was asked for it (and scored 3 that way).
+        judgements[6].forced_verdict = Some(" 3".into());
         let (pairs, stats) = build_pairs(&candidates, &judgements, &PairOptions::default());
         let d = diagnose(&candidates, &judgements, &pairs, &stats, ScoreMode::Sampled);
         assert_eq!(
             (d.judgements, d.parse_failures, d.pairs, d.prompts_tied),
             (8, 1, 1, 1)
         );
+        assert_eq!(d.forced_verdicts, 1);
         assert_eq!(d.parse_failure_rate, 0.125);
         assert_eq!(d.score_histogram["3"], 3);
         // p/0 and q/1 agree; p/1 does not; q/0 has one parsed sample.

@@ -10,7 +10,7 @@
 //!   "rejected", "chosen_score", "rejected_score"}`, TRL's prompt/chosen/rejected plus
 //!   provenance.
 
-use crate::judge::{ParseFailure, ScoreDistribution, ScoreMode};
+use crate::judge::{JudgeSample, ParseFailure, ScoreDistribution, ScoreMode};
 use serde::{Deserialize, Serialize};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -59,6 +59,17 @@ pub struct JudgementRecord {
 }
 
 impl JudgementRecord {
+    /// The judgement itself, without its ids.
+    pub fn sample(self) -> JudgeSample {
+        JudgeSample {
+            raw: self.raw,
+            score: self.score,
+            failure: self.failure,
+            distribution: self.distribution,
+            forced_verdict: self.forced_verdict,
+        }
+    }
+
     /// What this judgement counts as under `mode`.
     pub fn value(&self, mode: ScoreMode) -> Option<f64> {
         mode.value(self.score, self.distribution.as_ref())

@@ -59,23 +59,15 @@ pub struct EftArgs {
 
 /// A stored judgement as EFT reads it. A verdict srlm had to ask for counts as no score: an
 /// EFT example teaches the judge's own text, which must end with its score.
-fn sample(
-    raw: String,
-    score: Option<f64>,
-    failure: Option<srlm_core::judge::ParseFailure>,
-    distribution: Option<srlm_core::judge::ScoreDistribution>,
-    forced_verdict: Option<String>,
-) -> JudgeSample {
-    let forced = forced_verdict.is_some();
-    JudgeSample {
-        raw,
-        score: score.filter(|_| !forced),
-        failure: match forced {
-            true => Some(srlm_core::judge::ParseFailure::NoScore),
-            false => failure,
+fn own_judgement(j: JudgeSample) -> JudgeSample {
+    match j.forced_verdict {
+        None => j,
+        Some(_) => JudgeSample {
+            score: None,
+            failure: Some(srlm_core::judge::ParseFailure::NoScore),
+            distribution: None,
+            ..j
         },
-        distribution: distribution.filter(|_| !forced),
-        forced_verdict,
     }
 }
 
@@ -94,13 +86,7 @@ fn ranked_replies(
         samples
             .entry((r.prompt_id, r.reply))
             .or_default()
-            .push(sample(
-                r.raw,
-                r.score,
-                r.failure,
-                r.distribution,
-                r.forced_verdict,
-            ));
+            .push(own_judgement(r.judgement));
     }
     let mut prompts = Vec::new();
     let trees = read_jsonl::<Tree>(&crate::builtin::resolve(data)?, OASST_HINT)?;
@@ -132,13 +118,11 @@ fn contrasting(candidates: &Path, judgements: &Path) -> Result<Vec<JudgedPrompt>
     let mut samples: BTreeMap<String, Vec<JudgeSample>> = BTreeMap::new();
     for r in read_jsonl::<JudgementRecord>(judgements, JUDGEMENT_HINT)? {
         let r = r.record;
-        samples.entry(r.candidate_id).or_default().push(sample(
-            r.raw,
-            r.score,
-            r.failure,
-            r.distribution,
-            r.forced_verdict,
-        ));
+        let candidate = r.candidate_id.clone();
+        samples
+            .entry(candidate)
+            .or_default()
+            .push(own_judgement(r.sample()));
     }
     let mut prompts: Vec<JudgedPrompt> = Vec::new();
     let mut at: BTreeMap<String, usize> = BTreeMap::new();

@@ -13,9 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use srlm_core::jsonl::{read_jsonl, recover_jsonl};
-use srlm_core::judge::{
-    judge_prompt, mean_value, JudgeSample, ParseFailure, ScoreDistribution, ScoreMode,
-};
+use srlm_core::judge::{judge_prompt, mean_value, JudgeSample, ScoreMode};
 use srlm_core::metrics::{compare_judges, JudgedReply};
 use srlm_core::oasst::{ranked_prompt, ranked_turns, RankedPrompt, Tree, TreeFilter, OASST_HINT};
 use srlm_core::summaries::{to_pretty_json, JudgeEvalSummary};
@@ -71,20 +69,10 @@ pub struct RankedReplyJudgement {
     pub reply: usize,
     pub sample: usize,
     pub human_rank: u32,
-    pub raw: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub score: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<ParseFailure>,
-    #[serde(
-        default,
-        rename = "score_distribution",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub distribution: Option<ScoreDistribution>,
-    /// What the judge wrote after srlm's `Score:` cue when `raw` had no score.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forced_verdict: Option<String>,
+    /// `raw`, `score`, `failure`, `score_distribution`, `forced_verdict`, as fields of the
+    /// record.
+    #[serde(flatten)]
+    pub judgement: JudgeSample,
 }
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
@@ -150,11 +138,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
             reply,
             sample,
             human_rank,
-            raw: j.raw,
-            score: j.score,
-            failure: j.failure,
-            distribution: j.distribution,
-            forced_verdict: j.forced_verdict,
+            judgement: j,
         }
     })?;
     without.warn(backend.as_ref());
@@ -167,13 +151,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
             .entry((r.prompt_id.clone(), r.reply))
             .or_insert_with(|| (r.human_rank, Vec::new()))
             .1
-            .push(JudgeSample {
-                raw: r.raw,
-                score: r.score,
-                failure: r.failure,
-                distribution: r.distribution,
-                forced_verdict: r.forced_verdict,
-            });
+            .push(r.judgement);
     }
     let samples = by_reply.values().map(|v| v.1.len()).sum::<usize>();
     let failures = by_reply

@@ -64,7 +64,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let started = Instant::now();
     let stages = plan(&cfg, &layout, &base)?;
-    let mut run = Run::open(layout.clone(), cfg.seed_data.clone())?;
+    let mut run = Run::open(layout.clone())?;
     run.execute(stages)?;
     let report = crate::report::write_report(dir, None)?;
     let last = layout.model(cfg.iterations + 1);

@@ -2,12 +2,10 @@
 //! planned stage unless the record says it is done with the same inputs.
 
 use super::layout::Layout;
-use super::plan::{Planned, Then, Work};
+use super::plan::{Planned, Work};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use srlm_core::jsonl::{read_jsonl, write_atomic, write_jsonl_atomic};
-use srlm_core::seed::{load_eft, load_ift, EftExample, IftExample};
-use srlm_core::summaries::{read_summary, JudgeEvalSummary, VsSummary};
+use srlm_core::jsonl::write_atomic;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -56,13 +54,11 @@ pub struct Run {
     /// (or files outside the run), fixed for the life of the process, so each model folder
     /// (hundreds of MB) is hashed once, not by every stage that reads it.
     hashed: std::collections::HashMap<PathBuf, String>,
-    /// Where `Work::Seed` finds the config's seed files.
-    seed_data: super::config::SeedSection,
 }
 
 impl Run {
     /// The run in `layout`, its manifest read if a run there already finished stages.
-    pub fn open(layout: Layout, seed_data: super::config::SeedSection) -> Result<Self> {
+    pub fn open(layout: Layout) -> Result<Self> {
         let path = layout.manifest();
         let manifest: Manifest = match std::fs::read_to_string(&path) {
             Ok(t) => serde_json::from_str(&t)
@@ -76,7 +72,6 @@ impl Run {
             layout,
             manifest,
             hashed: Default::default(),
-            seed_data,
         })
     }
 
@@ -137,7 +132,7 @@ impl Run {
             );
         }
         let command = match &work {
-            Work::Seed => vec!["(seed: resolve and merge the seed files)".to_string()],
+            Work::Seed(_) => vec!["(seed: resolve and merge the seed files)".to_string()],
             Work::Call { call, .. } => call.argv(),
         };
         eprintln!("[{no}/{total}] {name}: srlm {}", command.join(" "));
@@ -156,163 +151,11 @@ impl Run {
 
     fn work(&self, work: Work) -> Result<Option<serde_json::Value>> {
         match work {
-            Work::Seed => write_seed(&self.layout, &self.seed_data),
+            Work::Seed(files) => super::seed::write_seed(&self.layout, &files),
             Work::Call { call, then } => {
                 call.run()?;
                 then.run()
             }
         }
-    }
-}
-
-impl Then {
-    /// The check and the stats of a finished command.
-    fn run(self) -> Result<Option<serde_json::Value>> {
-        use serde_json::json;
-        match self {
-            Then::Nothing => Ok(None),
-            Then::PromptsKept { prompts, asked } => {
-                let kept = read_jsonl::<serde_json::Value>(&prompts, "")?.len();
-                if kept == 0 {
-                    bail!("no generated prompt passed the filters\n  hint: see {} for why each was dropped", crate::commands::prompts::attempts_path(&prompts).display());
-                }
-                Ok(Some(json!({"kept": kept, "asked": asked})))
-            }
-            Then::JudgementStats { judgements } => {
-                let all = read_jsonl::<srlm_core::stages::JudgementRecord>(&judgements, "")?;
-                let failed = all.iter().filter(|j| j.record.score.is_none()).count();
-                if failed > 0 {
-                    eprintln!("srlm: {failed} of {} judgements carry no valid score (kept with their raw text)", all.len());
-                }
-                Ok(Some(
-                    json!({"judgements": all.len(), "parse_failures": failed}),
-                ))
-            }
-            Then::PairsMade {
-                pairs,
-                judgements,
-                iteration,
-            } => {
-                let n = read_jsonl::<serde_json::Value>(&pairs, "")?.len();
-                if n == 0 {
-                    bail!(
-                        "iteration {iteration} made no preference pairs (every prompt's candidates tied or went unscored)\n  hint: see {} and {}; more prompts (prompts.count), candidates (sample.n) or judgements (judge.k) give the judge more to separate",
-                        judgements.display(),
-                        pairs.display()
-                    );
-                }
-                Ok(Some(json!({"pairs": n})))
-            }
-            Then::JudgeAccuracy { metrics } => Ok(read_summary::<JudgeEvalSummary>(&metrics)
-                .map(|m| json!(m.agreement.pairwise_accuracy))),
-            Then::EftAsSft {
-                eft,
-                judgements,
-                tokenizer,
-                sft,
-                max_len,
-            } => {
-                let examples = srlm_core::seed::load_eft(&eft)?;
-                if examples.is_empty() {
-                    bail!("no judgement of {} follows the human ranking, so there is nothing to train the judge on\n  hint: more samples per reply ([eft] k), or [eft] data = \"\" to skip the bootstrap", judgements.display());
-                }
-                let tokenizer = srlm_engine::tokenizer::tokenizer_from_file(&tokenizer)?;
-                let records = crate::commands::eft::as_sft(&examples, &tokenizer, max_len);
-                write_jsonl_atomic(&sft, &records)?;
-                Ok(Some(json!({"examples": records.len()})))
-            }
-            Then::WinRate { summary } => Ok(read_summary::<VsSummary>(&summary)
-                .map(|v| serde_json::to_value(v.a_win_rate))
-                .transpose()?),
-        }
-    }
-}
-
-/// `Work::Seed`: the seed's IFT and EFT examples, and the SFT file that trains M1 on both.
-fn write_seed(
-    layout: &Layout,
-    seed_data: &super::config::SeedSection,
-) -> Result<Option<serde_json::Value>> {
-    use srlm_core::judge::judge_prompt;
-    let files = layout.seed();
-    let (ift, eft) = seed_examples(seed_data, &layout.dir)?;
-    write_jsonl_atomic(&files.ift, &ift)?;
-    write_jsonl_atomic(&files.eft, &eft)?;
-    let mut sft: Vec<serde_json::Value> = ift
-        .iter()
-        .map(|e| serde_json::json!({"prompt": e.prompt, "response": e.response}))
-        .collect();
-    sft.extend(eft.iter().map(|e| {
-        serde_json::json!({"prompt": judge_prompt(&e.instruction, &e.response), "response": e.judgement})
-    }));
-    write_jsonl_atomic(&files.sft, &sft)?;
-    Ok(Some(
-        serde_json::json!({"ift": ift.len(), "eft": eft.len()}),
-    ))
-}
-
-/// The seed files resolved: "builtin" or a path relative to where srlm runs.
-pub(crate) fn seed_examples(
-    cfg: &super::config::SeedSection,
-    dir: &Path,
-) -> Result<(Vec<IftExample>, Vec<EftExample>)> {
-    let tmp = dir.join("seed");
-    std::fs::create_dir_all(&tmp)?;
-    let mut ift = Vec::new();
-    for src in &cfg.ift {
-        if src == "builtin" {
-            let p = tmp.join("builtin_ift.jsonl");
-            write_atomic(&p, crate::builtin::SEED_IFT.as_bytes())?;
-            ift.extend(load_ift(&p)?);
-        } else {
-            ift.extend(load_ift(Path::new(src))?);
-        }
-    }
-    let mut eft = Vec::new();
-    for src in &cfg.eft {
-        if src == "builtin" {
-            let p = tmp.join("builtin_eft.jsonl");
-            write_atomic(&p, crate::builtin::SEED_EFT.as_bytes())?;
-            eft.extend(load_eft(&p)?);
-        } else {
-            eft.extend(load_eft(Path::new(src))?);
-        }
-    }
-    if ift.is_empty() {
-        bail!("the seed has no IFT examples\n  hint: set [seed_data] ift = [\"builtin\"] or to your own files");
-    }
-    Ok((ift, eft))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pipeline::config::SeedSection;
-
-    #[test]
-    fn the_shipped_seed_set_is_plentiful_and_spans_every_score() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ift, eft) = seed_examples(&SeedSection::default(), dir.path()).unwrap();
-        assert!(ift.len() >= 150, "{}", ift.len());
-        assert!(eft.len() >= 150, "{}", eft.len());
-        // load_eft already checked that every judgement's own last Score line is its score.
-        for score in 0..=5u8 {
-            let n = eft.iter().filter(|e| e.score == score).count();
-            assert!(n >= 20, "score {score}: {n} examples");
-        }
-        let categories: std::collections::BTreeSet<String> = crate::builtin::SEED_IFT
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["category"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
-        assert!(categories.len() >= 10, "{categories:?}");
-        // No prompt twice.
-        let prompts: std::collections::HashSet<&str> =
-            ift.iter().map(|e| e.prompt.as_str()).collect();
-        assert_eq!(prompts.len(), ift.len());
     }
 }

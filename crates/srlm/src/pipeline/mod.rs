@@ -1,11 +1,12 @@
 //! `srlm run`'s machinery: the config (`config`), where a run's files live (`layout`), the
 //! stages planned from the config as typed calls of srlm's commands (`plan`, `stage_call`),
-//! their command lines (`argv`), and the manifest that records and skips finished stages
-//! (`manifest`).
+//! their command lines (`argv`), the seed stage (`seed`), and the manifest that records and
+//! skips finished stages (`manifest`).
 
 pub mod argv;
 pub mod config;
 pub mod layout;
 pub mod manifest;
 pub mod plan;
+pub mod seed;
 pub mod stage_call;

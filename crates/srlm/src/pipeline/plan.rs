@@ -16,7 +16,10 @@ use crate::model_args::{ModelArgs, SamplingArgs};
 use crate::train_settings::{TrainFlags, TrainSettings};
 use anyhow::{bail, Result};
 use clap::ValueEnum;
+use serde_json::json;
 use srlm_core::jsonl::write_atomic;
+use srlm_core::jsonl::{read_jsonl, write_jsonl_atomic};
+use srlm_core::summaries::{read_summary, JudgeEvalSummary, VsSummary};
 use std::path::{Path, PathBuf};
 
 /// Each stage's own random stream: the run's seed plus an offset per role (and, where a role
@@ -43,8 +46,8 @@ pub struct Planned {
 
 #[derive(Debug)]
 pub enum Work {
-    /// Resolve and merge the seed files into `RUN/seed/`.
-    Seed,
+    /// Resolve and merge these seed files into `RUN/seed/`.
+    Seed(super::config::SeedSection),
     /// One of srlm's commands, then `then`.
     Call { call: StageCall, then: Then },
 }
@@ -88,6 +91,68 @@ pub enum Then {
     },
 }
 
+impl Then {
+    /// The check and the stats of a finished command.
+    pub(crate) fn run(self) -> Result<Option<serde_json::Value>> {
+        match self {
+            Then::Nothing => Ok(None),
+            Then::PromptsKept { prompts, asked } => {
+                let kept = read_jsonl::<serde_json::Value>(&prompts, "")?.len();
+                if kept == 0 {
+                    bail!("no generated prompt passed the filters\n  hint: see {} for why each was dropped", crate::commands::prompts::attempts_path(&prompts).display());
+                }
+                Ok(Some(json!({"kept": kept, "asked": asked})))
+            }
+            Then::JudgementStats { judgements } => {
+                let all = read_jsonl::<srlm_core::stages::JudgementRecord>(&judgements, "")?;
+                let failed = all.iter().filter(|j| j.record.score.is_none()).count();
+                if failed > 0 {
+                    eprintln!("srlm: {failed} of {} judgements carry no valid score (kept with their raw text)", all.len());
+                }
+                Ok(Some(
+                    json!({"judgements": all.len(), "parse_failures": failed}),
+                ))
+            }
+            Then::PairsMade {
+                pairs,
+                judgements,
+                iteration,
+            } => {
+                let n = read_jsonl::<serde_json::Value>(&pairs, "")?.len();
+                if n == 0 {
+                    bail!(
+                        "iteration {iteration} made no preference pairs (every prompt's candidates tied or went unscored)\n  hint: see {} and {}; more prompts (prompts.count), candidates (sample.n) or judgements (judge.k) give the judge more to separate",
+                        judgements.display(),
+                        pairs.display()
+                    );
+                }
+                Ok(Some(json!({"pairs": n})))
+            }
+            Then::JudgeAccuracy { metrics } => Ok(read_summary::<JudgeEvalSummary>(&metrics)
+                .map(|m| json!(m.agreement.pairwise_accuracy))),
+            Then::EftAsSft {
+                eft,
+                judgements,
+                tokenizer,
+                sft,
+                max_len,
+            } => {
+                let examples = srlm_core::seed::load_eft(&eft)?;
+                if examples.is_empty() {
+                    bail!("no judgement of {} follows the human ranking, so there is nothing to train the judge on\n  hint: more samples per reply ([eft] k), or [eft] data = \"\" to skip the bootstrap", judgements.display());
+                }
+                let tokenizer = srlm_engine::tokenizer::tokenizer_from_file(&tokenizer)?;
+                let records = crate::commands::eft::as_sft(&examples, &tokenizer, max_len);
+                write_jsonl_atomic(&sft, &records)?;
+                Ok(Some(json!({"examples": records.len()})))
+            }
+            Then::WinRate { summary } => Ok(read_summary::<VsSummary>(&summary)
+                .map(|v| serde_json::to_value(v.a_win_rate))
+                .transpose()?),
+        }
+    }
+}
+
 /// The roles' servers, resolved from `[backends]` before anything runs.
 struct Remotes {
     prompts: Option<RemoteArgs>,
@@ -113,7 +178,7 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
     let seed = layout.seed();
     plan.push(Planned {
         name: "seed".into(),
-        work: Work::Seed,
+        work: Work::Seed(cfg.seed_data.clone()),
         inputs: Vec::new(),
         outputs: vec![seed.ift.clone(), seed.eft.clone(), seed.sft.clone()],
     });
