@@ -109,8 +109,8 @@ pub fn diagnose(
     let mut written: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut with_distribution = 0;
     for j in judgements {
-        d.forced_verdicts += j.forced_verdict.is_some() as usize;
-        match (j.score, j.value(mode)) {
+        d.forced_verdicts += j.judgement.forced_verdict.is_some() as usize;
+        match (j.judgement.score, j.value(mode)) {
             (Some(s), Some(v)) => {
                 *d.score_histogram.entry(label(s)).or_insert(0) += 1;
                 by_candidate
@@ -118,7 +118,7 @@ pub fn diagnose(
                     .or_default()
                     .push(v);
                 written.entry(j.candidate_id.as_str()).or_default().push(s);
-                with_distribution += j.distribution.is_some() as usize;
+                with_distribution += j.judgement.distribution.is_some() as usize;
             }
             _ => d.parse_failures += 1,
         }
@@ -211,7 +211,7 @@ mod tests {
         ];
         let mut judgements = judgements;
         // One judgement wrote no score and was asked for it (and scored 3 that way).
-        judgements[6].forced_verdict = Some(" 3".into());
+        judgements[6].judgement.forced_verdict = Some(" 3".into());
         let (pairs, stats) = build_pairs(&candidates, &judgements, &PairOptions::default());
         let d = diagnose(&candidates, &judgements, &pairs, &stats, ScoreMode::Sampled);
         assert_eq!(

@@ -236,7 +236,7 @@ mod tests {
         let cands = [cand("a", 0, "first"), cand("a", 1, "second")];
         let with = |cid: &str, w: [f64; 6]| {
             let mut j = judge(cid, 0, Some(4.0));
-            j.distribution = ScoreDistribution::from_weights(w);
+            j.judgement.distribution = ScoreDistribution::from_weights(w);
             j
         };
         let js = [

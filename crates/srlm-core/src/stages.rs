@@ -10,7 +10,7 @@
 //!   "rejected", "chosen_score", "rejected_score"}`, TRL's prompt/chosen/rejected plus
 //!   provenance.
 
-use crate::judge::{JudgeSample, ParseFailure, ScoreDistribution, ScoreMode};
+use crate::judge::{JudgeSample, ScoreMode};
 use serde::{Deserialize, Serialize};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -36,43 +36,23 @@ pub struct CandidateRecord {
     pub finish_reason: Option<String>,
 }
 
+/// One judgement as `srlm judge` writes it: its ids, then the judge sample itself (the same
+/// keys as [`JudgeSample`], flattened into the record).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JudgementRecord {
     pub id: String,
     pub candidate_id: String,
     pub prompt_id: String,
+    /// Which of the candidate's k judgements this is.
     pub sample: usize,
-    pub raw: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub score: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<ParseFailure>,
-    #[serde(
-        default,
-        rename = "score_distribution",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub distribution: Option<ScoreDistribution>,
-    /// What the judge wrote after srlm's `Score:` cue when `raw` had no score.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forced_verdict: Option<String>,
+    #[serde(flatten)]
+    pub judgement: JudgeSample,
 }
 
 impl JudgementRecord {
-    /// The judgement itself, without its ids.
-    pub fn sample(self) -> JudgeSample {
-        JudgeSample {
-            raw: self.raw,
-            score: self.score,
-            failure: self.failure,
-            distribution: self.distribution,
-            forced_verdict: self.forced_verdict,
-        }
-    }
-
     /// What this judgement counts as under `mode`.
     pub fn value(&self, mode: ScoreMode) -> Option<f64> {
-        mode.value(self.score, self.distribution.as_ref())
+        self.judgement.value(mode)
     }
 }
 
@@ -90,7 +70,7 @@ pub struct PairRecord {
 /// Stage records for tests, with the ids the stages give them.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use super::{CandidateRecord, JudgementRecord};
+    use super::{CandidateRecord, JudgeSample, JudgementRecord};
 
     /// Candidate `c` of prompt `p`: id `p/c`.
     pub fn candidate(p: &str, c: usize, response: &str) -> CandidateRecord {
@@ -111,11 +91,13 @@ pub(crate) mod fixtures {
             candidate_id: cid.into(),
             prompt_id: cid.split('/').next().unwrap().into(),
             sample: s,
-            raw: String::new(),
-            score,
-            failure: None,
-            distribution: None,
-            forced_verdict: None,
+            judgement: JudgeSample {
+                raw: String::new(),
+                score,
+                failure: None,
+                distribution: None,
+                forced_verdict: None,
+            },
         }
     }
 }

@@ -278,6 +278,7 @@ impl CustomOp3 for LinearTokenLogps {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+    use srlm_engine::kernels::check::{grads_of_dot, max_abs_diff};
 
     #[test]
     fn token_logps_is_log_softmax_at_the_target() {
@@ -304,31 +305,11 @@ mod tests {
         let up = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
         let fused = token_logps(logits.as_tensor(), &targets).unwrap();
         let slow = token_logps_composed(logits.as_tensor(), &targets).unwrap();
-        let d = (&fused - &slow)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&fused, &slow).unwrap();
         assert!(d < 1e-5, "forward differs by {d}");
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let (a, b) = (gf.get(&logits).unwrap(), gs.get(&logits).unwrap());
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let gf = grads_of_dot(&fused, &up).unwrap();
+        let gs = grads_of_dot(&slow, &up).unwrap();
+        let d = max_abs_diff(gf.get(&logits).unwrap(), gs.get(&logits).unwrap()).unwrap();
         assert!(d < 1e-5, "gradient differs by {d}");
     }
 
@@ -351,24 +332,10 @@ mod tests {
             linear_token_logps_keeping(x.as_tensor(), w.as_tensor(), &targets, keep_bytes).unwrap();
         let logits = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
         let slow = token_logps_composed(&logits, &targets).unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let max_diff = |a: &Tensor, b: &Tensor| max_abs_diff(a, b).unwrap();
         assert!(max_diff(&fused, &slow) < 1e-5);
-        let gf = (fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = grads_of_dot(&fused, &up).unwrap();
+        let gs = grads_of_dot(&slow, &up).unwrap();
         assert!(max_diff(gf.get(&x).unwrap(), gs.get(&x).unwrap()) < 1e-4);
         assert!(max_diff(gf.get(&w).unwrap(), gs.get(&w).unwrap()) < 1e-4);
     }

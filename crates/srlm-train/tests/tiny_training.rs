@@ -274,14 +274,7 @@ fn lora_trains_only_adapters_and_merges_exactly() {
     let adapted = trainer.engine.model.forward(&ids).unwrap();
     let merged = srlm_engine::Engine::load(dir.path(), &srlm_engine::LoadOptions::dense()).unwrap();
     let got = merged.model.forward(&ids).unwrap();
-    let err = (adapted - &got)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = srlm_engine::kernels::check::max_abs_diff(&adapted, &got).unwrap();
     assert!(err < 1e-4, "merged model differs by {err}");
     // ... and the base under the adapters never moved.
     let st = srlm_train::checkpoint::read_safetensors(

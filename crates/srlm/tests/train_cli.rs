@@ -46,14 +46,7 @@ fn weights(dir: &Path) -> HashMap<String, Tensor> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    srlm_engine::kernels::check::max_abs_diff(a, b).unwrap()
 }
 
 #[derive(serde::Deserialize)]

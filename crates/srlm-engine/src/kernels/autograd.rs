@@ -588,7 +588,7 @@ mod tests {
 
     /// The gradients of Σ y·up: backprop of an upstream gradient `up` through `y`.
     fn grads_of_dot(y: &Tensor, up: &Tensor) -> candle_core::backprop::GradStore {
-        (y * up).unwrap().sum_all().unwrap().backward().unwrap()
+        crate::kernels::check::grads_of_dot(y, up).unwrap()
     }
 
     fn composed_softmax(x: &Tensor) -> Tensor {
@@ -774,14 +774,7 @@ mod tests {
     }
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::kernels::check::max_abs_diff(a, b).unwrap();
         assert!(d < tol, "differ by {d}");
     }
 

@@ -122,7 +122,7 @@ fn contrasting(candidates: &Path, judgements: &Path) -> Result<Vec<JudgedPrompt>
         samples
             .entry(candidate)
             .or_default()
-            .push(own_judgement(r.sample()));
+            .push(own_judgement(r.judgement));
     }
     let mut prompts: Vec<JudgedPrompt> = Vec::new();
     let mut at: BTreeMap<String, usize> = BTreeMap::new();

@@ -253,11 +253,7 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
             candidate_id,
             prompt_id,
             sample,
-            raw: j.raw,
-            score: j.score,
-            failure: j.failure,
-            distribution: j.distribution,
-            forced_verdict: j.forced_verdict,
+            judgement: j,
         }
     })?;
     without.warn(backend.as_ref());

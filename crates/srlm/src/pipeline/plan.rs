@@ -105,7 +105,10 @@ impl Then {
             }
             Then::JudgementStats { judgements } => {
                 let all = read_jsonl::<srlm_core::stages::JudgementRecord>(&judgements, "")?;
-                let failed = all.iter().filter(|j| j.record.score.is_none()).count();
+                let failed = all
+                    .iter()
+                    .filter(|j| j.record.judgement.score.is_none())
+                    .count();
                 if failed > 0 {
                     eprintln!("srlm: {failed} of {} judgements carry no valid score (kept with their raw text)", all.len());
                 }
