@@ -37,30 +37,43 @@ pub(crate) fn seed_examples(
 ) -> Result<(Vec<IftExample>, Vec<EftExample>)> {
     let tmp = dir.join("seed");
     std::fs::create_dir_all(&tmp)?;
-    let mut ift = Vec::new();
-    for src in &cfg.ift {
-        if src == "builtin" {
-            let p = tmp.join("builtin_ift.jsonl");
-            write_atomic(&p, crate::builtin::SEED_IFT.as_bytes())?;
-            ift.extend(load_ift(&p)?);
-        } else {
-            ift.extend(load_ift(Path::new(src))?);
-        }
-    }
-    let mut eft = Vec::new();
-    for src in &cfg.eft {
-        if src == "builtin" {
-            let p = tmp.join("builtin_eft.jsonl");
-            write_atomic(&p, crate::builtin::SEED_EFT.as_bytes())?;
-            eft.extend(load_eft(&p)?);
-        } else {
-            eft.extend(load_eft(Path::new(src))?);
-        }
-    }
+    let ift = read_sources(
+        &cfg.ift,
+        &tmp.join("builtin_ift.jsonl"),
+        crate::builtin::SEED_IFT,
+        load_ift,
+    )?;
+    let eft = read_sources(
+        &cfg.eft,
+        &tmp.join("builtin_eft.jsonl"),
+        crate::builtin::SEED_EFT,
+        load_eft,
+    )?;
     if ift.is_empty() {
         bail!("the seed has no IFT examples\n  hint: set [seed_data] ift = [\"builtin\"] or to your own files");
     }
     Ok((ift, eft))
+}
+
+/// Every source's examples in order: "builtin" is the shipped text, written to `builtin_path`
+/// first so that errors name a file a user can open.
+fn read_sources<T>(
+    sources: &[String],
+    builtin_path: &Path,
+    builtin_text: &str,
+    load: fn(&Path) -> Result<Vec<T>, srlm_core::jsonl::JsonlError>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for src in sources {
+        let path = if src == "builtin" {
+            write_atomic(builtin_path, builtin_text.as_bytes())?;
+            builtin_path
+        } else {
+            Path::new(src)
+        };
+        out.extend(load(path)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
