@@ -30,6 +30,24 @@ impl Message {
     }
 }
 
+/// Why `messages` cannot be a conversation, if it cannot: it is empty, or a message's role is
+/// not system, user or assistant. The one check `srlm generate`, `srlm sft`/`dpo` and
+/// `srlm serve` share.
+pub fn check_messages(messages: &[Message]) -> Result<(), String> {
+    if messages.is_empty() {
+        return Err("the conversation is empty".into());
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+            return Err(format!(
+                "message {i} has role `{}`; expected system, user or assistant",
+                m.role
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What to feed the model: a chat (templated), a chat whose assistant turn is already begun,
 /// or raw text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -91,9 +109,7 @@ impl GenerateRecord {
         match (&self.prompt, &self.messages, &self.text) {
             (Some(p), None, None) => Ok(PromptInput::Chat(vec![Message::new("user", p)])),
             (None, Some(m), None) => {
-                if m.is_empty() {
-                    return Err("field `messages` is empty".into());
-                }
+                check_messages(m).map_err(|e| format!("field `messages`: {e}"))?;
                 Ok(PromptInput::Chat(m.clone()))
             }
             (None, None, Some(t)) => Ok(PromptInput::Raw(t.clone())),

@@ -16,6 +16,12 @@ pub enum JsonlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {message}\n  hint: {hint}")]
+    Refused {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
     #[error("{path}:{line}: {message}\n  hint: {hint}")]
     Record {
         path: PathBuf,
@@ -83,9 +89,15 @@ fn describe_serde_error(e: &serde_json::Error) -> String {
     }
 }
 
-/// Reads the records a previous, possibly interrupted, run already wrote. A torn last line (the
-/// process died mid-write) is cut off so appending continues from the last whole record.
-/// Returns the whole records; a missing file is an empty artifact.
+/// Reads the records a previous, possibly interrupted, run of the same command already wrote,
+/// so appending continues after the last whole record. A missing or empty file is an empty
+/// artifact.
+///
+/// srlm resumes only a file it can show it wrote: every whole line must be a record of this
+/// output's schema, checked before anything is touched, else the file is refused and left as it
+/// is. Then a torn last line (the process died mid-write) is cut off; a last record that only
+/// lacks its newline is kept and given one. A file that holds nothing but a torn line is refused
+/// too: nothing in it shows that srlm wrote it.
 pub fn recover_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -96,33 +108,109 @@ pub fn recover_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlEr
         Some(p) => p + 1,
         None => 0,
     };
-    if whole < bytes.len() {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| JsonlError::io(path, e))?;
-        f.set_len(whole as u64)
-            .map_err(|e| JsonlError::io(path, e))?;
+    let mut out = parse_lines(path, &bytes[..whole], NOT_OURS_HINT)?;
+    let tail = &bytes[whole..];
+    if tail.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(out);
     }
+    match serde_json::from_slice::<T>(tail) {
+        Ok(last) => {
+            out.push(last);
+            let mut f = OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| JsonlError::io(path, e))?;
+            f.write_all(b"\n").map_err(|e| JsonlError::io(path, e))?;
+        }
+        Err(e) if out.is_empty() => {
+            return Err(JsonlError::Record {
+                path: path.to_path_buf(),
+                line: 1,
+                message: format!(
+                    "not an output of this command ({}); srlm leaves it as it is",
+                    describe_serde_error(&e)
+                ),
+                hint: NOT_OURS_HINT.into(),
+            })
+        }
+        Err(_) => {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| JsonlError::io(path, e))?;
+            f.set_len(whole as u64)
+                .map_err(|e| JsonlError::io(path, e))?;
+        }
+    }
+    Ok(out)
+}
+
+const NOT_OURS_HINT: &str =
+    "this file was not written by this command; move it away or choose another output path";
+
+/// Every non-blank line of `bytes` as a `T`; the first that is not one is an error that names
+/// the file and line.
+fn parse_lines<T: DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    hint: &str,
+) -> Result<Vec<T>, JsonlError> {
     let mut out = Vec::new();
-    for (i, line) in bytes[..whole].split(|&b| b == b'\n').enumerate() {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
         let record = serde_json::from_slice(line).map_err(|e| JsonlError::Record {
             path: path.to_path_buf(),
             line: i + 1,
-            message: describe_serde_error(&e),
-            hint: "this output file was not written by this command; move it away or choose another --output".into(),
+            message: format!(
+                "not an output of this command ({}); srlm leaves it as it is",
+                describe_serde_error(&e)
+            ),
+            hint: hint.to_string(),
         })?;
         out.push(record);
     }
     Ok(out)
 }
 
+/// Refuses `output` when it is one of `inputs`, compared as files (a symlink, a hard link or a
+/// second spelling of the same path is caught too), before anything is read or written.
+pub fn refuse_input_as_output(output: &Path, inputs: &[&Path]) -> Result<(), JsonlError> {
+    for input in inputs {
+        if same_file::is_same_file(output, input).unwrap_or(false) {
+            return Err(JsonlError::Refused {
+                path: output.to_path_buf(),
+                message: format!(
+                    "is also an input ({}); srlm never writes to its inputs",
+                    input.display()
+                ),
+                hint: "choose another output path".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to replace `path` unless it is missing, empty, or every line of it is a record of
+/// this output's schema (an earlier run of the same command wrote it).
+pub fn check_replaceable<T: DeserializeOwned>(path: &Path) -> Result<(), JsonlError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(JsonlError::io(path, e)),
+    };
+    parse_lines::<T>(path, &bytes, NOT_OURS_HINT).map(|_| ())
+}
+
 /// Writes `records` to `path` as a whole: to a temporary file beside it, then renamed over it,
-/// so a reader sees the old file or the complete new one, never a part.
-pub fn write_jsonl_atomic<T: Serialize>(path: &Path, records: &[T]) -> Result<(), JsonlError> {
+/// so a reader sees the old file or the complete new one, never a part. An existing file is
+/// replaced only when `check_replaceable` shows it is an earlier output of the same kind.
+pub fn write_jsonl_atomic<T: Serialize + DeserializeOwned>(
+    path: &Path,
+    records: &[T],
+) -> Result<(), JsonlError> {
+    check_replaceable::<T>(path)?;
     write_atomic(path, &to_lines(path, records)?)
 }
 
@@ -260,5 +348,87 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let got: Vec<Rec> = recover_jsonl(&dir.path().join("none.jsonl")).unwrap();
         assert!(got.is_empty());
+    }
+
+    #[test]
+    fn recover_refuses_a_file_it_did_not_write_and_leaves_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in [
+            "my notes, no newline",
+            "my notes\n",
+            "{\"id\":\"a\",\"n\":1}\nmy notes\n{\"id\":\"b\",\"n\":2}\n",
+            "{\"other\":\"schema\"}\n{\"id\":\"b\",\"n\"",
+        ] {
+            let p = dir.path().join("out.jsonl");
+            std::fs::write(&p, text).unwrap();
+            let err = recover_jsonl::<Rec>(&p).unwrap_err().to_string();
+            assert!(
+                err.contains("not an output of this command"),
+                "{text:?}: {err}"
+            );
+            assert!(err.contains("out.jsonl"), "{err}");
+            assert_eq!(
+                std::fs::read_to_string(&p).unwrap(),
+                text,
+                "file was touched"
+            );
+        }
+    }
+
+    #[test]
+    fn recover_keeps_a_last_record_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        std::fs::write(&p, "{\"id\":\"a\",\"n\":1}\n{\"id\":\"b\",\"n\":2}").unwrap();
+        let got: Vec<Rec> = recover_jsonl(&p).unwrap();
+        assert_eq!(got.len(), 2);
+        JsonlWriter::append(&p)
+            .unwrap()
+            .write(&Rec {
+                id: "c".into(),
+                n: 3,
+            })
+            .unwrap();
+        let all: Vec<Rec> = recover_jsonl(&p).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn an_output_that_is_an_input_is_refused_by_any_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "{}\n").unwrap();
+        let other = dir.path().join("other.jsonl");
+        assert!(refuse_input_as_output(&other, &[&input]).is_ok());
+        let spelled = dir.path().join(".").join("in.jsonl");
+        let err = refuse_input_as_output(&spelled, &[&other, &input])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is also an input"), "{err}");
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.jsonl");
+            std::os::unix::fs::symlink(&input, &link).unwrap();
+            assert!(refuse_input_as_output(&link, &[&input]).is_err());
+        }
+    }
+
+    #[test]
+    fn atomic_write_replaces_only_an_output_of_its_own_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pairs.jsonl");
+        let recs = [Rec {
+            id: "a".into(),
+            n: 1,
+        }];
+        write_jsonl_atomic(&p, &recs).unwrap();
+        write_jsonl_atomic(&p, &recs).unwrap();
+        std::fs::write(&p, "# a user's file\n").unwrap();
+        let err = write_jsonl_atomic(&p, &recs).unwrap_err().to_string();
+        assert!(err.contains("pairs.jsonl:1: not an output"), "{err}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "# a user's file\n");
     }
 }

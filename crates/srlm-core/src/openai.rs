@@ -362,6 +362,9 @@ pub struct ErrorDetail {
     pub kind: String,
     #[serde(default)]
     pub code: Option<String>,
+    /// The request field at fault, where one is.
+    #[serde(default)]
+    pub param: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -86,6 +86,9 @@ pub struct PairStats {
     pub too_few_scored: usize,
     pub ties: usize,
     pub small_margin: usize,
+    /// Best and worst were the same text (sampled twice, judged apart): no preference in it.
+    #[serde(default)]
+    pub identical: usize,
 }
 
 /// Pairs from the judged candidates of every prompt, in the order prompts first appear among
@@ -127,6 +130,9 @@ pub fn build_pairs(
             })
             .collect();
         match select_pair(&scored, opts) {
+            Ok((ci, ri)) if cands[ci].response.trim() == cands[ri].response.trim() => {
+                stats.identical += 1
+            }
             Ok((ci, ri)) => {
                 stats.pairs += 1;
                 out.push(crate::stages::PairRecord {
@@ -182,6 +188,27 @@ mod tests {
             select_pair(&[c(Some(4.0), 1), c(Some(3.0), 2)], &margin),
             Err(NoPair::SmallMargin)
         );
+    }
+
+    #[test]
+    fn a_pair_of_one_text_twice_is_dropped_and_counted() {
+        use crate::stages::fixtures::{candidate as cand, judgement as judge};
+        let cands = [
+            cand("a", 0, "same"),
+            cand("a", 1, "same "),
+            cand("b", 0, "x"),
+            cand("b", 1, "y"),
+        ];
+        let js = [
+            judge("a/0", 0, Some(5.0)),
+            judge("a/1", 0, Some(1.0)),
+            judge("b/0", 0, Some(5.0)),
+            judge("b/1", 0, Some(1.0)),
+        ];
+        let (pairs, stats) = build_pairs(&cands, &js, &PairOptions::default());
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].prompt_id, "b");
+        assert_eq!((stats.pairs, stats.identical), (1, 1));
     }
 
     #[test]

@@ -50,6 +50,35 @@ pub struct JudgementRecord {
 }
 
 impl JudgementRecord {
+    /// Why this record cannot be a judgement on the additive 0-5 scale, if it cannot: a score
+    /// or expected score outside [0, 5] (or not finite), or a distribution that is not one.
+    pub fn check(&self) -> Result<(), String> {
+        let on_scale = |v: f64| v.is_finite() && (0.0..=5.0).contains(&v);
+        if let Some(s) = self.judgement.score.filter(|s| !on_scale(*s)) {
+            return Err(format!("field `score`: {s} is not on the 0-5 scale"));
+        }
+        if let Some(d) = &self.judgement.distribution {
+            if !on_scale(d.expected) {
+                return Err(format!(
+                    "field `score_distribution.expected`: {} is not on the 0-5 scale",
+                    d.expected
+                ));
+            }
+            let sum: f64 = d.probs.iter().sum();
+            if d.probs
+                .iter()
+                .any(|p| !(p.is_finite() && (0.0..=1.0).contains(p)))
+                || (sum - 1.0).abs() > 1e-3
+            {
+                return Err(format!(
+                    "field `score_distribution.probs`: {:?} is not a distribution over 0..5",
+                    d.probs
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// What this judgement counts as under `mode`.
     pub fn value(&self, mode: ScoreMode) -> Option<f64> {
         self.judgement.value(mode)

@@ -51,7 +51,7 @@ impl SftRecord {
             (None, None, Some(_)) => return Err("field `prompt` is missing".into()),
             (None, None, None) => return Err("needs `messages`, or `prompt` and `response`".into()),
         };
-        check_conversation(&msgs)?;
+        crate::generation::check_messages(&msgs)?;
         if !msgs.iter().any(|m| m.role == "assistant") {
             return Err("has no assistant message to train on".into());
         }
@@ -81,7 +81,7 @@ pub struct PreferencePair {
 impl DpoRecord {
     pub fn pair(&self) -> Result<PreferencePair, String> {
         let prompt = to_messages(&self.prompt, "user");
-        check_conversation(&prompt)?;
+        crate::generation::check_messages(&prompt)?;
         if prompt.last().is_some_and(|m| m.role == "assistant") {
             return Err(
                 "`prompt` ends with an assistant message; the reply belongs in `chosen`/`rejected`"
@@ -113,21 +113,6 @@ fn reply(v: &TextOrMessages, field: &str) -> Result<String, String> {
             )),
         },
     }
-}
-
-fn check_conversation(msgs: &[Message]) -> Result<(), String> {
-    if msgs.is_empty() {
-        return Err("the conversation is empty".into());
-    }
-    for (i, m) in msgs.iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-            return Err(format!(
-                "message {i} has role `{}`; expected system, user or assistant",
-                m.role
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

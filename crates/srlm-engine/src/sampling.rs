@@ -5,6 +5,7 @@
 use rand::distr::{weighted::WeightedIndex, Distribution};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use srlm_core::openai::MAX_TOP_LOGPROBS;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -40,7 +41,58 @@ impl Default for SamplingParams {
     }
 }
 
+/// One sampling setting that cannot sample: the setting's name (as the config and srlm's
+/// JSON records spell it) and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadSetting {
+    pub name: &'static str,
+    pub problem: String,
+}
+
 impl SamplingParams {
+    /// Every setting that cannot sample, all at once: the one check the command line, the run
+    /// config and `srlm serve` share. A negative temperature, a top-p outside (0, 1], a
+    /// repetition penalty that is not positive (0 empties every completion), no new tokens, or
+    /// an empty stop string (it would stop before the first token).
+    pub fn problems(&self) -> Vec<BadSetting> {
+        let mut out = Vec::new();
+        let mut bad = |name, problem: String| out.push(BadSetting { name, problem });
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bad(
+                "temperature",
+                format!("is {}; it must be 0 (greedy) or more", self.temperature),
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bad("top_p", format!("is {}; it must be in (0, 1]", self.top_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            bad(
+                "repetition_penalty",
+                format!(
+                    "is {}; it must be more than 0 (1 is off)",
+                    self.repetition_penalty
+                ),
+            );
+        }
+        if self.max_new_tokens == 0 {
+            bad("max_new_tokens", "is 0; it must be at least 1".into());
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            bad(
+                "stop",
+                "holds an empty string, which would stop before anything is written".into(),
+            );
+        }
+        if let Some(n) = self.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            bad(
+                "logprobs",
+                format!("is {n}; at most {MAX_TOP_LOGPROBS} are reported"),
+            );
+        }
+        out
+    }
+
     pub fn greedy(max_new_tokens: usize) -> Self {
         Self {
             temperature: 0.0,
@@ -224,5 +276,39 @@ mod tests {
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn settings_that_cannot_sample_are_all_named() {
+        assert!(SamplingParams::default().problems().is_empty());
+        assert!(SamplingParams::greedy(1).problems().is_empty());
+        let bad = SamplingParams {
+            temperature: -0.5,
+            top_p: 1.5,
+            repetition_penalty: 0.0,
+            max_new_tokens: 0,
+            stop: vec!["".into()],
+            logprobs: Some(21),
+            ..SamplingParams::default()
+        };
+        let names: Vec<&str> = bad.problems().iter().map(|b| b.name).collect();
+        assert_eq!(
+            names,
+            [
+                "temperature",
+                "top_p",
+                "repetition_penalty",
+                "max_new_tokens",
+                "stop",
+                "logprobs"
+            ]
+        );
+        for top_p in [0.0, f32::NAN] {
+            let p = SamplingParams {
+                top_p,
+                ..SamplingParams::default()
+            };
+            assert_eq!(p.problems()[0].name, "top_p");
+        }
     }
 }

@@ -309,6 +309,48 @@ pub fn completed(out: &Path) -> Result<Option<ResumeInfo>> {
     Ok(Some(info))
 }
 
+/// The file that says a training output folder is srlm's: written when the trainer first
+/// claims the folder, before anything else goes in.
+pub const OWNER_FILE: &str = "srlm-train.json";
+
+/// Makes `out` this trainer's output folder, or refuses to. A folder is the trainer's when it
+/// is missing, empty, or holds the trainer's own marks (its owner file, its resume state or
+/// its finished-run marker); anything else (a model someone else wrote, a folder of notes) is
+/// left untouched unless `overwrite` says the model files in it may be replaced.
+pub fn claim_out_dir(out: &Path, overwrite: bool) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(TrainError::Checkpoint(format!(
+            "{} is a file; the output of training is a folder\n  hint: choose a folder for --out",
+            out.display()
+        )));
+    }
+    let ours = [OWNER_FILE, COMPLETE, STATE_DIR]
+        .iter()
+        .any(|name| out.join(name).exists());
+    let first_foreign = match std::fs::read_dir(out) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .min(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(TrainError::io(out, e)),
+    };
+    if let (false, Some(name), false) = (ours, &first_foreign, overwrite) {
+        return Err(TrainError::Checkpoint(format!(
+            "{} already holds files srlm's trainer did not write (such as {name}); srlm will not write a model over them\n  hint: choose a new --out, or pass --overwrite to replace the model files in it",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    if !out.join(OWNER_FILE).exists() {
+        write_json(
+            &out.join(OWNER_FILE),
+            &serde_json::json!({"written_by": "srlm", "version": env!("CARGO_PKG_VERSION")}),
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +381,35 @@ mod tests {
         std::fs::write(dir.path().join(COMPLETE), later).unwrap();
         let e = completed(dir.path()).unwrap_err().to_string();
         assert!(e.contains("newer than this srlm"), "{e}");
+    }
+
+    #[test]
+    fn a_folder_the_trainer_did_not_write_is_refused_without_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("their-model");
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::write(theirs.join("model.safetensors"), b"weights").unwrap();
+        let err = claim_out_dir(&theirs, false).unwrap_err().to_string();
+        assert!(err.contains("such as model.safetensors"), "{err}");
+        assert!(err.contains("--overwrite"), "{err}");
+        assert!(!theirs.join(OWNER_FILE).exists());
+        claim_out_dir(&theirs, true).unwrap();
+        assert!(theirs.join(OWNER_FILE).exists());
+
+        // A new folder, an empty one, and one the trainer already claimed are the trainer's.
+        let fresh = dir.path().join("new");
+        claim_out_dir(&fresh, false).unwrap();
+        std::fs::write(fresh.join("metrics.jsonl"), b"").unwrap();
+        claim_out_dir(&fresh, false).unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        claim_out_dir(&empty, false).unwrap();
+
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(claim_out_dir(&file, true)
+            .unwrap_err()
+            .to_string()
+            .contains("is a file"));
     }
 }

@@ -152,6 +152,12 @@ pub fn load_pairs(engine: &Engine, path: &Path, max_len: usize) -> Result<Vec<Pa
             hint: DPO_SCHEMA_HINT.into(),
         };
         let pair = r.record.pair().map_err(&bad)?;
+        if pair.chosen.trim() == pair.rejected.trim() {
+            // The DPO loss of such a pair is ln 2 whatever the model: a zero gradient, no signal.
+            return Err(bad(
+                "`chosen` and `rejected` are the same text, so the pair prefers nothing".into(),
+            ));
+        }
         let (chosen, rejected) = pair_sequences(engine, &pair, max_len).map_err(&bad)?;
         let ref_logps = match (r.record.ref_chosen_logps, r.record.ref_rejected_logps) {
             (Some(c), Some(j)) => Some((c, j)),

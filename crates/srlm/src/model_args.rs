@@ -75,8 +75,10 @@ impl SamplingArgs {
     pub const TEMPERATURE: f32 = 0.7;
     pub const TOP_P: f32 = 0.9;
 
-    pub fn params(&self) -> SamplingParams {
-        SamplingParams {
+    /// The sampling settings these flags give, refused (every bad flag named) when they cannot
+    /// sample; the check is the engine's, the one the run config and `srlm serve` use too.
+    pub fn params(&self) -> anyhow::Result<SamplingParams> {
+        let params = SamplingParams {
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,
@@ -85,6 +87,15 @@ impl SamplingArgs {
             stop: self.stop.clone(),
             seed: self.seed,
             logprobs: None,
+        };
+        let problems: Vec<String> = params
+            .problems()
+            .iter()
+            .map(|b| format!("--{} {}", b.name.replace('_', "-"), b.problem))
+            .collect();
+        match problems.is_empty() {
+            true => Ok(params),
+            false => anyhow::bail!("{}", problems.join("\n")),
         }
     }
 }

@@ -240,11 +240,58 @@ fn a_wrong_key_or_bad_request_is_not_retried() {
     )
     .unwrap();
     let o = judge(dir.path(), &url);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Nothing was judged: the stage fails (it used to exit 0), naming the key, not the server.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("every one of the 2 requests failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refused the API key"), "{stderr}");
+    assert!(!stderr.contains("server up"), "{stderr}");
     assert_eq!(*count.lock().unwrap(), 1);
     let failures = lines(&dir.path().join("judge.failures.jsonl"));
     assert_eq!(failures.len(), 2);
     assert!(failures[0]["error"].as_str().unwrap().contains("HTTP 401"));
+}
+
+#[test]
+fn a_refused_key_when_listing_models_names_the_key_not_the_server() {
+    let url = common::start(move |stream, _| {
+        reply(
+            stream,
+            "401 Unauthorized",
+            "",
+            r#"{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}"#,
+        );
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cands.jsonl"),
+        "{\"id\": \"a/0\", \"prompt_id\": \"a\", \"prompt\": \"Hi\", \"candidate\": 0, \"response\": \"Hello\"}\n",
+    )
+    .unwrap();
+    let d = |n: &str| dir.path().join(n).display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args([
+            "judge",
+            "--candidates",
+            &d("cands.jsonl"),
+            "--out",
+            &d("judge.jsonl"),
+        ])
+        .args(["--api-base", &url, "--api-key-env", "SRLM_TEST_UNSET_KEY"])
+        .env_remove("SRLM_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    assert!(
+        stderr.contains("$SRLM_TEST_UNSET_KEY is not set"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("server up"), "{stderr}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 mod common;
 use common::{lines, tiny_model};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -228,6 +228,55 @@ fn serve_speaks_the_openai_api() {
         &chat("tiny", "hi", json!({"n": 0})).to_string(),
     );
     assert_eq!(status, 400);
+    // Sampling values and roles that cannot generate: 400s naming the field (OpenAI's `param`).
+    for (extra, param) in [
+        (json!({"temperature": -0.5}), "temperature"),
+        (json!({"top_p": 1.5}), "top_p"),
+        (json!({"repetition_penalty": 0}), "repetition_penalty"),
+        (json!({"max_tokens": 0}), "max_tokens"),
+        (json!({"stop": [""]}), "stop"),
+        (
+            json!({"messages": [{"role": "robot", "content": "hi"}]}),
+            "messages",
+        ),
+    ] {
+        let (status, body) = post(
+            &format!("{base}/chat/completions"),
+            &chat("tiny", "hi", extra.clone()).to_string(),
+        );
+        assert_eq!(status, 400, "{extra}: {body}");
+        let err: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(err["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(err["error"]["param"], param, "{body}");
+    }
+    // A body past the limit is a 413 in the same shape, not axum's plain text. (Written by a
+    // thread that ignores the broken pipe when the server stops reading, read here.)
+    let addr = base.trim_start_matches("http://").trim_end_matches("/v1");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let huge = chat("tiny", &"x".repeat(3 << 20), json!({})).to_string();
+    std::thread::spawn(move || {
+        let _ = write!(
+            writer,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{huge}",
+            huge.len()
+        );
+    });
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    let body = &reply[reply.find("\r\n\r\n").unwrap() + 4..];
+    let err: Value = serde_json::from_str(body).unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than"),
+        "{body}"
+    );
 
     // Eight different requests at once are batched; each gets what it gets alone.
     let prompts: Vec<String> = (0..8).map(|i| format!("Question number {i}?")).collect();

@@ -100,16 +100,33 @@ impl OpenAiBackend {
         let list: ModelList = self
             .with_retries("GET /models", || {
                 let body = self.send("models", None)?;
-                serde_json::from_str(&body)
-                    .map_err(|e| TryError::Transient(format!("unreadable /models reply: {e}"), None))
+                serde_json::from_str(&body).map_err(|e| {
+                    TryError::Transient(format!("unreadable /models reply: {e}"), None)
+                })
             })
-            .map_err(|e| anyhow::anyhow!("{}: {e}\n  hint: is the server up? --api-model names the model without asking it", self.base))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e}\n  hint: {}", self.base, self.hint_for(&e)))?;
         match list.data.into_iter().next() {
             Some(m) => Ok(m.id),
             None => bail!(
                 "{}/models lists no model\n  hint: name one with --api-model",
                 self.base
             ),
+        }
+    }
+
+    /// What to do about a failed `GET /models`: a refused key is not a server that is down.
+    fn hint_for(&self, error: &str) -> String {
+        if error.contains("HTTP 401") || error.contains("HTTP 403") {
+            let set = match self.api_key {
+                Some(_) => "is set, but the server refused its key",
+                None => "is not set",
+            };
+            format!(
+                "the server wants an API key: ${} {set} (--api-key-env names another variable)",
+                self.cfg.api_key_env
+            )
+        } else {
+            "is the server up? --api-model names the model without asking it".into()
         }
     }
 

@@ -54,7 +54,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
         }
         messages.push(Message::new("user", line));
         let prompt_ids = engine.tokenizer.encode(&engine.render_chat(&messages)?)?;
-        let mut params = args.sampling.params();
+        let mut params = args.sampling.params()?;
         params.seed = args.sampling.seed.wrapping_add(turn);
         turn += 1;
         let mut reply = String::new();

@@ -53,12 +53,15 @@ pub fn modified_path(out: &Path) -> PathBuf {
 }
 
 pub fn run(a: ContrastArgs) -> Result<()> {
+    for out in [&a.out, &modified_path(&a.out)] {
+        srlm_core::jsonl::refuse_input_as_output(out, &[&a.prompts])?;
+    }
     let prompts: Vec<PromptRecord> = read_jsonl(&a.prompts, PROMPT_HINT)?
         .into_iter()
         .map(|l| l.record)
         .collect();
     let backend = a.backend.open()?;
-    let base = a.sampling.params();
+    let base = a.sampling.params()?;
 
     // 1. A modified instruction per prompt.
     let mod_path = modified_path(&a.out);

@@ -147,6 +147,15 @@ fn contrasting(candidates: &Path, judgements: &Path) -> Result<Vec<JudgedPrompt>
 }
 
 pub fn run(a: EftArgs) -> Result<()> {
+    let inputs: Vec<&Path> = [
+        a.data.as_deref(),
+        a.candidates.as_deref(),
+        Some(a.judgements.as_path()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    srlm_core::jsonl::refuse_input_as_output(&a.out, &inputs)?;
     let filter = TreeFilter {
         keep_synthetic: a.keep_synthetic,
         ..TreeFilter::default()

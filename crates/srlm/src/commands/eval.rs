@@ -83,6 +83,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 }
 
 fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
+    srlm_core::jsonl::refuse_input_as_output(&a.out, &[&a.data])?;
     let filter = TreeFilter {
         keep_synthetic: a.keep_synthetic,
         ..TreeFilter::default()
@@ -108,7 +109,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     let done: Vec<RankedReplyJudgement> = recover_jsonl(&a.out)?;
     let done_ids: HashSet<String> = done.iter().map(|r| r.id.clone()).collect();
     let backend = a.backend.open()?;
-    let base = judge_params(&a.sampling);
+    let base = judge_params(&a.sampling)?;
     let mut meta = BTreeMap::new();
     let mut requests = Vec::new();
     for p in &prompts {

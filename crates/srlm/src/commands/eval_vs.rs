@@ -173,7 +173,7 @@ fn answer(
         .collect();
     if !todo.is_empty() {
         let backend = a.backend.local(model).open()?;
-        let base = a.sampling.params();
+        let base = a.sampling.params()?;
         let mut requests = Vec::new();
         let mut text = HashMap::new();
         for (id, prompt) in todo {
@@ -196,6 +196,14 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
     let mut prompts = load_prompts(&a.prompts)?;
     if let Some(n) = a.limit {
         prompts.truncate(n);
+    }
+    for name in [
+        "answers_a.jsonl",
+        "answers_b.jsonl",
+        "judgements.jsonl",
+        "summary.json",
+    ] {
+        srlm_core::jsonl::refuse_input_as_output(&a.out.join(name), &[&a.prompts])?;
     }
     std::fs::create_dir_all(&a.out)?;
     let answers_a = answer(

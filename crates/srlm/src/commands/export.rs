@@ -14,7 +14,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use srlm_core::jsonl::{read_jsonl, write_jsonl_atomic};
 use srlm_core::train_data::{DpoRecord, DPO_SCHEMA_HINT};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
 pub enum ExportCommand {
@@ -62,6 +62,8 @@ fn export_pairs(a: ExportPairsArgs) -> Result<()> {
     if files.is_empty() {
         bail!("no pairs to export\n  hint: give --pairs FILE or --run DIR");
     }
+    let inputs: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
+    srlm_core::jsonl::refuse_input_as_output(&a.out, &inputs)?;
     let mut out = Vec::new();
     for f in &files {
         for l in read_jsonl::<DpoRecord>(f, DPO_SCHEMA_HINT)? {

@@ -46,6 +46,7 @@ pub fn record_seed(base: u64, id: &str) -> u64 {
 /// does not fit, where a backend reports that only as the request's failure after the rest ran;
 /// and it writes `srlm generate`'s own record shape. Stages that want a server use `Backend`.
 pub fn run(args: GenerateArgs) -> Result<()> {
+    srlm_core::jsonl::refuse_input_as_output(&args.output, &[&args.input])?;
     let records = read_jsonl::<GenerateRecord>(&args.input, GENERATE_SCHEMA_HINT)?;
     let done: Vec<GenerateOutput> = recover_jsonl(&args.output)?;
     let done_ids: HashSet<String> = done.iter().map(|o| o.id.clone()).collect();
@@ -53,7 +54,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let engine = args.model.load()?;
     let base = SamplingParams {
         logprobs: args.logprobs,
-        ..args.sampling.params()
+        ..args.sampling.params()?
     };
     let mut seen = HashSet::new();
     let mut requests = Vec::new();
@@ -92,6 +93,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             params.top_k = v;
         }
         params.seed = r.record.seed.unwrap_or_else(|| record_seed(base.seed, &id));
+        if let Some(b) = params.problems().first() {
+            bail!(
+                "{here}: field `{}` {} (this record's value, or the flag's)\n  hint: {GENERATE_SCHEMA_HINT}",
+                b.name,
+                b.problem
+            );
+        }
         let context = engine.model.max_positions();
         if prompt_ids.len() >= context {
             bail!(

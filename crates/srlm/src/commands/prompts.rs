@@ -132,6 +132,15 @@ pub fn run(a: PromptsArgs) -> Result<()> {
 }
 
 pub fn write_prompts(a: &PromptsArgs) -> Result<PromptsSummary> {
+    let inputs: Vec<&Path> = a
+        .seed
+        .iter()
+        .chain(&a.existing)
+        .map(|p| p.as_path())
+        .collect();
+    for out in [&a.out, &attempts_path(&a.out)] {
+        srlm_core::jsonl::refuse_input_as_output(out, &inputs)?;
+    }
     let mut seed_prompts = Vec::new();
     for p in &a.seed {
         seed_prompts.extend(load_ift(p)?.into_iter().map(|e| e.prompt));

@@ -14,7 +14,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use srlm_core::diagnostics::diagnose;
 use srlm_core::generation::{Message, PromptInput};
-use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_atomic, write_jsonl_atomic, JsonlWriter};
+use srlm_core::jsonl::{
+    read_jsonl, recover_jsonl, refuse_input_as_output, write_atomic, write_jsonl_atomic,
+    JsonlWriter, Lined,
+};
 use srlm_core::judge::{judge_prompt, JudgeSample, ScoreMode, JUDGE_TOP_LOGPROBS};
 use srlm_core::pairs::{build_pairs, PairOptions};
 use srlm_core::stages::{
@@ -93,10 +96,20 @@ pub(crate) struct GenerationSummary {
 }
 
 /// A request that could not be answered, a line of `OUT.failures.jsonl`.
-#[derive(Debug, Serialize)]
-struct FailureRecord<'a> {
-    id: &'a str,
-    error: &'a str,
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct FailureRecord {
+    id: String,
+    error: String,
+}
+
+/// Removes a failures list left by an earlier invocation, once nothing failed; a file of that
+/// name that is not such a list is left alone.
+fn remove_failures(path: &Path) -> Result<()> {
+    if path.exists() {
+        srlm_core::jsonl::check_replaceable::<FailureRecord>(path)?;
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn failures_path(out: &Path) -> PathBuf {
@@ -116,9 +129,7 @@ pub(crate) fn run_resumable<R: Serialize>(
     let failures_file = failures_path(out);
     if requests.is_empty() {
         eprintln!("srlm: nothing to do: {} is complete", out.display());
-        if failures_file.exists() {
-            std::fs::remove_file(&failures_file)?;
-        }
+        remove_failures(&failures_file)?;
         return Ok(GenerationSummary::default());
     }
     let mut writer = JsonlWriter::append(out)?;
@@ -147,16 +158,30 @@ pub(crate) fn run_resumable<R: Serialize>(
     bar.finish_and_clear();
     summary.failed = failures.len();
     if failures.is_empty() {
-        if failures_file.exists() {
-            std::fs::remove_file(&failures_file)?;
-        }
+        remove_failures(&failures_file)?;
     } else {
         failures.sort();
         let records: Vec<FailureRecord> = failures
             .iter()
-            .map(|(id, error)| FailureRecord { id, error })
+            .map(|(id, error)| FailureRecord {
+                id: id.clone(),
+                error: error.clone(),
+            })
             .collect();
         write_jsonl_atomic(&failures_file, &records)?;
+        if summary.done == 0 {
+            let first = &failures[0].1;
+            let check = if first.contains("HTTP 401") || first.contains("HTTP 403") {
+                "the server refused the API key: check the variable --api-key-env names".to_string()
+            } else {
+                format!("check the backend ({})", backend.describe())
+            };
+            anyhow::bail!(
+                "every one of the {total} requests failed (first: {}: {first}); they are listed in {}\n  hint: {check}, then rerun the same command",
+                failures[0].0,
+                failures_file.display(),
+            );
+        }
         eprintln!(
             "srlm: {} of {total} requests failed (first: {}: {}); they are listed in {} and left out of {}\n  hint: rerun the same command to ask for them again",
             failures.len(),
@@ -182,24 +207,18 @@ pub(crate) fn seeded(id: String, user: &str, base: &SamplingParams) -> GenReques
 }
 
 pub fn sample(a: SampleArgs) -> Result<()> {
+    refuse_input_as_output(&a.out, &[&a.prompts])?;
     let prompts = read_jsonl::<PromptRecord>(&a.prompts, PROMPT_HINT)?;
-    let mut seen = HashSet::new();
-    for p in &prompts {
-        if !seen.insert(p.record.id.clone()) {
-            anyhow::bail!(
-                "{}:{}: field `id`: `{}` appears twice\n  hint: prompt ids must be unique",
-                a.prompts.display(),
-                p.line,
-                p.record.id
-            );
-        }
-    }
+    check_unique(
+        &a.prompts,
+        prompts.iter().map(|p| (p.line, p.record.id.as_str())),
+    )?;
     let done: HashSet<String> = recover_jsonl::<CandidateRecord>(&a.out)?
         .into_iter()
         .map(|c| c.id)
         .collect();
     let backend = a.backend.open()?;
-    let base = a.sampling.params();
+    let base = a.sampling.params()?;
     let mut meta = HashMap::new();
     let mut requests = Vec::new();
     for p in &prompts {
@@ -224,13 +243,18 @@ pub fn sample(a: SampleArgs) -> Result<()> {
 }
 
 pub fn judge(a: JudgeArgs) -> Result<()> {
+    refuse_input_as_output(&a.out, &[&a.candidates])?;
     let candidates = read_jsonl::<CandidateRecord>(&a.candidates, CANDIDATE_HINT)?;
+    check_unique(
+        &a.candidates,
+        candidates.iter().map(|c| (c.line, c.record.id.as_str())),
+    )?;
     let done: HashSet<String> = recover_jsonl::<JudgementRecord>(&a.out)?
         .into_iter()
         .map(|j| j.id)
         .collect();
     let backend = a.backend.open()?;
-    let base = judge_params(&a.sampling);
+    let base = judge_params(&a.sampling)?;
     let mut meta = HashMap::new();
     let mut requests = Vec::new();
     for c in &candidates {
@@ -261,11 +285,11 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
 }
 
 /// A judge's sampling settings, asking for the log-probabilities its expected score needs.
-pub(crate) fn judge_params(sampling: &SamplingArgs) -> SamplingParams {
-    SamplingParams {
+pub(crate) fn judge_params(sampling: &SamplingArgs) -> Result<SamplingParams> {
+    Ok(SamplingParams {
         logprobs: Some(JUDGE_TOP_LOGPROBS),
-        ..sampling.params()
-    }
+        ..sampling.params()?
+    })
 }
 
 /// Scored judgements that came without a distribution over the score, and why.
@@ -310,15 +334,66 @@ impl WithoutDistribution {
     }
 }
 
+/// Ids (with their lines) that appear once each; the second of a repeated one is an error
+/// naming its file and line, since the stage's output is keyed by them.
+fn check_unique<'a>(path: &Path, ids: impl Iterator<Item = (usize, &'a str)>) -> Result<()> {
+    let mut seen = HashSet::new();
+    for (line, id) in ids {
+        if !seen.insert(id) {
+            anyhow::bail!(
+                "{}:{line}: field `id`: `{id}` appears twice\n  hint: ids must be unique; the output is keyed by them",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Candidates with unique ids, and judgements on the 0-5 scale, each of a candidate in the
+/// candidates file and each once; the first record that is not names its file and line.
+fn check_judged(
+    candidates_path: &Path,
+    candidates: &[Lined<CandidateRecord>],
+    judgements_path: &Path,
+    judgements: &[Lined<JudgementRecord>],
+) -> Result<()> {
+    check_unique(
+        candidates_path,
+        candidates.iter().map(|c| (c.line, c.record.id.as_str())),
+    )?;
+    let ids: HashSet<&str> = candidates.iter().map(|c| c.record.id.as_str()).collect();
+    let mut seen = HashSet::new();
+    for j in judgements {
+        let at = format!("{}:{}", judgements_path.display(), j.line);
+        j.record
+            .check()
+            .map_err(|m| anyhow::anyhow!("{at}: {m}\n  hint: {JUDGEMENT_HINT}"))?;
+        if !ids.contains(j.record.candidate_id.as_str()) {
+            anyhow::bail!(
+                "{at}: field `candidate_id`: `{}` is not in {}\n  hint: give the candidates file these judgements were made of",
+                j.record.candidate_id,
+                candidates_path.display()
+            );
+        }
+        if !seen.insert(j.record.id.as_str()) {
+            anyhow::bail!(
+                "{at}: field `id`: `{}` appears twice\n  hint: judgement ids must be unique",
+                j.record.id
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn pairs(a: PairsArgs) -> Result<()> {
-    let candidates: Vec<CandidateRecord> = read_jsonl(&a.candidates, CANDIDATE_HINT)?
-        .into_iter()
-        .map(|l| l.record)
-        .collect();
-    let judgements: Vec<JudgementRecord> = read_jsonl(&a.judgements, JUDGEMENT_HINT)?
-        .into_iter()
-        .map(|l| l.record)
-        .collect();
+    for out in std::iter::once(&a.out).chain(&a.diagnostics) {
+        refuse_input_as_output(out, &[&a.candidates, &a.judgements])?;
+    }
+    let candidates = read_jsonl::<CandidateRecord>(&a.candidates, CANDIDATE_HINT)?;
+    let judgements = read_jsonl::<JudgementRecord>(&a.judgements, JUDGEMENT_HINT)?;
+    check_judged(&a.candidates, &candidates, &a.judgements, &judgements)?;
+    let candidates: Vec<CandidateRecord> = candidates.into_iter().map(|l| l.record).collect();
+    let judgements: Vec<JudgementRecord> = judgements.into_iter().map(|l| l.record).collect();
     let opts = PairOptions {
         min_margin: a.min_margin.max(f64::MIN_POSITIVE),
         length_control: a.length_control,

@@ -25,6 +25,10 @@ pub struct TrainArgs {
     /// Held-out file in the same format; its loss is logged as eval/loss.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// Write into an --out folder that holds files srlm's trainer did not write (its model
+    /// files are replaced; nothing else in it is removed).
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub settings: TrainFlags,
     #[arg(long, default_value_t = 42)]
@@ -78,6 +82,7 @@ impl TrainArgs {
             Some(p) => p.clone(),
             None => srlm_engine::fetch::default_model()?,
         };
+        srlm_train::checkpoint::claim_out_dir(&self.out, self.overwrite)?;
         Trainer::load(&path, cfg, &self.out)
             .with_context(|| format!("loading model {} for training", path.display()))
     }
@@ -176,11 +181,9 @@ pub fn run_dpo(a: DpoArgs) -> Result<()> {
         beta: a.beta,
         loss_type: a.loss,
         label_smoothing: a.label_smoothing,
-        rpo_alpha: (a.rpo_alpha > 0.0).then_some(a.rpo_alpha),
+        rpo_alpha: (a.rpo_alpha != 0.0).then_some(a.rpo_alpha),
     };
-    if !(0.0..0.5).contains(&dpo_cfg.label_smoothing) {
-        anyhow::bail!("--label-smoothing must be in [0, 0.5)");
-    }
+    dpo_cfg.validate()?;
     let mut trainer = a.train.load(cfg.clone())?;
     std::fs::create_dir_all(&a.train.out)
         .with_context(|| format!("creating {}", a.train.out.display()))?;

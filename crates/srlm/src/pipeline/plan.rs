@@ -613,6 +613,7 @@ fn train_args(cfg: &RunConfig, settings: &TrainSettings, model: &Path, out: &Pat
         model: Some(model.to_path_buf()),
         out: out.to_path_buf(),
         eval_data: None,
+        overwrite: false,
         settings: TrainFlags::from(settings.clone()),
         seed: cfg.seed,
         threads: (cfg.model.threads > 0).then_some(cfg.model.threads),

@@ -18,6 +18,7 @@
 
 use crate::model_args::ModelArgs;
 use anyhow::{Context, Result};
+use axum::extract::rejection::StringRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -78,6 +79,8 @@ pub struct ServeOptions {
 
 /// Most choices one request may ask for.
 const MAX_N: usize = 16;
+/// The largest request body read (axum's default, named so the 413 can say it).
+const MAX_BODY_BYTES: usize = 2 << 20;
 
 /// What the engine thread sends back for one choice of a request.
 enum ChoiceEvent {
@@ -184,6 +187,7 @@ pub fn start(
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/health", get(|| async { "ok" }))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     let http =
         std::thread::Builder::new()
@@ -273,6 +277,7 @@ fn error(status: StatusCode, kind: &str, message: String) -> Response {
             message,
             kind: kind.into(),
             code: None,
+            param: None,
         },
     };
     (status, Json(body)).into_response()
@@ -280,6 +285,33 @@ fn error(status: StatusCode, kind: &str, message: String) -> Response {
 
 fn bad_request(message: String) -> Response {
     error(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+}
+
+/// A body that could not be read (too large: 413; not UTF-8: 400), in OpenAI's error shape
+/// rather than axum's plain text.
+fn unreadable_body(e: StringRejection) -> Response {
+    let status = e.status();
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than this server accepts ({} MiB)",
+            MAX_BODY_BYTES >> 20
+        ),
+        _ => format!("cannot read the request body: {}", e.body_text()),
+    };
+    error(status, "invalid_request_error", message)
+}
+
+/// A 400 naming the request field at fault (OpenAI's `param`).
+fn bad_request_param(message: String, param: &str) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message,
+            kind: "invalid_request_error".into(),
+            code: None,
+            param: Some(param.into()),
+        },
+    };
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 fn unix_now() -> u64 {
@@ -378,16 +410,23 @@ impl Endpoint {
 async fn chat_completions(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Response {
     if let Some(r) = refuse_unauthorized(&s, &headers) {
         return r;
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return unreadable_body(e),
+    };
     let req: ChatRequest = match serde_json::from_str(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid chat completion request: {e}")),
     };
     let mut messages = req.messages;
+    if let Err(e) = srlm_core::generation::check_messages(&messages) {
+        return bad_request_param(format!("`messages`: {e}"), "messages");
+    }
     let Some(last) = messages.last() else {
         return bad_request("`messages` is empty".into());
     };
@@ -408,10 +447,18 @@ async fn chat_completions(
     respond(s, &req.model, prompt, req.sampling, Endpoint::Chat).await
 }
 
-async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: String) -> Response {
+async fn completions(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<String, StringRejection>,
+) -> Response {
     if let Some(r) = refuse_unauthorized(&s, &headers) {
         return r;
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return unreadable_body(e),
+    };
     let req: CompletionRequest = match serde_json::from_str(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid completion request: {e}")),
@@ -490,6 +537,14 @@ async fn respond(
         seed,
         logprobs,
     };
+    if let Some(b) = params.problems().first() {
+        let param = match b.name {
+            "max_new_tokens" => "max_tokens",
+            "logprobs" => "top_logprobs",
+            name => name,
+        };
+        return bad_request_param(format!("`{param}` {}", b.problem), param);
+    }
     // Choice 0 uses the request's seed as given; the others derive their own from it.
     let requests: Vec<Request> = (0..n)
         .map(|i| {

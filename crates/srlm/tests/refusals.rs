@@ -1,0 +1,404 @@
+//! Bad input that srlm refuses before it does any work, one test per class of issue 16: output
+//! paths that are inputs or files srlm did not write, model folders it did not write, and
+//! degenerate training or judging data. Each asserts the error names the file (and the line or
+//! field) and that nothing on disk changed.
+
+mod common;
+
+use common::tiny_model;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn srlm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args(args)
+        .env("SRLM_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn refused(o: &Output, wants: &[&str]) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "accepted: {stderr}");
+    for w in wants {
+        assert!(stderr.contains(w), "wanted {w:?} in: {stderr}");
+    }
+}
+
+fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+const PROMPTS: &str =
+    "{\"id\": \"a\", \"prompt\": \"Say hi.\"}\n{\"id\": \"b\", \"prompt\": \"Say bye.\"}\n";
+const CANDIDATES: &str = concat!(
+    "{\"id\": \"a/0\", \"prompt_id\": \"a\", \"prompt\": \"Say hi.\", \"candidate\": 0, \"response\": \"Hi!\"}\n",
+    "{\"id\": \"a/1\", \"prompt_id\": \"a\", \"prompt\": \"Say hi.\", \"candidate\": 1, \"response\": \"Hello there.\"}\n",
+);
+
+#[test]
+fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("prompts.jsonl"), PROMPTS).unwrap();
+    std::fs::write(d.join("cands.jsonl"), CANDIDATES).unwrap();
+    for args in [
+        vec![
+            "generate",
+            "--input",
+            "prompts.jsonl",
+            "--output",
+            "prompts.jsonl",
+        ],
+        vec![
+            "sample",
+            "--prompts",
+            "prompts.jsonl",
+            "--out",
+            "./prompts.jsonl",
+        ],
+        vec![
+            "judge",
+            "--candidates",
+            "cands.jsonl",
+            "--out",
+            "cands.jsonl",
+        ],
+        vec![
+            "pairs",
+            "--candidates",
+            "cands.jsonl",
+            "--judgements",
+            "j.jsonl",
+            "--out",
+            "cands.jsonl",
+        ],
+    ] {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match a.ends_with(".jsonl") {
+                true => p(d, a),
+                false => a.to_string(),
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let o = srlm(&args);
+        refused(&o, &["is also an input", "never writes to its inputs"]);
+    }
+    assert_eq!(
+        std::fs::read_to_string(d.join("prompts.jsonl")).unwrap(),
+        PROMPTS
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("cands.jsonl")).unwrap(),
+        CANDIDATES
+    );
+}
+
+#[test]
+fn an_output_file_srlm_did_not_write_is_neither_resumed_nor_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    std::fs::write(d.join("prompts.jsonl"), PROMPTS).unwrap();
+    std::fs::write(d.join("cands.jsonl"), CANDIDATES).unwrap();
+    std::fs::write(d.join("j.jsonl"), "").unwrap();
+    let notes = "my notes, one line and no newline";
+    std::fs::write(d.join("notes.txt"), notes).unwrap();
+    let m = model.to_str().unwrap();
+    for args in [
+        vec![
+            "generate",
+            "--input",
+            &p(d, "prompts.jsonl"),
+            "--output",
+            &p(d, "notes.txt"),
+            "--model",
+            m,
+        ],
+        vec![
+            "sample",
+            "--prompts",
+            &p(d, "prompts.jsonl"),
+            "--out",
+            &p(d, "notes.txt"),
+            "--model",
+            m,
+        ],
+        vec![
+            "judge",
+            "--candidates",
+            &p(d, "cands.jsonl"),
+            "--out",
+            &p(d, "notes.txt"),
+            "--model",
+            m,
+        ],
+        vec![
+            "pairs",
+            "--candidates",
+            &p(d, "cands.jsonl"),
+            "--judgements",
+            &p(d, "j.jsonl"),
+            "--out",
+            &p(d, "notes.txt"),
+        ],
+    ] {
+        let o = srlm(&args);
+        refused(
+            &o,
+            &[
+                "notes.txt:1: not an output of this command",
+                "leaves it as it is",
+            ],
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("notes.txt")).unwrap(),
+            notes,
+            "{args:?}"
+        );
+    }
+    // The prompts file is a JSONL file, but not of candidates: not resumed as sampling's output.
+    let o = srlm(&[
+        "sample",
+        "--prompts",
+        &p(d, "cands.jsonl"),
+        "--out",
+        &p(d, "prompts.jsonl"),
+        "--model",
+        m,
+    ]);
+    refused(&o, &["prompts.jsonl:1: not an output of this command"]);
+    assert_eq!(
+        std::fs::read_to_string(d.join("prompts.jsonl")).unwrap(),
+        PROMPTS
+    );
+}
+
+#[test]
+fn training_into_a_model_folder_srlm_did_not_write_needs_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let theirs = d.join("their-model");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("model.safetensors"), b"someone's weights").unwrap();
+    std::fs::write(
+        d.join("sft.jsonl"),
+        "{\"prompt\": \"Say hi.\", \"response\": \"Hi!\"}\n",
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+    let out = theirs.to_str().unwrap();
+    let o = srlm(&[
+        "sft",
+        "--data",
+        &p(d, "sft.jsonl"),
+        "--out",
+        out,
+        "--model",
+        m,
+        "--max-steps",
+        "1",
+    ]);
+    refused(
+        &o,
+        &["their-model", "such as model.safetensors", "--overwrite"],
+    );
+    assert_eq!(
+        std::fs::read(theirs.join("model.safetensors")).unwrap(),
+        b"someone's weights"
+    );
+    let o = srlm(&[
+        "dpo",
+        "--pairs",
+        &p(d, "sft.jsonl"),
+        "--out",
+        out,
+        "--model",
+        m,
+    ]);
+    refused(&o, &["such as model.safetensors"]);
+    let o = srlm(&[
+        "sft",
+        "--data",
+        &p(d, "sft.jsonl"),
+        "--out",
+        out,
+        "--model",
+        m,
+        "--max-steps",
+        "1",
+        "--overwrite",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(
+        std::fs::read(theirs.join("model.safetensors")).unwrap(),
+        b"someone's weights"
+    );
+}
+
+#[test]
+fn degenerate_preference_data_is_an_error_not_a_silent_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let m = model.to_str().unwrap();
+    std::fs::write(
+        d.join("same.jsonl"),
+        "{\"prompt\": \"Q\", \"chosen\": \"A good answer.\", \"rejected\": \"A bad one.\"}\n{\"prompt\": \"Q\", \"chosen\": \"Same.\", \"rejected\": \"Same.\"}\n",
+    )
+    .unwrap();
+    let o = srlm(&[
+        "dpo",
+        "--pairs",
+        &p(d, "same.jsonl"),
+        "--out",
+        &p(d, "m"),
+        "--model",
+        m,
+    ]);
+    refused(&o, &["same.jsonl:2:", "the same text"]);
+    assert!(!d.join("m/model.safetensors").exists());
+    for beta in ["-0.1", "0", "NaN"] {
+        let o = srlm(&[
+            "dpo",
+            "--pairs",
+            &p(d, "same.jsonl"),
+            "--out",
+            &p(d, "m"),
+            "--model",
+            m,
+            &format!("--beta={beta}"),
+        ]);
+        refused(&o, &["beta is", "must be a positive number"]);
+    }
+}
+
+#[test]
+fn judgements_off_the_scale_or_of_unknown_candidates_are_refused_by_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("cands.jsonl"), CANDIDATES).unwrap();
+    let judgement = |cand: &str, score: &str| {
+        format!("{{\"id\": \"{cand}/0\", \"candidate_id\": \"{cand}\", \"prompt_id\": \"a\", \"sample\": 0, \"raw\": \"Score: 1\", \"score\": {score}}}\n")
+    };
+    for (bad, wants) in [
+        (
+            judgement("a/1", "99"),
+            "field `score`: 99 is not on the 0-5 scale",
+        ),
+        (
+            judgement("a/1", "-5"),
+            "field `score`: -5 is not on the 0-5 scale",
+        ),
+        (judgement("a/1", "1e308"), "is not on the 0-5 scale"),
+        (
+            judgement("z/9", "3"),
+            "field `candidate_id`: `z/9` is not in",
+        ),
+        (judgement("a/0", "2"), "field `id`: `a/0/0` appears twice"),
+    ] {
+        std::fs::write(d.join("j.jsonl"), judgement("a/0", "4") + &bad).unwrap();
+        let o = srlm(&[
+            "pairs",
+            "--candidates",
+            &p(d, "cands.jsonl"),
+            "--judgements",
+            &p(d, "j.jsonl"),
+            "--out",
+            &p(d, "pairs.jsonl"),
+        ]);
+        refused(&o, &["j.jsonl:2:", wants]);
+        assert!(!d.join("pairs.jsonl").exists());
+    }
+    // A candidates file that repeats an id is refused by judging, before any judgement.
+    std::fs::write(
+        d.join("twice.jsonl"),
+        CANDIDATES.to_string() + CANDIDATES.lines().next().unwrap() + "\n",
+    )
+    .unwrap();
+    let o = srlm(&[
+        "judge",
+        "--candidates",
+        &p(d, "twice.jsonl"),
+        "--out",
+        &p(d, "j2.jsonl"),
+        "--model",
+        "/nonexistent",
+    ]);
+    refused(&o, &["twice.jsonl:3: field `id`: `a/0` appears twice"]);
+    assert!(!d.join("j2.jsonl").exists());
+}
+
+#[test]
+fn sampling_values_and_roles_that_cannot_generate_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let m = model.to_str().unwrap();
+    std::fs::write(d.join("prompts.jsonl"), PROMPTS).unwrap();
+    let (input, out) = (p(d, "prompts.jsonl"), p(d, "out.jsonl"));
+    for (flag, wants) in [
+        ("--temperature=-0.5", "--temperature is -0.5"),
+        ("--top-p=1.5", "--top-p is 1.5"),
+        ("--repetition-penalty=0", "--repetition-penalty is 0"),
+        ("--max-new-tokens=0", "--max-new-tokens is 0"),
+        ("--stop=", "--stop holds an empty string"),
+    ] {
+        let o = srlm(&[
+            "generate", "--input", &input, "--output", &out, "--model", m, flag,
+        ]);
+        refused(&o, &[wants]);
+        let o = srlm(&[
+            "sample",
+            "--prompts",
+            &input,
+            "--out",
+            &out,
+            "--model",
+            m,
+            flag,
+        ]);
+        refused(&o, &[wants]);
+        assert!(!d.join("out.jsonl").exists(), "{flag}");
+    }
+    // A record's own value goes through the same check, and so does a chat role.
+    std::fs::write(
+        d.join("temp.jsonl"),
+        "{\"id\": \"a\", \"prompt\": \"Hi\", \"temperature\": -1}\n",
+    )
+    .unwrap();
+    let o = srlm(&[
+        "generate",
+        "--input",
+        &p(d, "temp.jsonl"),
+        "--output",
+        &out,
+        "--model",
+        m,
+    ]);
+    refused(&o, &["temp.jsonl:1: field `temperature` is -1"]);
+    std::fs::write(
+        d.join("robot.jsonl"),
+        "{\"id\": \"a\", \"messages\": [{\"role\": \"robot\", \"content\": \"Hi\"}]}\n",
+    )
+    .unwrap();
+    let o = srlm(&[
+        "generate",
+        "--input",
+        &p(d, "robot.jsonl"),
+        "--output",
+        &out,
+        "--model",
+        m,
+    ]);
+    refused(
+        &o,
+        &[
+            "robot.jsonl:1:",
+            "role `robot`; expected system, user or assistant",
+        ],
+    );
+    assert!(!d.join("out.jsonl").exists());
+}
