@@ -402,3 +402,63 @@ fn sampling_values_and_roles_that_cannot_generate_are_refused() {
     );
     assert!(!d.join("out.jsonl").exists());
 }
+
+#[test]
+fn a_run_config_is_checked_whole_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("bad.toml"),
+        "iterations = 0\n[sample]\nn = 0\ntop_p = 1.5\n[judge]\nk = 0\n[dpo]\nbeta = -0.1\n[model]\nweights = \"fp7\"\n",
+    )
+    .unwrap();
+    let run = d.join("run");
+    let o = srlm(&[
+        "run",
+        "--config",
+        &p(d, "bad.toml"),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    refused(
+        &o,
+        &[
+            "bad.toml: 6 problems in the config; nothing was written",
+            "`iterations` is 0",
+            "`sample.n` is 0",
+            "`sample.top_p` is 1.5",
+            "`judge.k` is 0",
+            "`dpo.beta` is -0.1",
+            "`model.weights` is \"fp7\"",
+        ],
+    );
+    // Nothing claimed the directory, so the corrected config is not refused as "another".
+    assert!(!run.exists());
+
+    // A directory of someone else's files is not a run directory.
+    let theirs = d.join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.md"), "mine").unwrap();
+    std::fs::write(d.join("ok.toml"), "[model]\nbase = \"/no/such/model\"\n").unwrap();
+    let o = srlm(&[
+        "run",
+        "--config",
+        &p(d, "ok.toml"),
+        "--out",
+        theirs.to_str().unwrap(),
+    ]);
+    refused(&o, &["`model.base` /no/such/model: no such file or folder"]);
+    std::fs::write(d.join("ok.toml"), "iterations = 1\n").unwrap();
+    let o = srlm(&[
+        "run",
+        "--config",
+        &p(d, "ok.toml"),
+        "--out",
+        theirs.to_str().unwrap(),
+    ]);
+    refused(
+        &o,
+        &["already holds files (such as notes.md) but no run's config.toml"],
+    );
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 1);
+}

@@ -43,20 +43,34 @@ pub fn run(a: RunArgs) -> Result<()> {
         print!("{}", toml::to_string_pretty(&cfg)?);
         return Ok(());
     }
+    let problems = crate::pipeline::check::problems(&cfg);
+    if !problems.is_empty() {
+        bail!(
+            "{}: {} problem{} in the config; nothing was written\n  {}\n  hint: `srlm run --print-config` shows every key with its default",
+            a.config
+                .as_deref()
+                .map_or("the default config".into(), |p| p.display().to_string()),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  ")
+        );
+    }
     let layout = Layout::new(&a.out);
     let dir = &layout.dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let cfg_path = layout.config();
     let cfg_text = toml::to_string_pretty(&cfg)?;
-    match std::fs::read_to_string(&cfg_path) {
+    let resuming = match std::fs::read_to_string(&cfg_path) {
         Ok(old) if old != cfg_text => bail!(
             "{} was started with another config ({})\n  hint: rerun with the same config to resume, or choose a new --out",
             dir.display(),
             cfg_path.display()
         ),
-        Ok(_) => eprintln!("resuming the run in {}", dir.display()),
-        Err(_) => write_atomic(&cfg_path, cfg_text.as_bytes())?,
-    }
+        Ok(_) => true,
+        Err(_) => {
+            refuse_foreign_dir(dir)?;
+            false
+        }
+    };
     let base = if cfg.model.base.is_empty() {
         srlm_engine::fetch::default_model()?
     } else {
@@ -64,6 +78,12 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let started = Instant::now();
     let stages = plan(&cfg, &layout, &base)?;
+    // The config is written once it and the plan it makes are known to be good, so a config
+    // that was refused never claims the directory.
+    match resuming {
+        true => eprintln!("resuming the run in {}", dir.display()),
+        false => write_atomic(&cfg_path, cfg_text.as_bytes())?,
+    }
     let mut run = Run::open(layout.clone())?;
     run.execute(stages)?;
     let report = crate::report::write_report(dir, None)?;
@@ -77,5 +97,25 @@ pub fn run(a: RunArgs) -> Result<()> {
         report.display()
     );
     println!("{}", last.display());
+    Ok(())
+}
+
+/// Refuses a run directory that already holds files but no run's config: it is not a run
+/// directory srlm made, and a run would write its stages among someone else's files.
+fn refuse_foreign_dir(dir: &std::path::Path) -> Result<()> {
+    let first = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .min(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    if let Some(name) = first {
+        bail!(
+            "{} already holds files (such as {name}) but no run's config.toml; srlm starts a run only in a new or empty directory\n  hint: choose a new --out",
+            dir.display()
+        );
+    }
     Ok(())
 }

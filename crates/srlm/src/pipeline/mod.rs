@@ -1,9 +1,10 @@
-//! `srlm run`'s machinery: the config (`config`), where a run's files live (`layout`), the
+//! `srlm run`'s machinery: the config (`config`) and its check before anything runs (`check`), where a run's files live (`layout`), the
 //! stages planned from the config as typed calls of srlm's commands (`plan`, `stage_call`),
 //! their command lines (`argv`), the seed stage (`seed`), and the manifest that records and
 //! skips finished stages (`manifest`).
 
 pub mod argv;
+pub mod check;
 pub mod config;
 pub mod layout;
 pub mod manifest;
