@@ -174,6 +174,19 @@ fn parse_lines<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// The name of the first entry of `dir` (by name), None when it is empty or missing: what a
+/// command that writes into a folder it does not own names when it refuses.
+pub fn first_entry(dir: &Path) -> Result<Option<String>, JsonlError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .min()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JsonlError::io(dir, e)),
+    }
+}
+
 /// Refuses `output` when it is one of `inputs`, compared as files (a symlink, a hard link or a
 /// second spelling of the same path is caught too), before anything is read or written.
 pub fn refuse_input_as_output(output: &Path, inputs: &[&Path]) -> Result<(), JsonlError> {

@@ -327,14 +327,7 @@ pub fn claim_out_dir(out: &Path, overwrite: bool) -> Result<()> {
     let ours = [OWNER_FILE, COMPLETE, STATE_DIR]
         .iter()
         .any(|name| out.join(name).exists());
-    let first_foreign = match std::fs::read_dir(out) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .min(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(TrainError::io(out, e)),
-    };
+    let first_foreign = srlm_core::jsonl::first_entry(out)?;
     if let (false, Some(name), false) = (ours, &first_foreign, overwrite) {
         return Err(TrainError::Checkpoint(format!(
             "{} already holds files srlm's trainer did not write (such as {name}); srlm will not write a model over them\n  hint: choose a new --out, or pass --overwrite to replace the model files in it",

@@ -84,28 +84,43 @@ impl DpoConfig {
     /// Every setting that cannot train, listed at once: beta must be positive (a negative one
     /// optimises the inverse preference), label smoothing in [0, 0.5), the RPO weight positive.
     pub fn validate(&self) -> std::result::Result<(), crate::TrainError> {
-        let mut problems = Vec::new();
-        if !(self.beta.is_finite() && self.beta > 0.0) {
-            problems.push(format!(
-                "beta is {}; it must be a positive number (the paper uses 0.1)",
-                self.beta
-            ));
-        }
-        if !(0.0..0.5).contains(&self.label_smoothing) {
-            problems.push(format!(
-                "label_smoothing is {}; it must be in [0, 0.5)",
-                self.label_smoothing
-            ));
-        }
-        if let Some(a) = self.rpo_alpha.filter(|a| !(a.is_finite() && *a > 0.0)) {
-            problems.push(format!(
-                "rpo_alpha is {a}; it must be a positive number, or off"
-            ));
-        }
+        let problems: Vec<String> = self
+            .problems()
+            .iter()
+            .map(|(name, problem)| format!("{name} {problem}"))
+            .collect();
         match problems.is_empty() {
             true => Ok(()),
             false => Err(crate::TrainError::Config(problems.join("\n"))),
         }
+    }
+
+    /// Each setting that cannot train, as (its name, what is wrong), for callers that name it
+    /// their own way (the run config's `dpo.beta`).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            out.push((
+                "beta",
+                format!(
+                    "is {}; it must be a positive number (the paper uses 0.1)",
+                    self.beta
+                ),
+            ));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            out.push((
+                "label_smoothing",
+                format!("is {}; it must be in [0, 0.5)", self.label_smoothing),
+            ));
+        }
+        if let Some(a) = self.rpo_alpha.filter(|a| !(a.is_finite() && *a > 0.0)) {
+            out.push((
+                "rpo_alpha",
+                format!("is {a}; it must be a positive number, or off"),
+            ));
+        }
+        out
     }
 }
 

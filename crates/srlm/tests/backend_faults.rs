@@ -219,6 +219,15 @@ fn faults_are_retried_or_recorded_and_nothing_is_lost() {
     assert_eq!(fake.seen.lock().unwrap()["doomed"].tries.len(), 4);
 }
 
+/// `cands.jsonl` in `dir`: one candidate, to judge.
+fn one_candidate(dir: &Path) {
+    std::fs::write(
+        dir.join("cands.jsonl"),
+        "{\"id\": \"a/0\", \"prompt_id\": \"a\", \"prompt\": \"Hi\", \"candidate\": 0, \"response\": \"Hello\"}\n",
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_wrong_key_or_bad_request_is_not_retried() {
     // 401 will not mend: one try, then recorded.
@@ -234,11 +243,7 @@ fn a_wrong_key_or_bad_request_is_not_retried() {
         );
     });
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("cands.jsonl"),
-        "{\"id\": \"a/0\", \"prompt_id\": \"a\", \"prompt\": \"Hi\", \"candidate\": 0, \"response\": \"Hello\"}\n",
-    )
-    .unwrap();
+    one_candidate(dir.path());
     let o = judge(dir.path(), &url);
     // Nothing was judged: the stage fails (it used to exit 0), naming the key, not the server.
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -266,11 +271,7 @@ fn a_refused_key_when_listing_models_names_the_key_not_the_server() {
         );
     });
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("cands.jsonl"),
-        "{\"id\": \"a/0\", \"prompt_id\": \"a\", \"prompt\": \"Hi\", \"candidate\": 0, \"response\": \"Hello\"}\n",
-    )
-    .unwrap();
+    one_candidate(dir.path());
     let d = |n: &str| dir.path().join(n).display().to_string();
     let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
         .args([

@@ -18,7 +18,7 @@ use crate::pipeline::config::load_config;
 use crate::pipeline::layout::Layout;
 use crate::pipeline::manifest::Run;
 use crate::pipeline::plan::plan;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use srlm_core::jsonl::write_atomic;
 use std::path::PathBuf;
@@ -103,15 +103,7 @@ pub fn run(a: RunArgs) -> Result<()> {
 /// Refuses a run directory that already holds files but no run's config: it is not a run
 /// directory srlm made, and a run would write its stages among someone else's files.
 fn refuse_foreign_dir(dir: &std::path::Path) -> Result<()> {
-    let first = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .min(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    if let Some(name) = first {
+    if let Some(name) = srlm_core::jsonl::first_entry(dir)? {
         bail!(
             "{} already holds files (such as {name}) but no run's config.toml; srlm starts a run only in a new or empty directory\n  hint: choose a new --out",
             dir.display()

@@ -362,7 +362,6 @@ fn check_judged(
         candidates.iter().map(|c| (c.line, c.record.id.as_str())),
     )?;
     let ids: HashSet<&str> = candidates.iter().map(|c| c.record.id.as_str()).collect();
-    let mut seen = HashSet::new();
     for j in judgements {
         let at = format!("{}:{}", judgements_path.display(), j.line);
         j.record
@@ -375,14 +374,11 @@ fn check_judged(
                 candidates_path.display()
             );
         }
-        if !seen.insert(j.record.id.as_str()) {
-            anyhow::bail!(
-                "{at}: field `id`: `{}` appears twice\n  hint: judgement ids must be unique",
-                j.record.id
-            );
-        }
     }
-    Ok(())
+    check_unique(
+        judgements_path,
+        judgements.iter().map(|j| (j.line, j.record.id.as_str())),
+    )
 }
 
 pub fn pairs(a: PairsArgs) -> Result<()> {

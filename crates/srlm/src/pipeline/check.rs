@@ -136,11 +136,8 @@ pub fn problems(cfg: &RunConfig) -> Vec<String> {
                 label_smoothing: d.label_smoothing,
                 rpo_alpha: (d.rpo_alpha != 0.0).then_some(d.rpo_alpha),
             };
-            if let Err(e) = dpo.validate() {
-                for line in e.to_string().lines() {
-                    let (name, rest) = line.split_once(' ').unwrap_or((line, ""));
-                    bad(&format!("dpo.{name}"), rest.to_string());
-                }
+            for (name, problem) in dpo.problems() {
+                bad(&format!("dpo.{name}"), problem);
             }
         }
     }

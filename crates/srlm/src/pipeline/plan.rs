@@ -174,7 +174,6 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
         judge: remote_args(cfg, "judge.backend", &cfg.judge.backend)?,
         vs: remote_args(cfg, "eval.vs_backend", &cfg.eval.vs_backend)?,
     };
-    model_args(cfg, None)?; // `model.weights` names a format
     let mut plan = Vec::new();
 
     // Seed: IFT and EFT examples, and the SFT file that trains M1 on both.

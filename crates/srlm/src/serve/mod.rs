@@ -427,9 +427,7 @@ async fn chat_completions(
     if let Err(e) = srlm_core::generation::check_messages(&messages) {
         return bad_request_param(format!("`messages`: {e}"), "messages");
     }
-    let Some(last) = messages.last() else {
-        return bad_request("`messages` is empty".into());
-    };
+    let last = messages.last().expect("check_messages: not empty");
     let prompt = if req.continue_final_message {
         if last.role != "assistant" {
             return bad_request(
