@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod oasst;
 pub mod openai;
 pub mod pairs;
+pub mod prompt_slots;
 pub mod rouge;
 pub mod seed;
 pub mod selfinstruct;

@@ -124,6 +124,9 @@ fn judge_output_corpus_parses_as_expected() {
             serde_json::Value::String(s) if s == "out_of_range" => {
                 assert_eq!(got, Err(ParseFailure::OutOfRange), "{case}")
             }
+            serde_json::Value::String(s) if s == "unparsable" => {
+                assert_eq!(got, Err(ParseFailure::Unparsable), "{case}")
+            }
             serde_json::Value::String(s) if s == "no_score" => {
                 assert_eq!(got, Err(ParseFailure::NoScore), "{case}")
             }
