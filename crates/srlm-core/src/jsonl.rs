@@ -40,6 +40,15 @@ impl JsonlError {
     }
 }
 
+/// The UTF-8 byte order mark some Windows editors write at the start of a text file.
+pub const BOM: char = '\u{feff}';
+
+/// `text` without a leading byte order mark: srlm reads a file saved with one as the same file
+/// without it (JSON and TOML do not allow one, so serde would fail on "expected value").
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix(BOM).unwrap_or(text)
+}
+
 /// One parsed record with the 1-based line it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lined<T> {
@@ -63,10 +72,11 @@ pub fn read_jsonl<T: DeserializeOwned>(
             message: format!("cannot read line: {e}"),
             hint: "the file must be UTF-8 text, one JSON object a line".into(),
         })?;
+        let text = if line_no == 1 { strip_bom(&text) } else { &text };
         if text.trim().is_empty() {
             continue;
         }
-        let record = serde_json::from_str(&text).map_err(|e| JsonlError::Record {
+        let record = serde_json::from_str(text).map_err(|e| JsonlError::Record {
             path: path.to_path_buf(),
             line: line_no,
             message: describe_serde_error(&e),

@@ -126,6 +126,32 @@ impl OneOrMany {
     }
 }
 
+/// The fields of a `config.json` that say which model it describes, read before the rest so that
+/// an unsupported family is named as such rather than by the first field it lacks.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HfArchitecture {
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+impl HfArchitecture {
+    /// `llama`, `mistral` or `qwen2`, or the unsupported architecture named.
+    pub fn family(&self) -> Result<&'static str> {
+        let arch = self.architectures.first().map(String::as_str).unwrap_or("");
+        match (arch, self.model_type.as_deref()) {
+            ("LlamaForCausalLM", _) | ("", Some("llama")) => Ok("llama"),
+            ("MistralForCausalLM", _) | ("", Some("mistral")) => Ok("mistral"),
+            ("Qwen2ForCausalLM", _) | ("", Some("qwen2")) => Ok("qwen2"),
+            ("", other) => Err(EngineError::UnsupportedArchitecture(
+                other.unwrap_or("<none>").to_string(),
+            )),
+            (other, _) => Err(EngineError::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+}
+
 /// A Hugging Face `config.json`, the fields srlm reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HfConfig {
@@ -176,18 +202,11 @@ fn default_max_pos() -> usize {
 
 impl HfConfig {
     pub fn to_runtime(&self) -> Result<LlamaConfig> {
-        let arch = self.architectures.first().cloned().unwrap_or_default();
-        let model_type = match (arch.as_str(), self.model_type.as_deref()) {
-            ("LlamaForCausalLM", _) | ("", Some("llama")) => "llama",
-            ("MistralForCausalLM", _) | ("", Some("mistral")) => "mistral",
-            ("Qwen2ForCausalLM", _) | ("", Some("qwen2")) => "qwen2",
-            ("", other) => {
-                return Err(EngineError::UnsupportedArchitecture(
-                    other.unwrap_or("<none>").to_string(),
-                ))
-            }
-            (other, _) => return Err(EngineError::UnsupportedArchitecture(other.to_string())),
-        };
+        let model_type = HfArchitecture {
+            architectures: self.architectures.clone(),
+            model_type: self.model_type.clone(),
+        }
+        .family()?;
         if let Some(act) = &self.hidden_act {
             if act != "silu" {
                 return Err(EngineError::Config(format!(

@@ -57,6 +57,39 @@ pub struct Engine {
 /// that turns weights into variables or adds adapters.
 pub type BuildModel<'a> = dyn FnMut(&dyn WeightSource, &LlamaConfig) -> Result<Llama> + 'a;
 
+/// A model file that is not GGUF, named for what it is: a lone safetensors or PyTorch file has
+/// weights but not the config.json and tokenizer a model folder holds.
+fn refuse_non_gguf(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let n = file.read(&mut head).map_err(|e| EngineError::io(path, e))?;
+    let head = &head[..n];
+    if head.starts_with(b"GGUF") {
+        return Ok(());
+    }
+    // safetensors: an 8-byte little-endian header length, then the JSON header.
+    let what = if n == 9 && head[8] == b'{' {
+        "a safetensors file"
+    } else if head.starts_with(b"PK\x03\x04") || head.starts_with(&[0x80]) {
+        "a PyTorch checkpoint"
+    } else {
+        return Ok(()); // GGUF's own reader says what is wrong with it
+    };
+    let folder = path.parent().filter(|p| p.join("config.json").exists());
+    Err(EngineError::model(
+        path,
+        format!("{what}, not a GGUF file"),
+        match folder {
+            Some(dir) => format!(
+                "--model takes the Hugging Face folder, not one of its files: --model {}",
+                dir.display()
+            ),
+            None => "--model takes a GGUF file or a Hugging Face model folder (config.json, tokenizer.json and model.safetensors)".to_string(),
+        },
+    ))
+}
+
 impl Engine {
     /// Loads a GGUF file or a Hugging Face model folder.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
@@ -73,6 +106,7 @@ impl Engine {
         if path.is_dir() {
             Self::load_hf(path, opts, &device, build)
         } else if path.exists() {
+            refuse_non_gguf(path)?;
             Self::load_gguf(path, opts, &device, build)
         } else {
             Err(EngineError::model(

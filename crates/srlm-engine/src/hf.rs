@@ -1,7 +1,7 @@
 //! Hugging Face model folders: config.json, model.safetensors or a sharded index, tokenizer.json,
 //! tokenizer_config.json (chat template, special tokens) and generation_config.json.
 
-use crate::config::{HfConfig, LlamaConfig, OneOrMany};
+use crate::config::{HfArchitecture, HfConfig, LlamaConfig, OneOrMany};
 use crate::error::{EngineError, Result};
 use crate::gguf::WeightFormat;
 use crate::llama::{Linear, Quantized, WeightSource};
@@ -21,7 +21,8 @@ pub struct HfModel {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, hint: &str) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| EngineError::model(path, format!("{e}"), hint))
+    serde_json::from_str(srlm_core::jsonl::strip_bom(&text))
+        .map_err(|e| EngineError::model(path, format!("{e}"), hint))
 }
 
 #[derive(Deserialize)]
@@ -135,10 +136,14 @@ impl HfModel {
                 "--model takes a GGUF file or a Hugging Face model folder",
             ));
         }
-        let hf: HfConfig = read_json(
-            &cfg_path,
-            "config.json must describe a Llama-family model (see transformers' LlamaConfig)",
-        )?;
+        let hint = "config.json must describe a Llama-family model (see transformers' LlamaConfig)";
+        let json: serde_json::Value = read_json(&cfg_path, hint)?;
+        let family = |e: serde_json::Error| EngineError::model(&cfg_path, format!("{e}"), hint);
+        serde_json::from_value::<HfArchitecture>(json.clone())
+            .map_err(family)?
+            .family()
+            .map_err(|e| EngineError::model(&cfg_path, e.to_string(), "convert the model to a supported family, or serve it with vLLM and use it through an OpenAI backend"))?;
+        let hf: HfConfig = serde_json::from_value(json).map_err(family)?;
         let config = hf.to_runtime().map_err(|e| match e {
             EngineError::Config(m) => EngineError::model(
                 &cfg_path,
@@ -186,6 +191,7 @@ impl HfModel {
                 "a weight file is truncated or corrupt",
             )
         })?;
+        check_embedding_shapes(&weights, &config, &cfg_path)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
@@ -194,6 +200,33 @@ impl HfModel {
             device: device.clone(),
         })
     }
+}
+
+/// The embedding and the head must have `vocab_size` rows of `hidden_size`: a config.json that
+/// disagrees with its weights would otherwise load, and its token ids and logits would not mean
+/// what the tokenizer says. (The other tensors' shapes are checked by the matmuls that use them.)
+fn check_embedding_shapes(
+    weights: &MmapedSafetensors,
+    config: &LlamaConfig,
+    cfg_path: &Path,
+) -> Result<()> {
+    let want = [config.vocab_size, config.hidden_size];
+    for name in ["model.embed_tokens.weight", "lm_head.weight"] {
+        let Ok(view) = weights.get(name) else {
+            continue; // a missing tensor is named when it is loaded
+        };
+        if view.shape() != want {
+            return Err(EngineError::model(
+                cfg_path,
+                format!(
+                    "`{name}` is {:?} but config.json's vocab_size x hidden_size is {want:?}",
+                    view.shape()
+                ),
+                "config.json does not belong to these weights; use the config the checkpoint was saved with",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl WeightSource for HfModel {

@@ -1,6 +1,7 @@
 //! Bad input that srlm refuses before it does any work, one test per class of issue 16: output
 //! paths that are inputs or files srlm did not write, model folders it did not write, and
-//! degenerate training or judging data. Each asserts the error names the file (and the line or
+//! degenerate training or judging data, and model files that are not what they claim (class 6).
+//! Each asserts the error names the file (and the line or
 //! field) and that nothing on disk changed.
 
 mod common;
@@ -461,4 +462,108 @@ fn a_run_config_is_checked_whole_before_anything_is_written() {
         &["already holds files (such as notes.md) but no run's config.toml"],
     );
     assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 1);
+}
+
+#[test]
+fn a_model_that_is_not_what_it_claims_is_named_for_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    std::fs::write(d.join("prompts.jsonl"), PROMPTS).unwrap();
+    let generate = |m: &Path| {
+        srlm(&[
+            "generate",
+            "--input",
+            &p(d, "prompts.jsonl"),
+            "--output",
+            &p(d, "out.jsonl"),
+            "--model",
+            m.to_str().unwrap(),
+            "--max-new-tokens",
+            "2",
+        ])
+    };
+    let config = model.join("config.json");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+
+    // A config whose vocabulary is not the embedding's.
+    let rows = cfg["vocab_size"].as_u64().unwrap();
+    cfg["vocab_size"] = (rows + 7).into();
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    refused(
+        &generate(&model),
+        &[
+            "config.json",
+            "`model.embed_tokens.weight` is [",
+            "does not belong to these weights",
+        ],
+    );
+
+    // Another family's config, without the Llama fields, is named by its architecture.
+    std::fs::write(
+        &config,
+        r#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 2}"#,
+    )
+    .unwrap();
+    let o = generate(&model);
+    refused(&o, &["config.json", "unsupported architecture `GPT2LMHeadModel`"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("missing field"));
+
+    // One file of the folder given as --model.
+    std::fs::write(&config, &original).unwrap();
+    refused(
+        &generate(&model.join("model.safetensors")),
+        &[
+            "model.safetensors: a safetensors file, not a GGUF file",
+            &format!("--model {}", model.display()),
+        ],
+    );
+    assert!(!d.join("out.jsonl").exists());
+}
+
+#[test]
+fn files_saved_with_a_byte_order_mark_read_as_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    std::fs::write(d.join("prompts.jsonl"), format!("\u{feff}{PROMPTS}")).unwrap();
+    let o = srlm(&[
+        "generate",
+        "--input",
+        &p(d, "prompts.jsonl"),
+        "--output",
+        &p(d, "out.jsonl"),
+        "--model",
+        model.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(common::lines(&d.join("out.jsonl")).len(), 2);
+
+    std::fs::write(d.join("run.toml"), "\u{feff}iterations = 7\n").unwrap();
+    let o = srlm(&["run", "--config", &p(d, "run.toml"), "--print-config"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("iterations = 7"));
+
+    // A model folder whose JSON files were saved the same way.
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        let path = model.join(f);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("\u{feff}{text}")).unwrap();
+    }
+    std::fs::remove_file(d.join("out.jsonl")).unwrap();
+    let o = srlm(&[
+        "generate",
+        "--input",
+        &p(d, "prompts.jsonl"),
+        "--output",
+        &p(d, "out.jsonl"),
+        "--model",
+        model.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -383,7 +383,7 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<RunConfig> 
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
+    toml::from_str(srlm_core::jsonl::strip_bom(&text)).map_err(|e| {
         anyhow::anyhow!(
             "{}: {e}\n  hint: `srlm run --print-config` shows every key with its default",
             path.display()
