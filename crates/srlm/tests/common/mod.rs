@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod tiny_run;
+
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
