@@ -215,5 +215,5 @@ fn a_run_killed_anywhere_and_rerun_ends_as_an_uninterrupted_one() {
     }
     ok(&srlm_run(&cfg, &b, None));
     assert_same_outcome(&a, &b);
-    eprintln!("seed {seed}: {n} kills, the rerun run equals the uninterrupted one");
+    eprintln!("seed {seed}: {n} kills, the finished run equals the uninterrupted one");
 }
