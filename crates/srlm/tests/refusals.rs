@@ -26,6 +26,21 @@ fn refused(o: &Output, wants: &[&str]) {
     }
 }
 
+/// `srlm generate` of `dir/prompts.jsonl` into `dir/out.jsonl` by `model`, two tokens each.
+fn generate_two_tokens(dir: &Path, model: &Path) -> Output {
+    srlm(&[
+        "generate",
+        "--input",
+        &p(dir, "prompts.jsonl"),
+        "--output",
+        &p(dir, "out.jsonl"),
+        "--model",
+        model.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+    ])
+}
+
 fn p(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
@@ -470,19 +485,7 @@ fn a_model_that_is_not_what_it_claims_is_named_for_what_it_is() {
     let d = dir.path();
     let model = tiny_model(d);
     std::fs::write(d.join("prompts.jsonl"), PROMPTS).unwrap();
-    let generate = |m: &Path| {
-        srlm(&[
-            "generate",
-            "--input",
-            &p(d, "prompts.jsonl"),
-            "--output",
-            &p(d, "out.jsonl"),
-            "--model",
-            m.to_str().unwrap(),
-            "--max-new-tokens",
-            "2",
-        ])
-    };
+    let generate = |m: &Path| generate_two_tokens(d, m);
     let config = model.join("config.json");
     let original = std::fs::read_to_string(&config).unwrap();
     let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
@@ -528,17 +531,7 @@ fn files_saved_with_a_byte_order_mark_read_as_without_one() {
     let d = dir.path();
     let model = tiny_model(d);
     std::fs::write(d.join("prompts.jsonl"), format!("\u{feff}{PROMPTS}")).unwrap();
-    let o = srlm(&[
-        "generate",
-        "--input",
-        &p(d, "prompts.jsonl"),
-        "--output",
-        &p(d, "out.jsonl"),
-        "--model",
-        model.to_str().unwrap(),
-        "--max-new-tokens",
-        "2",
-    ]);
+    let o = generate_two_tokens(d, &model);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(common::lines(&d.join("out.jsonl")).len(), 2);
 
@@ -554,16 +547,6 @@ fn files_saved_with_a_byte_order_mark_read_as_without_one() {
         std::fs::write(&path, format!("\u{feff}{text}")).unwrap();
     }
     std::fs::remove_file(d.join("out.jsonl")).unwrap();
-    let o = srlm(&[
-        "generate",
-        "--input",
-        &p(d, "prompts.jsonl"),
-        "--output",
-        &p(d, "out.jsonl"),
-        "--model",
-        model.to_str().unwrap(),
-        "--max-new-tokens",
-        "2",
-    ]);
+    let o = generate_two_tokens(d, &model);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
