@@ -16,7 +16,11 @@ pub const MODIFY_PROMPT: &str = "Here is a user's instruction:
 Write a new instruction on the same subject that asks for something slightly different, so that a good answer to the new instruction would not fully answer the original one. Reply with the new instruction only.";
 
 pub fn modify_prompt(instruction: &str) -> String {
-    crate::prompt_slots::fill(MODIFY_PROMPT, &[("instruction", instruction)], &["instruction"])
+    crate::prompt_slots::fill(
+        MODIFY_PROMPT,
+        &[("instruction", instruction)],
+        &["instruction"],
+    )
 }
 
 /// Why a modified instruction is not used.

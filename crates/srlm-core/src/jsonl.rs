@@ -72,7 +72,11 @@ pub fn read_jsonl<T: DeserializeOwned>(
             message: format!("cannot read line: {e}"),
             hint: "the file must be UTF-8 text, one JSON object a line".into(),
         })?;
-        let text = if line_no == 1 { strip_bom(&text) } else { &text };
+        let text = if line_no == 1 {
+            strip_bom(&text)
+        } else {
+            &text
+        };
         if text.trim().is_empty() {
             continue;
         }

@@ -8,14 +8,15 @@
 /// `template` with each `{name}` of `slots` replaced by its text, trimmed and escaped against
 /// `tags`. Braces that name no slot stay as they are.
 pub fn fill(template: &str, slots: &[(&str, &str)], tags: &[&str]) -> String {
-    let mut out = String::with_capacity(template.len() + slots.iter().map(|s| s.1.len()).sum::<usize>());
+    let mut out =
+        String::with_capacity(template.len() + slots.iter().map(|s| s.1.len()).sum::<usize>());
     let mut rest = template;
     while let Some(at) = rest.find('{') {
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
-        let slot = slots.iter().find(|(name, _)| {
-            after.strip_prefix(name).is_some_and(|r| r.starts_with('}'))
-        });
+        let slot = slots
+            .iter()
+            .find(|(name, _)| after.strip_prefix(name).is_some_and(|r| r.starts_with('}')));
         match slot {
             Some((name, text)) => {
                 out.push_str(&escape_closing_tags(text.trim(), tags));

@@ -138,12 +138,19 @@ impl HfModel {
         }
         let hint = "config.json must describe a Llama-family model (see transformers' LlamaConfig)";
         let json: serde_json::Value = read_json(&cfg_path, hint)?;
-        let family = |e: serde_json::Error| EngineError::model(&cfg_path, format!("{e}"), hint);
+        let invalid = |e: serde_json::Error| EngineError::model(&cfg_path, format!("{e}"), hint);
+        // The architecture first: another family is named, not the first Llama field it lacks.
         serde_json::from_value::<HfArchitecture>(json.clone())
-            .map_err(family)?
+            .map_err(invalid)?
             .family()
-            .map_err(|e| EngineError::model(&cfg_path, e.to_string(), "convert the model to a supported family, or serve it with vLLM and use it through an OpenAI backend"))?;
-        let hf: HfConfig = serde_json::from_value(json).map_err(family)?;
+            .map_err(|e| {
+                EngineError::model(
+                    &cfg_path,
+                    e.to_string(),
+                    "convert the model to a supported family, or serve it with vLLM and use it through an OpenAI backend",
+                )
+            })?;
+        let hf: HfConfig = serde_json::from_value(json).map_err(invalid)?;
         let config = hf.to_runtime().map_err(|e| match e {
             EngineError::Config(m) => EngineError::model(
                 &cfg_path,

@@ -145,13 +145,15 @@ pub fn tokenizer_from_gguf(model: &GgufModel) -> Result<TokenizerInfo> {
 
 pub fn tokenizer_from_file(path: &Path) -> Result<tokenizers::Tokenizer> {
     let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-    srlm_core::jsonl::strip_bom(&text).parse::<tokenizers::Tokenizer>().map_err(|e| {
-        EngineError::model(
-            path,
-            format!("cannot read tokenizer: {e}"),
-            "tokenizer.json must be a Hugging Face tokenizers file",
-        )
-    })
+    srlm_core::jsonl::strip_bom(&text)
+        .parse::<tokenizers::Tokenizer>()
+        .map_err(|e| {
+            EngineError::model(
+                path,
+                format!("cannot read tokenizer: {e}"),
+                "tokenizer.json must be a Hugging Face tokenizers file",
+            )
+        })
 }
 
 /// The tokenizer together with the ids generation stops at.

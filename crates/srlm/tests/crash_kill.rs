@@ -51,8 +51,7 @@ struct Stage {
 /// The stages as the uninterrupted run printed and recorded them, in run order.
 fn stages_of(run: &Path, stderr: &str) -> Vec<Stage> {
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
     stderr
         .lines()
         .filter_map(|l| {
@@ -91,7 +90,11 @@ fn draw(rng: &mut Rng, stages: usize, n: usize) -> Vec<KillPoint> {
             fraction: rng.unit() * 1.1,
         })
         .collect();
-    points.sort_by(|a, b| (a.stage, a.fraction).partial_cmp(&(b.stage, b.fraction)).unwrap());
+    points.sort_by(|a, b| {
+        (a.stage, a.fraction)
+            .partial_cmp(&(b.stage, b.fraction))
+            .unwrap()
+    });
     points
 }
 
@@ -107,7 +110,13 @@ fn run_and_kill(
 ) -> Option<String> {
     use std::os::unix::process::CommandExt;
     let mut child = Command::new(env!("CARGO_BIN_EXE_srlm"))
-        .args(["run", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .env("SRLM_LOG", "warn")
         .env_remove("SRLM_CRASH_AFTER")
         .process_group(0)
@@ -145,7 +154,11 @@ fn run_and_kill(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             // SAFETY: kill(2) on the child's own process group.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
-            break Some(current.clone().unwrap_or_else(|| "(before the first stage)".into()));
+            break Some(
+                current
+                    .clone()
+                    .unwrap_or_else(|| "(before the first stage)".into()),
+            );
         }
     };
     let status = child.wait().unwrap();

@@ -510,7 +510,10 @@ fn a_model_that_is_not_what_it_claims_is_named_for_what_it_is() {
     )
     .unwrap();
     let o = generate(&model);
-    refused(&o, &["config.json", "unsupported architecture `GPT2LMHeadModel`"]);
+    refused(
+        &o,
+        &["config.json", "unsupported architecture `GPT2LMHeadModel`"],
+    );
     assert!(!String::from_utf8_lossy(&o.stderr).contains("missing field"));
 
     // One file of the folder given as --model.
