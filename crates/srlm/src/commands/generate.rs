@@ -10,6 +10,7 @@ use srlm_core::generation::{GenerateOutput, GenerateRecord, GENERATE_SCHEMA_HINT
 use srlm_core::jsonl::{read_jsonl, recover_jsonl, JsonlWriter};
 use srlm_engine::generate::{Event, Generator, Request};
 use srlm_engine::sampling::SamplingParams;
+use srlm_engine::EngineError;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,10 +42,10 @@ pub fn record_seed(base: u64, id: &str) -> u64 {
     srlm_core::hash::fnv1a_from(base, id.as_bytes())
 }
 
-/// Drives the engine's generator itself rather than a `Backend`: it checks every record
-/// against the context before generating anything, naming the file and line of a prompt that
-/// does not fit, where a backend reports that only as the request's failure after the rest ran;
-/// and it writes `srlm generate`'s own record shape. Stages that want a server use `Backend`.
+/// Drives the engine's generator itself rather than a `Backend`: it runs the generator's check
+/// of every record before generating anything, naming the file and line of a prompt that does
+/// not fit, where a backend reports that only as the request's failure after the rest ran; and
+/// it writes `srlm generate`'s own record shape. Stages that want a server use `Backend`.
 pub fn run(args: GenerateArgs) -> Result<()> {
     srlm_core::jsonl::refuse_input_as_output(&args.output, &[&args.input])?;
     let records = read_jsonl::<GenerateRecord>(&args.input, GENERATE_SCHEMA_HINT)?;
@@ -56,6 +57,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         logprobs: args.logprobs,
         ..args.sampling.params()?
     };
+    let mut gen = Generator::new(&engine.model, &engine.tokenizer);
+    gen.max_batch = args.batch_size.max(1);
     let mut seen = HashSet::new();
     let mut requests = Vec::new();
     for r in &records {
@@ -100,19 +103,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 b.problem
             );
         }
-        let context = engine.model.max_positions();
-        if prompt_ids.len() >= context {
-            bail!(
-                "{here}: the prompt is {} tokens, the context is {context}\n  hint: shorten it, or raise --context-length (the model allows {})",
-                prompt_ids.len(),
-                engine.model.config().max_position_embeddings
-            );
-        }
-        requests.push(Request {
+        let request = Request {
             id,
             prompt_ids,
             params,
-        });
+        };
+        // The generator's own check, made here for every record before any generates.
+        gen.check(&request).map_err(|e| match e {
+            EngineError::PromptTooLong {
+                prompt_tokens,
+                context,
+                ..
+            } => anyhow::anyhow!(
+                "{here}: the prompt is {prompt_tokens} tokens, the context is {context}\n  hint: shorten it, or raise --context-length (the model allows {})",
+                engine.model.config().max_position_embeddings
+            ),
+            e => anyhow::anyhow!("{here}: {e}"),
+        })?;
+        requests.push(request);
     }
     if !done.is_empty() {
         eprintln!(
@@ -138,8 +146,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         )
         .expect("valid template"),
     );
-    let mut gen = Generator::new(&engine.model, &engine.tokenizer);
-    gen.max_batch = args.batch_size.max(1);
     let start = Instant::now();
     let mut tokens = 0usize;
     gen.run(requests, |ev| {
