@@ -407,21 +407,29 @@ impl Endpoint {
     }
 }
 
+/// A request's body read as `T` once its API key is checked; `Err` is the response to send
+/// (401, 413, or a 400 naming `what` was invalid).
+fn authorized_request<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Result<String, StringRejection>,
+    what: &str,
+) -> std::result::Result<T, Response> {
+    if let Some(r) = refuse_unauthorized(s, headers) {
+        return Err(r);
+    }
+    let body = body.map_err(unreadable_body)?;
+    serde_json::from_str(&body).map_err(|e| bad_request(format!("invalid {what}: {e}")))
+}
+
 async fn chat_completions(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<String, StringRejection>,
 ) -> Response {
-    if let Some(r) = refuse_unauthorized(&s, &headers) {
-        return r;
-    }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return unreadable_body(e),
-    };
-    let req: ChatRequest = match serde_json::from_str(&body) {
+    let req: ChatRequest = match authorized_request(&s, &headers, body, "chat completion request") {
         Ok(r) => r,
-        Err(e) => return bad_request(format!("invalid chat completion request: {e}")),
+        Err(response) => return response,
     };
     let mut messages = req.messages;
     if let Err(e) = srlm_core::generation::check_messages(&messages) {
@@ -450,16 +458,10 @@ async fn completions(
     headers: HeaderMap,
     body: Result<String, StringRejection>,
 ) -> Response {
-    if let Some(r) = refuse_unauthorized(&s, &headers) {
-        return r;
-    }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return unreadable_body(e),
-    };
-    let req: CompletionRequest = match serde_json::from_str(&body) {
+    let req: CompletionRequest = match authorized_request(&s, &headers, body, "completion request")
+    {
         Ok(r) => r,
-        Err(e) => return bad_request(format!("invalid completion request: {e}")),
+        Err(response) => return response,
     };
     let text = match req.prompt {
         PromptText::One(t) => t,
