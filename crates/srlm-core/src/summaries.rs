@@ -22,6 +22,9 @@ pub struct StageEntry {
     pub seconds: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<serde_json::Value>,
+    /// The command that started the server the stage ran on, when `srlm run` launched one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// `RUN/manifest.json`: the run's finished stages by name.

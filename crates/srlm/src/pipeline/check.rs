@@ -185,11 +185,31 @@ pub fn problems(cfg: &RunConfig) -> Vec<String> {
         }
     }
     for (name, b) in &cfg.backends {
-        if b.base_url.is_empty() {
+        if b.url().is_empty() {
             bad(
                 &format!("backends.{name}.base_url"),
-                "is empty (e.g. \"http://localhost:8000/v1\")".into(),
+                "is empty (e.g. \"http://localhost:8000/v1\"), and no `launch` command starts the server".into(),
             );
+        }
+        if !b.launch.is_empty() {
+            if b.url().contains("{port}") && !b.launch.contains("{port}") {
+                bad(
+                    &format!("backends.{name}.launch"),
+                    format!("does not pass the server its port: `{{port}}` is in the base URL {:?} but not in the command", b.url()),
+                );
+            }
+            if !(b.startup_timeout_s.is_finite() && b.startup_timeout_s > 0.0) {
+                bad(
+                    &format!("backends.{name}.startup_timeout_s"),
+                    format!("is {}; it must be more than 0", b.startup_timeout_s),
+                );
+            }
+            if !(b.stop_grace_s.is_finite() && b.stop_grace_s >= 0.0) {
+                bad(
+                    &format!("backends.{name}.stop_grace_s"),
+                    format!("is {}; it must be 0 or more", b.stop_grace_s),
+                );
+            }
         }
         at_least(
             &mut bad,
@@ -327,6 +347,27 @@ loss = "hinge"
         assert_eq!(
             problems(&cfg),
             ["`dpo.beta` is -0.1; it must be a positive number (the paper uses 0.1)"]
+        );
+    }
+    #[test]
+    fn a_launched_server_needs_its_port_and_times_that_can_pass() {
+        let cfg: RunConfig = toml::from_str(
+            "[backends.a]\nlaunch = \"vllm serve {model}\"\nstartup_timeout_s = 0\nstop_grace_s = -1\n\
+             [backends.b]\nlaunch = \"vllm serve {model} --port {port}\"\n\
+             [backends.c]\nbase_url = \"http://h:8000/v1\"\nlaunch = \"ssh h vllm serve {model}\"\n\
+             [backends.d]\nconcurrency = 2\n",
+        )
+        .unwrap();
+        let got = problems(&cfg);
+        assert_eq!(
+            got,
+            [
+                "`backends.a.launch` does not pass the server its port: `{port}` is in the base URL \"http://127.0.0.1:{port}/v1\" but not in the command",
+                "`backends.a.startup_timeout_s` is 0; it must be more than 0",
+                "`backends.a.stop_grace_s` is -1; it must be 0 or more",
+                "`backends.d.base_url` is empty (e.g. \"http://localhost:8000/v1\"), and no `launch` command starts the server",
+            ],
+            "{got:#?}"
         );
     }
 }

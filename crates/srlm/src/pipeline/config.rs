@@ -48,7 +48,20 @@ pub struct BackendSection {
     pub max_retries: u32,
     /// Ask for the k judgements (N samples) of one item in one request with `n`.
     pub n_per_request: bool,
+    /// A command that starts this server, which `srlm run` then starts and stops itself for
+    /// each stage that uses it: `{model}` is the stage's model (M_t), `{port}` a free port
+    /// srlm picks, e.g. "vllm serve {model} --port {port}". Run as `sh -c "exec <command>"`,
+    /// so it must be one command that is the server (a script that `exec`s it is fine).
+    /// Empty: the server at `base_url` is already running.
+    pub launch: String,
+    /// How long a launched server may take to answer `/models`.
+    pub startup_timeout_s: f64,
+    /// After SIGTERM, how long a launched server may take to exit before SIGKILL.
+    pub stop_grace_s: f64,
 }
+
+/// `base_url` of a launched server whose section names none.
+pub const LAUNCHED_BASE_URL: &str = "http://127.0.0.1:{port}/v1";
 
 impl Default for BackendSection {
     fn default() -> Self {
@@ -60,6 +73,21 @@ impl Default for BackendSection {
             timeout_s: 600.0,
             max_retries: 6,
             n_per_request: true,
+            launch: String::new(),
+            startup_timeout_s: 600.0,
+            stop_grace_s: 10.0,
+        }
+    }
+}
+
+impl BackendSection {
+    /// The URL stages talk to: `base_url`, or for a launched server without one, 127.0.0.1 on
+    /// the port srlm picks (`{port}` is filled when it starts).
+    pub fn url(&self) -> String {
+        if self.base_url.is_empty() && !self.launch.is_empty() {
+            LAUNCHED_BASE_URL.to_string()
+        } else {
+            self.base_url.clone()
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::layout::Layout;
 use super::plan::{Planned, Work};
+use super::servers::Servers;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use srlm_core::jsonl::write_atomic;
@@ -54,6 +55,8 @@ pub struct Run {
     /// (or files outside the run), fixed for the life of the process, so each model folder
     /// (hundreds of MB) is hashed once, not by every stage that reads it.
     hashed: std::collections::HashMap<PathBuf, String>,
+    /// The server a stage runs on, when the run starts it (`[backends.NAME] launch`).
+    servers: Servers,
 }
 
 impl Run {
@@ -69,6 +72,7 @@ impl Run {
             },
         };
         Ok(Self {
+            servers: Servers::new(&layout.dir),
             layout,
             manifest,
             hashed: Default::default(),
@@ -96,6 +100,7 @@ impl Run {
         for (i, stage) in plan.into_iter().enumerate() {
             self.stage(stage, i + 1, total)?;
         }
+        self.servers.stop();
         Ok(())
     }
 
@@ -131,6 +136,25 @@ impl Run {
                 self.layout.dir.display()
             );
         }
+        // A launched server for this stage (kept from the last stage if it is the same one);
+        // any other server is stopped first, so a trainer gets the machine to itself.
+        let mut work = work;
+        let mut server = None;
+        match &mut work {
+            Work::Call {
+                call,
+                server: Some(launch),
+                ..
+            } => {
+                let (url, command) = self
+                    .servers
+                    .ensure(launch)
+                    .with_context(|| format!("stage `{name}`"))?;
+                call.set_api_base(&url);
+                server = Some(command);
+            }
+            _ => self.servers.stop(),
+        }
         let command = match &work {
             Work::Seed(_) => vec!["(seed: resolve and merge the seed files)".to_string()],
             Work::Call { call, .. } => call.argv(),
@@ -144,6 +168,7 @@ impl Run {
             outputs: outputs.iter().map(|o| self.rel(o)).collect(),
             seconds: t.elapsed().as_secs_f64(),
             stats,
+            server,
         };
         self.manifest.stages.insert(name, entry);
         self.save_manifest()
@@ -152,7 +177,7 @@ impl Run {
     fn work(&self, work: Work) -> Result<Option<serde_json::Value>> {
         match work {
             Work::Seed(files) => super::seed::write_seed(&self.layout, &files),
-            Work::Call { call, then } => {
+            Work::Call { call, then, .. } => {
                 call.run()?;
                 then.run()
             }

@@ -1,7 +1,7 @@
 //! `srlm run`'s machinery: the config (`config`) and its check before anything runs (`check`), where a run's files live (`layout`), the
 //! stages planned from the config as typed calls of srlm's commands (`plan`, `stage_call`),
-//! their command lines (`argv`), the seed stage (`seed`), and the manifest that records and
-//! skips finished stages (`manifest`).
+//! their command lines (`argv`), the seed stage (`seed`), the servers a run launches
+//! (`servers`), and the manifest that records and skips finished stages (`manifest`).
 
 pub mod argv;
 pub mod check;
@@ -10,4 +10,5 @@ pub mod layout;
 pub mod manifest;
 pub mod plan;
 pub mod seed;
+pub mod servers;
 pub mod stage_call;

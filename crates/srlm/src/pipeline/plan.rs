@@ -4,6 +4,7 @@
 
 use super::config::RunConfig;
 use super::layout::Layout;
+use super::servers::Launch;
 use super::stage_call::StageCall;
 use crate::backend::{BackendArgs, RemoteArgs};
 use crate::commands::eft::EftArgs;
@@ -48,8 +49,12 @@ pub struct Planned {
 pub enum Work {
     /// Resolve and merge these seed files into `RUN/seed/`.
     Seed(super::config::SeedSection),
-    /// One of srlm's commands, then `then`.
-    Call { call: StageCall, then: Then },
+    /// One of srlm's commands, on the server `server` starts when it names one, then `then`.
+    Call {
+        call: StageCall,
+        then: Then,
+        server: Option<Launch>,
+    },
 }
 
 /// What the run does after a stage's command: a check that stops the run where going on
@@ -223,11 +228,13 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
         };
         let p = &cfg.prompts;
         let mut inputs = vec![seed.ift.clone()];
-        let backend = role_backend(cfg, &remotes.prompts, &generator, &mut inputs)?;
+        let (backend, server) =
+            role_backend(cfg, &p.backend, &remotes.prompts, &generator, &mut inputs)?;
         inputs.extend(earlier_prompts.iter().cloned());
         plan.push(Planned {
             name: format!("prompts {t}"),
-            work: call(
+            work: call_on(
+                server,
                 StageCall::Prompts(PromptsArgs {
                     seed: vec![seed.ift.clone()],
                     existing: earlier_prompts.clone(),
@@ -259,10 +266,12 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
 
         let g = &cfg.sample;
         let mut inputs = vec![it.prompts.clone()];
-        let backend = role_backend(cfg, &remotes.sample, &current, &mut inputs)?;
+        let (backend, server) =
+            role_backend(cfg, &g.backend, &remotes.sample, &current, &mut inputs)?;
         plan.push(Planned {
             name: format!("sample {t}"),
-            work: call(
+            work: call_on(
+                server,
                 StageCall::Sample(SampleArgs {
                     prompts: it.prompts.clone(),
                     out: it.candidates.clone(),
@@ -283,10 +292,12 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
 
         let j = &cfg.judge;
         let mut inputs = vec![it.candidates.clone()];
-        let backend = role_backend(cfg, &remotes.judge, &current, &mut inputs)?;
+        let (backend, server) =
+            role_backend(cfg, &j.backend, &remotes.judge, &current, &mut inputs)?;
         plan.push(Planned {
             name: format!("judge {t}"),
-            work: call(
+            work: call_on(
+                server,
                 StageCall::Judge(JudgeArgs {
                     candidates: it.candidates.clone(),
                     out: it.judgements.clone(),
@@ -357,7 +368,12 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
 }
 
 fn call(call: StageCall, then: Then) -> Work {
-    Work::Call { call, then }
+    call_on(None, call, then)
+}
+
+/// A stage's call on the server `server` starts (None: its backend needs no start).
+fn call_on(server: Option<Launch>, call: StageCall, then: Then) -> Work {
+    Work::Call { call, then, server }
 }
 
 /// The judge bootstrap: `seed_model` judges the ranked replies of `[eft] data` (`srlm eval
@@ -486,13 +502,15 @@ fn plan_evaluation(
             let m = i + 1;
             let out = eval.vs(m);
             let mut inputs = vec![prompts.clone(), later.clone(), m1.clone()];
-            if vs_remote.is_none() {
+            let server = launch(cfg, &e.vs_backend, &judge);
+            if vs_remote.is_none() || server.is_some() {
                 inputs.push(judge.clone());
             }
             let summary = out.join("summary.json");
             plan.push(Planned {
                 name: format!("eval vs m{m} m1"),
-                work: call(
+                work: call_on(
+                    server,
                     StageCall::EvalVs(EvalVsArgs {
                         a: later.clone(),
                         b: m1.clone(),
@@ -560,11 +578,12 @@ pub(crate) fn remote_args(cfg: &RunConfig, key: &str, name: &str) -> Result<Opti
             cfg.backends.keys().collect::<Vec<_>>()
         );
     };
-    if b.base_url.is_empty() {
-        bail!("[backends.{name}] has no base_url\n  hint: e.g. base_url = \"http://localhost:8000/v1\"");
+    if b.url().is_empty() {
+        bail!("[backends.{name}] has no base_url\n  hint: e.g. base_url = \"http://localhost:8000/v1\", or a `launch` command");
     }
     Ok(Some(RemoteArgs {
-        api_base: Some(b.base_url.clone()),
+        // A launched server's `{port}` is filled when it starts.
+        api_base: Some(b.url()),
         api_model: (!b.model.is_empty()).then(|| b.model.clone()),
         api_key_env: b.api_key_env.clone(),
         api_concurrency: b.concurrency,
@@ -588,21 +607,40 @@ fn sampling(temperature: f32, top_p: f32, max_new_tokens: usize, seed: u64) -> S
 }
 
 /// Who plays a role: the server of `remote` (its model is no file for the manifest to hash),
-/// or the local `model`, which then is one of the stage's inputs.
+/// or the local `model`, which then is one of the stage's inputs; or a server srlm launches
+/// for `model` (the backend `name` has a `launch` command), which serves that file, so it is an
+/// input too.
 fn role_backend(
     cfg: &RunConfig,
+    name: &str,
     remote: &Option<RemoteArgs>,
     model: &Path,
     inputs: &mut Vec<PathBuf>,
-) -> Result<BackendArgs> {
+) -> Result<(BackendArgs, Option<Launch>)> {
     let local = remote.is_none().then_some(model);
-    if let Some(m) = local {
-        inputs.push(m.to_path_buf());
+    let server = launch(cfg, name, model);
+    if local.is_some() || server.is_some() {
+        inputs.push(model.to_path_buf());
     }
-    Ok(BackendArgs {
+    let args = BackendArgs {
         batch_size: cfg.batch_size,
         model: model_args(cfg, local)?,
         remote: remote.clone().unwrap_or_default(),
+    };
+    Ok((args, server))
+}
+
+/// The server srlm starts for `model` when the backend `name` has a `launch` command.
+fn launch(cfg: &RunConfig, name: &str, model: &Path) -> Option<Launch> {
+    let b = cfg.backends.get(name).filter(|b| !b.launch.is_empty())?;
+    Some(Launch {
+        backend: name.to_string(),
+        command: b.launch.clone(),
+        base_url: b.url(),
+        api_key_env: b.api_key_env.clone(),
+        model: model.to_path_buf(),
+        startup_timeout: std::time::Duration::from_secs_f64(b.startup_timeout_s),
+        stop_grace: std::time::Duration::from_secs_f64(b.stop_grace_s),
     })
 }
 

@@ -38,6 +38,20 @@ impl StageCall {
         }
     }
 
+    /// Points the stage's server role at `url` (a launched server's, once its port is known).
+    pub fn set_api_base(&mut self, url: &str) {
+        let remote = match self {
+            Self::Prompts(a) => &mut a.backend.remote,
+            Self::Sample(a) => &mut a.backend.remote,
+            Self::Judge(a) => &mut a.backend.remote,
+            Self::EvalVs(a) => &mut a.backend.remote,
+            Self::Pairs(_) | Self::Sft(_) | Self::Dpo(_) | Self::Eft(_) | Self::EvalJudge(_) => {
+                return
+            }
+        };
+        remote.api_base = Some(url.to_string());
+    }
+
     pub fn run(self) -> Result<()> {
         match self {
             Self::Prompts(a) => prompts::run(a),

@@ -1,0 +1,245 @@
+//! `srlm run` with servers it starts itself (`[backends.NAME] launch`): the tiny two-iteration
+//! run with its prompt writing, sampling, judging and head-to-head judging on `srlm serve`
+//! processes the run launches for each model (M1, then M2, then M1 again as the fixed judge),
+//! one server kept across the stages that share a model; killed with SIGKILL while a server
+//! is up, no process of it survives and the rerun ends as the uninterrupted run; and a server
+//! that exits early, never answers or answers 503 fails its stage with its log's tail.
+
+mod common;
+
+use common::tiny_model;
+use common::tiny_run::{assert_same_outcome, config, ok, srlm_run};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The tiny run's config with its generating roles on `[backends.srv]`, whose section is
+/// `backend` (TOML lines).
+fn launched_config(model: &Path, backend: &str) -> String {
+    config(model)
+        .replace("[prompts]\n", "[prompts]\nbackend = \"srv\"\n")
+        .replace("[sample]\n", "[sample]\nbackend = \"srv\"\n")
+        .replace("[judge]\n", "[judge]\nbackend = \"srv\"\n")
+        .replace("[eval]\n", "[eval]\nvs_backend = \"srv\"\n")
+        + &format!("[backends.srv]\n{backend}\n")
+}
+
+/// `srlm serve` as the launched server, on the stage's model and the port srlm picks. One
+/// request at a time, each completion its own request: a server that batches requests as they
+/// arrive changes the last bits of the judge's distributions with the batch, and the tiny
+/// model's candidates are near-ties that those bits decide, so the runs compared here are made
+/// reproducible this way (with several requests in flight they are equal but for such ties).
+fn serve_backend() -> String {
+    format!(
+        "launch = \"{} serve --model {{model}} --port {{port}} --weights dense --context-length 4096 --batch-size 8\"\nstartup_timeout_s = 60\nconcurrency = 1\nn_per_request = false",
+        env!("CARGO_BIN_EXE_srlm")
+    )
+}
+
+/// The processes whose environment marks them as started for `run` (what srlm sets on every
+/// server it launches), zombies left out.
+fn marked(run: &Path) -> Vec<i32> {
+    let want = format!(
+        "SRLM_SERVER_OF={}",
+        std::fs::canonicalize(run).unwrap().display()
+    );
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
+        })
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+fn wait_until(mut done: impl FnMut() -> bool, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+#[test]
+fn a_run_serves_each_model_on_a_server_it_launches_and_leaves_none_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, launched_config(&model, &serve_backend())).unwrap();
+
+    // Uninterrupted.
+    let a = dir.path().join("a");
+    let stderr = ok(&srlm_run(&cfg, &a, None));
+    let log = std::fs::read_to_string(a.join("servers/srv.log")).unwrap();
+    let served: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("srlm: serving `")?.split('`').next())
+        .collect();
+    // One server per model in turn: prompts, samples and judgements of iteration 1 by M1,
+    // of iteration 2 by M2 (what DPO wrote), then both head-to-heads judged by M1.
+    assert_eq!(served, ["m1", "m2", "m1"], "{log}");
+    assert_eq!(
+        stderr.matches("srlm: started [backends.srv]").count(),
+        3,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("srlm: stopped [backends.srv]").count(),
+        3,
+        "{stderr}"
+    );
+    assert!(marked(&a).is_empty());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
+    let judge2 = &manifest["stages"]["judge 2"];
+    assert!(
+        judge2["server"]
+            .as_str()
+            .unwrap()
+            .contains("/models/m2 --port"),
+        "{judge2}"
+    );
+    let line = judge2["command"].as_array().unwrap();
+    let base = line.iter().position(|a| a == "--api-base").unwrap();
+    assert!(line[base + 1]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+    assert!(manifest["stages"]["pairs 2"]["server"].is_null());
+
+    // Killed (srlm alone, SIGKILL) while the server of sample 2 is up, then rerun.
+    let b = dir.path().join("b");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            b.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server_pid = None;
+    let mut in_iteration_2 = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        in_iteration_2 |= line.contains("] sample 2: srlm");
+        if let Some(rest) = line.strip_prefix("srlm: started [backends.srv] (pid ") {
+            server_pid = rest.split(')').next().unwrap().parse::<i32>().ok();
+        }
+        if in_iteration_2 && line.contains("srlm: [backends.srv] is up at") {
+            break;
+        }
+    }
+    let server_pid = server_pid.expect("a server was started");
+    assert!(alive(server_pid));
+    child.kill().unwrap(); // SIGKILL: no handler of srlm's runs
+    child.wait().unwrap();
+    assert!(
+        wait_until(
+            || !alive(server_pid) && marked(&b).is_empty(),
+            Duration::from_secs(10)
+        ),
+        "the server (pid {server_pid}) outlived the run killed under it"
+    );
+    ok(&srlm_run(&cfg, &b, None));
+    assert!(marked(&b).is_empty());
+    assert_same_outcome(&a, &b);
+}
+
+/// `srlm run` of `backend` as `[backends.srv]`; its stderr, after checking that it failed.
+fn failing_run(dir: &Path, name: &str, backend: &str) -> (String, PathBuf) {
+    let model = dir.join("tiny");
+    if !model.exists() {
+        tiny_model(dir);
+    }
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, launched_config(&model, backend)).unwrap();
+    let out = dir.join(name);
+    let o = srlm_run(&cfg, &out, None);
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "{name}: {stderr}");
+    (stderr, out)
+}
+
+#[test]
+fn a_server_that_does_not_come_up_fails_its_stage_with_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Exits at once.
+    let (err, out) = failing_run(
+        d,
+        "exits",
+        "launch = \"sh -c 'echo cannot load {model} on {port}; exit 3'\"",
+    );
+    assert!(err.contains("stage `prompts 1`"), "{err}");
+    assert!(
+        err.contains("[backends.srv]: the server exited before it answered"),
+        "{err}"
+    );
+    assert!(err.contains("exit status: 3"), "{err}");
+    assert!(
+        err.contains("cannot load") && err.contains("models/m1"),
+        "{err}"
+    );
+    assert!(err.contains("hint: run the command by hand"), "{err}");
+    // Nothing earlier is lost: the stages before it stay done for the rerun.
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"sft m1\""), "{manifest}");
+    assert!(out.join("models/m1/config.json").exists());
+
+    // Never answers: stopped after its startup timeout, and nothing of it is left running.
+    let (err, out) = failing_run(
+        d,
+        "silent",
+        "base_url = \"http://127.0.0.1:9/v1\"\nlaunch = \"sleep 60\"\nstartup_timeout_s = 1.5",
+    );
+    assert!(err.contains("the server was not up within 2 s"), "{err}");
+    assert!(
+        err.contains("GET http://127.0.0.1:9/v1/models did not answer"),
+        "{err}"
+    );
+    assert!(
+        marked(&out).is_empty(),
+        "the silent server was left running"
+    );
+
+    // Answers 503 for ever (a server still loading its weights, stuck).
+    std::fs::write(
+        d.join("always503.py"),
+        "import http.server, sys\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       self.send_response(503); self.end_headers(); self.wfile.write(b'loading')\n\
+         \x20   def log_message(self, *a):\n\
+         \x20       print('still loading', flush=True)\n\
+         http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n",
+    )
+    .unwrap();
+    let (err, out) = failing_run(
+        d,
+        "unavailable",
+        &format!(
+            "launch = \"python3 {} {{port}}\"\nstartup_timeout_s = 2",
+            d.join("always503.py").display()
+        ),
+    );
+    assert!(err.contains("answered HTTP 503"), "{err}");
+    assert!(err.contains("still loading"), "{err}");
+    assert!(marked(&out).is_empty());
+}
