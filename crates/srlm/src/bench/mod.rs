@@ -1,6 +1,7 @@
 //! `srlm bench`: throughput and memory, measured the way llama.cpp's llama-bench reports them
 //! (prefill of a long prompt; decode of new tokens at batch 1 and across many sequences).
 
+pub mod inputs;
 pub mod serve;
 
 use crate::model_args::ModelArgs;
@@ -22,6 +23,9 @@ pub enum BenchCommand {
     /// Requests/s and tokens/s of `srlm serve` (or another OpenAI-compatible server) at 1, 4
     /// and 16 concurrent clients.
     Serve(crate::bench::serve::BenchServeArgs),
+    /// How long a run takes to check a large input it has hashed before (fingerprint) against
+    /// hashing it in full.
+    Inputs(crate::bench::inputs::BenchInputsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +94,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(a) => bench_train(a),
         BenchCommand::Judge(a) => bench_judge(a),
         BenchCommand::Serve(a) => crate::bench::serve::run(a),
+        BenchCommand::Inputs(a) => crate::bench::inputs::run(a),
     }
 }
 

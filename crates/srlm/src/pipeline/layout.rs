@@ -75,6 +75,11 @@ impl Layout {
         self.dir.join("config.toml")
     }
 
+    /// Full hashes of the run's large inputs, with the fingerprints that let a rerun reuse them.
+    pub fn input_hashes(&self) -> PathBuf {
+        self.dir.join("input_hashes.json")
+    }
+
     pub fn manifest(&self) -> PathBuf {
         self.dir.join("manifest.json")
     }

@@ -1,60 +1,24 @@
 //! The run's record of finished stages (`RUN/manifest.json`), and the executor that runs a
 //! planned stage unless the record says it is done with the same inputs.
 
+use super::input_hash::InputHashes;
 use super::layout::Layout;
 use super::plan::{Planned, Work};
 use super::servers::Servers;
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use srlm_core::jsonl::write_atomic;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 pub use srlm_core::summaries::{Manifest, StageEntry};
-
-fn sha256_file(path: &Path, h: &mut Sha256) -> Result<()> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    std::io::copy(&mut f, h).with_context(|| format!("reading {}", path.display()))?;
-    Ok(())
-}
-
-/// SHA-256 of a file, or of a model folder's config and weights.
-pub fn input_hash(path: &Path) -> Result<String> {
-    let mut h = Sha256::new();
-    if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p.file_name().unwrap_or_default().to_string_lossy();
-                name == "config.json" || name.ends_with(".safetensors")
-            })
-            .collect();
-        files.sort();
-        for f in files {
-            h.update(
-                f.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .as_bytes(),
-            );
-            sha256_file(&f, &mut h)?;
-        }
-    } else {
-        sha256_file(path, &mut h)?;
-    }
-    Ok(format!("{:x}", h.finalize()))
-}
 
 /// A run directory being worked through, one planned stage at a time.
 pub struct Run {
     layout: Layout,
     manifest: Manifest,
-    /// Input hashes computed so far. A stage's inputs are finished outputs of earlier stages
-    /// (or files outside the run), fixed for the life of the process, so each model folder
-    /// (hundreds of MB) is hashed once, not by every stage that reads it.
-    hashed: std::collections::HashMap<PathBuf, String>,
+    /// The inputs' hashes: each taken once per process, a model's kept across runs.
+    hashes: InputHashes,
     /// The server a stage runs on, when the run starts it (`[backends.NAME] launch`).
     servers: Servers,
 }
@@ -73,9 +37,9 @@ impl Run {
         };
         Ok(Self {
             servers: Servers::new(&layout.dir),
+            hashes: InputHashes::open(&layout.input_hashes()),
             layout,
             manifest,
-            hashed: Default::default(),
         })
     }
 
@@ -116,14 +80,7 @@ impl Run {
         } = stage;
         let mut hashes = BTreeMap::new();
         for p in &inputs {
-            let h = match self.hashed.get(p) {
-                Some(h) => h.clone(),
-                None => {
-                    let h = input_hash(p)?;
-                    self.hashed.insert(p.clone(), h.clone());
-                    h
-                }
-            };
+            let h = self.hashes.hash(p)?;
             hashes.insert(self.rel(p), h);
         }
         if let Some(done) = self.manifest.stages.get(&name) {

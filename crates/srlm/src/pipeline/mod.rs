@@ -6,6 +6,7 @@
 pub mod argv;
 pub mod check;
 pub mod config;
+pub mod input_hash;
 pub mod layout;
 pub mod manifest;
 pub mod plan;
