@@ -1,19 +1,26 @@
-"""DPO with TRL on pairs exported by `srlm export pairs`: how to train a large model on a GPU
-cluster and bring it back into the loop.
+"""DPO with TRL on pairs exported by `srlm export pairs`: the trainer `srlm run` calls with
+`[dpo] trainer = "trl"` (srlm ships this file and writes it into the run), and a way to train a
+large model on a GPU cluster and bring it back into the loop by hand.
 
     srlm export pairs --run runs/default --out pairs.jsonl
     accelerate launch --config_file deepspeed_zero3.yaml scripts/train_dpo_trl.py \
         --model runs/default/models/m1 --pairs pairs.jsonl --out m2-big
     srlm run ... / srlm judge --model m2-big ...     # the HF folder goes back in with --model
 
-Needs: pip install trl transformers datasets accelerate (checked with trl 1.16).
+Each logged step is printed as one JSON line and appended to OUT/metrics.jsonl; a run killed
+mid-way resumes from the last checkpoint in OUT when started again.
+
+Needs: pip install trl (checked with trl 1.16, transformers 5.24, torch 2.15).
 """
 import argparse
+import glob
+import json
+import os
 
 import torch
 
 from datasets import load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 ap = argparse.ArgumentParser()
@@ -22,8 +29,26 @@ ap.add_argument("--pairs", required=True)
 ap.add_argument("--out", required=True)
 ap.add_argument("--beta", type=float, default=0.1)
 ap.add_argument("--lr", type=float, default=1e-6)
+ap.add_argument("--epochs", type=float, default=1.0)
 ap.add_argument("--max-steps", type=int, default=-1)
+ap.add_argument("--batch-size", type=int, default=2)
+ap.add_argument("--save-steps", type=int, default=50)
+ap.add_argument("--seed", type=int, default=0)
 args = ap.parse_args()
+
+
+class Metrics(TrainerCallback):
+    """Each log as a JSON line: printed (srlm streams it) and kept in OUT/metrics.jsonl."""
+
+    def on_log(self, _args, state, _control, logs=None, **_kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        line = json.dumps({"step": state.global_step, **logs})
+        print(line, flush=True)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+            f.write(line + "\n")
+
 
 pairs = load_dataset("json", data_files=args.pairs, split="train")
 model = AutoModelForCausalLM.from_pretrained(args.model)
@@ -32,13 +57,24 @@ config = DPOConfig(
     output_dir=args.out,
     beta=args.beta,
     learning_rate=args.lr,
+    num_train_epochs=args.epochs,
     max_steps=args.max_steps,
-    per_device_train_batch_size=2,
+    per_device_train_batch_size=args.batch_size,
+    save_steps=args.save_steps,
+    logging_steps=1,
+    seed=args.seed,
     report_to=[],
     bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     use_cpu=not torch.cuda.is_available(),
 )
-trainer = DPOTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer)
-trainer.train()
+trainer = DPOTrainer(
+    model=model,
+    args=config,
+    train_dataset=pairs,
+    processing_class=tokenizer,
+    callbacks=[Metrics()],
+)
+checkpoints = glob.glob(os.path.join(args.out, "checkpoint-*"))
+trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
 trainer.save_model(args.out)
 tokenizer.save_pretrained(args.out)

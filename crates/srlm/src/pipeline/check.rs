@@ -142,6 +142,16 @@ pub fn problems(cfg: &RunConfig) -> Vec<String> {
         }
     }
     train(&mut bad, "dpo", &d.train, cfg.seed);
+    if let Some(command) = super::external_trainer::trainer_command(&d.trainer) {
+        for slot in ["{out}", "{pairs}", "{model}"] {
+            if !command.contains(slot) {
+                bad(
+                    "dpo.trainer",
+                    format!("is {command:?}, which has no `{slot}`: \"srlm\", \"trl\", or a command that trains `{{model}}` on `{{pairs}}` into `{{out}}`"),
+                );
+            }
+        }
+    }
 
     let v = &cfg.eval;
     if let Err(e) = VsMode::from_str(&v.vs_mode, false) {

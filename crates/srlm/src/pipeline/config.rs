@@ -244,6 +244,10 @@ pub struct PairsSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "DpoFile")]
 pub struct DpoSection {
+    /// Who trains M_(t+1): "srlm" (its own trainer), "trl" (the shipped TRL script, by the
+    /// `python3` on PATH), or a command with `{model}`, `{pairs}`, `{out}`, `{beta}`, `{lr}`,
+    /// `{epochs}`, `{seed}` (pipeline/external_trainer.rs).
+    pub trainer: String,
     pub beta: f64,
     /// sigmoid or ipo.
     pub loss: String,
@@ -257,6 +261,7 @@ pub struct DpoSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DpoFile {
+    trainer: Option<String>,
     beta: Option<f64>,
     loss: Option<String>,
     rpo_alpha: Option<f64>,
@@ -269,6 +274,7 @@ impl From<DpoFile> for DpoSection {
     fn from(f: DpoFile) -> Self {
         let d = DpoSection::default();
         Self {
+            trainer: f.trainer.unwrap_or(d.trainer),
             beta: f.beta.unwrap_or(d.beta),
             loss: f.loss.unwrap_or(d.loss),
             rpo_alpha: f.rpo_alpha.unwrap_or(d.rpo_alpha),
@@ -395,6 +401,7 @@ impl Default for PairsSection {
 impl Default for DpoSection {
     fn default() -> Self {
         Self {
+            trainer: "srlm".into(),
             beta: 0.1,
             loss: "sigmoid".into(),
             rpo_alpha: 0.0,

@@ -80,6 +80,11 @@ impl Layout {
         self.dir.join("input_hashes.json")
     }
 
+    /// The output of an external trainer's stage (`trainers/dpo-m2.log`).
+    pub fn trainer_log(&self, stage: &str) -> PathBuf {
+        self.dir.join("trainers").join(format!("{stage}.log"))
+    }
+
     pub fn manifest(&self) -> PathBuf {
         self.dir.join("manifest.json")
     }

@@ -115,6 +115,7 @@ impl Run {
         let command = match &work {
             Work::Seed(_) => vec!["(seed: resolve and merge the seed files)".to_string()],
             Work::Call { call, .. } => call.argv(),
+            Work::External(e) => vec!["(external trainer)".to_string(), e.command()],
         };
         eprintln!("[{no}/{total}] {name}: srlm {}", command.join(" "));
         let t = Instant::now();
@@ -134,6 +135,7 @@ impl Run {
     fn work(&self, work: Work) -> Result<Option<serde_json::Value>> {
         match work {
             Work::Seed(files) => super::seed::write_seed(&self.layout, &files),
+            Work::External(e) => e.run(),
             Work::Call { call, then, .. } => {
                 call.run()?;
                 then.run()

@@ -49,6 +49,8 @@ pub struct Planned {
 pub enum Work {
     /// Resolve and merge these seed files into `RUN/seed/`.
     Seed(super::config::SeedSection),
+    /// DPO by a trainer outside srlm.
+    External(super::external_trainer::ExternalDpo),
     /// One of srlm's commands, on the server `server` starts when it names one, then `then`.
     Call {
         call: StageCall,
@@ -342,6 +344,28 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
         });
 
         let d = &cfg.dpo;
+        if let Some(template) = super::external_trainer::trainer_command(&d.trainer) {
+            plan.push(Planned {
+                name: format!("dpo m{}", t + 1),
+                work: Work::External(super::external_trainer::ExternalDpo {
+                    template: template.to_string(),
+                    pairs: it.pairs.clone(),
+                    trl_pairs: it.pairs.with_file_name("pairs.trl.jsonl"),
+                    model: current.clone(),
+                    out: next.clone(),
+                    beta: d.beta,
+                    lr: d.train.lr,
+                    epochs: d.train.epochs,
+                    seed: cfg.seed,
+                    run_dir: layout.dir.clone(),
+                    log: layout.trainer_log(&format!("dpo-m{}", t + 1)),
+                }),
+                inputs: vec![it.pairs.clone(), current.clone()],
+                outputs: vec![next.join("config.json")],
+            });
+            current = next;
+            continue;
+        }
         plan.push(Planned {
             name: format!("dpo m{}", t + 1),
             work: call(

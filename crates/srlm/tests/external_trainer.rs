@@ -1,0 +1,240 @@
+//! `srlm run` with DPO done outside srlm (`[dpo] trainer`): a stand-in trainer (a shell script
+//! that copies M_t) through the tiny two-iteration run, killed mid-way and rerun, failing, and
+//! writing nothing loadable; and real TRL (PyPI `trl` + `torch`, in the environment
+//! `scripts/trl_venv.sh` makes) training M2 and M3 while the generating roles run on `srlm
+//! serve` servers the run launches, each iteration's server serving the model TRL wrote.
+
+mod common;
+
+use common::tiny_model;
+use common::tiny_run::{assert_same_outcome, config, ok, srlm_run};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The tiny run's config with `[dpo] trainer = trainer`.
+fn with_trainer(model: &Path, trainer: &str) -> String {
+    config(model).replace("[dpo]\n", &format!("[dpo]\ntrainer = {trainer:?}\n"))
+}
+
+/// A stand-in trainer: prints a line, sleeps the first time it runs (while `flag` is absent),
+/// then "trains" by copying M_t's folder to M_(t+1)'s.
+fn fake_trainer(dir: &Path, flag: &Path) -> String {
+    let script = dir.join("fake_trainer.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "echo \"training $1 on $2\"\n\
+             if [ ! -e {flag} ]; then touch {flag}; echo sleeping; sleep 60; fi\n\
+             cp -r \"$1\" \"$3\"\n\
+             echo done\n",
+            flag = flag.display()
+        ),
+    )
+    .unwrap();
+    format!("sh {} {{model}} {{pairs}} {{out}}", script.display())
+}
+
+/// The processes whose environment marks them as started for `run` (zombies left out).
+fn marked(run: &Path) -> Vec<i32> {
+    let want = format!(
+        "SRLM_SERVER_OF={}",
+        std::fs::canonicalize(run).unwrap().display()
+    );
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
+        })
+        .collect()
+}
+
+fn manifest(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn an_external_trainer_trains_each_iteration_and_is_stopped_with_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let flag = d.join("slept");
+    let cfg = d.join("run.toml");
+    std::fs::write(&cfg, with_trainer(&model, &fake_trainer(d, &flag))).unwrap();
+
+    // Uninterrupted (the trainer does not sleep).
+    std::fs::write(&flag, "").unwrap();
+    let a = d.join("a");
+    let stderr = ok(&srlm_run(&cfg, &a, None));
+    assert!(
+        stderr.contains("  training "),
+        "its output is streamed: {stderr}"
+    );
+    let m = manifest(&a);
+    let line = m["stages"]["dpo m3"]["command"][1].as_str().unwrap();
+    assert!(
+        line.contains("fake_trainer.sh") && line.ends_with("/models/m3"),
+        "{line}"
+    );
+    assert!(line.contains("/iter2/pairs.trl.jsonl"), "{line}");
+    let log = std::fs::read_to_string(a.join("trainers/dpo-m2.log")).unwrap();
+    assert!(log.contains("done"), "{log}");
+    assert!(a.join("models/m3/srlm-external.json").exists());
+    // TRL's conversational format, one line per pair.
+    let pairs = std::fs::read_to_string(a.join("iter1/pairs.jsonl")).unwrap();
+    let trl = std::fs::read_to_string(a.join("iter1/pairs.trl.jsonl")).unwrap();
+    assert_eq!(pairs.lines().count(), trl.lines().count());
+    assert!(trl.starts_with("{\"chosen\":[{\"content\":"), "{trl}");
+
+    // Killed (srlm alone, SIGKILL) while the trainer sleeps: nothing of it survives, and the
+    // rerun trains again and ends as the uninterrupted run.
+    std::fs::remove_file(&flag).unwrap();
+    let b = d.join("b");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            b.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap() == "  sleeping" {
+            break;
+        }
+    }
+    assert!(
+        !marked(&b).is_empty(),
+        "the trainer and its sleep are marked"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = Instant::now();
+    while !marked(&b).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        marked(&b).is_empty(),
+        "the trainer outlived the run killed under it"
+    );
+    ok(&srlm_run(&cfg, &b, None));
+    assert_same_outcome(&a, &b);
+}
+
+#[test]
+fn a_trainer_that_fails_or_writes_no_model_fails_its_stage_with_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let run = |name: &str, trainer: &str| -> (String, PathBuf) {
+        let cfg = d.join(format!("{name}.toml"));
+        let text = with_trainer(&model, trainer).replace("[eft]\n", "[eft]\ndata = \"\"\n");
+        std::fs::write(&cfg, text).unwrap();
+        let out = d.join(name);
+        let o = srlm_run(&cfg, &out, None);
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{name}: {stderr}");
+        (stderr, out)
+    };
+
+    let (err, out) = run(
+        "fails",
+        "sh -c 'echo training {model} on {pairs} into {out}; echo CUDA out of memory >&2; exit 1'",
+    );
+    assert!(
+        err.contains("stage `dpo m2`: the trainer failed (exit status: 1)"),
+        "{err}"
+    );
+    assert!(err.contains("CUDA out of memory"), "{err}");
+    assert!(err.contains("hint: run the command by hand"), "{err}");
+    // The iteration's other stages stay done.
+    assert!(manifest(&out)["stages"]["pairs 1"].is_object());
+
+    let (err, _) = run(
+        "writes-nothing",
+        "sh -c 'mkdir -p {out}; echo {model} {pairs}'",
+    );
+    assert!(err.contains("the trainer exited 0 but"), "{err}");
+    assert!(err.contains("does not load as a model"), "{err}");
+
+    // A command the trainer could not train from is refused before anything runs.
+    let cfg = d.join("no-out.toml");
+    std::fs::write(
+        &cfg,
+        with_trainer(&model, "accelerate launch train.py {model} {pairs}"),
+    )
+    .unwrap();
+    let o = srlm_run(&cfg, &d.join("no-out"), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`dpo.trainer`") && err.contains("has no `{out}`"),
+        "{err}"
+    );
+    assert!(!d.join("no-out").exists());
+}
+
+#[test]
+fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/trl_venv.sh");
+    let o = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        o.status.success(),
+        "making the TRL environment failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let bin = String::from_utf8_lossy(&o.stdout).trim().to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let serve = format!(
+        "[backends.srv]\nlaunch = \"{} serve --model {{model}} --port {{port}} --weights dense --context-length 4096\"\nstartup_timeout_s = 60\n",
+        env!("CARGO_BIN_EXE_srlm")
+    );
+    let text = with_trainer(&model, "trl")
+        .replace("[sample]\n", "[sample]\nbackend = \"srv\"\n")
+        .replace("[judge]\n", "[judge]\nbackend = \"srv\"\n")
+        .replace("[eval]\n", "[eval]\njudge_data = \"\"\n")
+        + &serve;
+    let cfg = d.join("run.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = d.join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env(
+            "PATH",
+            format!("{bin}:{}", std::env::var("PATH").unwrap_or_default()),
+        )
+        .output()
+        .unwrap();
+    let stderr = ok(&o);
+    // TRL wrote M2 and M3 (its training arguments and metrics beside the weights) ...
+    for m in ["m2", "m3"] {
+        let folder = out.join("models").join(m);
+        assert!(folder.join("training_args.bin").exists(), "{m}: {stderr}");
+        let metrics = std::fs::read_to_string(folder.join("metrics.jsonl")).unwrap();
+        assert!(metrics.contains("rewards/margins"), "{metrics}");
+    }
+    assert!(manifest(&out)["stages"]["dpo m2"]["stats"]["train_loss"].is_number());
+    // ... and the server of iteration 2 served the M2 that TRL wrote.
+    let log = std::fs::read_to_string(out.join("servers/srv.log")).unwrap();
+    let served: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("srlm: serving `")?.split('`').next())
+        .collect();
+    assert_eq!(served, ["m1", "m2"], "{log}");
+    assert!(stderr.contains("eval vs m3 m1"), "{stderr}");
+}
