@@ -17,10 +17,9 @@
 mod common;
 
 use common::tiny_model;
-use common::tiny_run::{assert_same_outcome, config, ok, srlm_run};
+use common::tiny_run::{assert_same_outcome, config, ok, spawn_run, srlm_run};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// SplitMix64: a few lines of seeded randomness, the same on every platform.
@@ -109,19 +108,9 @@ fn run_and_kill(
     delay: Duration,
 ) -> Option<String> {
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_srlm"))
-        .args([
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
+    let mut child = spawn_run(cfg, out)
         .env("SRLM_LOG", "warn")
-        .env_remove("SRLM_CRASH_AFTER")
         .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id() as i32;

@@ -7,10 +7,12 @@
 mod common;
 
 use common::tiny_model;
-use common::tiny_run::{assert_same_outcome, config, ok, srlm_run};
+use common::tiny_run::{
+    assert_same_outcome, config, manifest, marked, ok, served_models, spawn_run, srlm_run,
+};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The tiny run's config with `[dpo] trainer = trainer`.
@@ -34,26 +36,6 @@ fn fake_trainer(dir: &Path, flag: &Path) -> String {
     )
     .unwrap();
     format!("sh {} {{model}} {{pairs}} {{out}}", script.display())
-}
-
-/// The processes whose environment marks them as started for `run` (zombies left out).
-fn marked(run: &Path) -> Vec<i32> {
-    let want = format!(
-        "SRLM_SERVER_OF={}",
-        std::fs::canonicalize(run).unwrap().display()
-    );
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
-        })
-        .collect()
-}
-
-fn manifest(run: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -93,18 +75,7 @@ fn an_external_trainer_trains_each_iteration_and_is_stopped_with_the_run() {
     // rerun trains again and ends as the uninterrupted run.
     std::fs::remove_file(&flag).unwrap();
     let b = d.join("b");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_srlm"))
-        .args([
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            b.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&cfg, &b).spawn().unwrap();
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         if line.unwrap() == "  sleeping" {
             break;
@@ -231,10 +202,7 @@ fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
     assert!(manifest(&out)["stages"]["dpo m2"]["stats"]["train_loss"].is_number());
     // ... and the server of iteration 2 served the M2 that TRL wrote.
     let log = std::fs::read_to_string(out.join("servers/srv.log")).unwrap();
-    let served: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.strip_prefix("srlm: serving `")?.split('`').next())
-        .collect();
+    let served = served_models(&log);
     assert_eq!(served, ["m1", "m2"], "{log}");
     assert!(stderr.contains("eval vs m3 m1"), "{stderr}");
 }

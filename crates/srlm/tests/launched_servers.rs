@@ -8,10 +8,11 @@
 mod common;
 
 use common::tiny_model;
-use common::tiny_run::{assert_same_outcome, config, ok, srlm_run};
+use common::tiny_run::{
+    assert_same_outcome, config, marked, ok, served_models, spawn_run, srlm_run,
+};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The tiny run's config with its generating roles on `[backends.srv]`, whose section is
@@ -35,23 +36,6 @@ fn serve_backend() -> String {
         "launch = \"{} serve --model {{model}} --port {{port}} --weights dense --context-length 4096 --batch-size 8\"\nstartup_timeout_s = 60\nconcurrency = 1\nn_per_request = false",
         env!("CARGO_BIN_EXE_srlm")
     )
-}
-
-/// The processes whose environment marks them as started for `run` (what srlm sets on every
-/// server it launches), zombies left out.
-fn marked(run: &Path) -> Vec<i32> {
-    let want = format!(
-        "SRLM_SERVER_OF={}",
-        std::fs::canonicalize(run).unwrap().display()
-    );
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
-        })
-        .collect()
 }
 
 fn alive(pid: i32) -> bool {
@@ -84,10 +68,7 @@ fn a_run_serves_each_model_on_a_server_it_launches_and_leaves_none_behind() {
     let a = dir.path().join("a");
     let stderr = ok(&srlm_run(&cfg, &a, None));
     let log = std::fs::read_to_string(a.join("servers/srv.log")).unwrap();
-    let served: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.strip_prefix("srlm: serving `")?.split('`').next())
-        .collect();
+    let served = served_models(&log);
     // One server per model in turn: prompts, samples and judgements of iteration 1 by M1,
     // of iteration 2 by M2 (what DPO wrote), then both head-to-heads judged by M1.
     assert_eq!(served, ["m1", "m2", "m1"], "{log}");
@@ -122,18 +103,7 @@ fn a_run_serves_each_model_on_a_server_it_launches_and_leaves_none_behind() {
 
     // Killed (srlm alone, SIGKILL) while the server of sample 2 is up, then rerun.
     let b = dir.path().join("b");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_srlm"))
-        .args([
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            b.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&cfg, &b).spawn().unwrap();
     let mut server_pid = None;
     let mut in_iteration_2 = false;
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {

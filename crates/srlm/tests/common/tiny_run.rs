@@ -4,7 +4,7 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -27,7 +27,17 @@ pub fn config(model: &Path) -> String {
         )
 }
 
+/// `srlm run` to its end (crashing itself after `crash`, `SRLM_CRASH_AFTER`'s form, if given).
 pub fn srlm_run(cfg: &Path, out: &Path, crash: Option<&str>) -> Output {
+    let mut c = spawn_run(cfg, out);
+    if let Some(spec) = crash {
+        c.env("SRLM_CRASH_AFTER", spec);
+    }
+    c.stdout(Stdio::piped()).output().unwrap()
+}
+
+/// `srlm run` started, its stderr piped for the caller to follow (stdout discarded).
+pub fn spawn_run(cfg: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_srlm"));
     c.args([
         "run",
@@ -35,12 +45,40 @@ pub fn srlm_run(cfg: &Path, out: &Path, crash: Option<&str>) -> Output {
         &cfg.display().to_string(),
         "--out",
         &out.display().to_string(),
-    ]);
-    match crash {
-        Some(spec) => c.env("SRLM_CRASH_AFTER", spec),
-        None => c.env_remove("SRLM_CRASH_AFTER"),
-    };
-    c.output().unwrap()
+    ])
+    .env_remove("SRLM_CRASH_AFTER")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+/// The run's `manifest.json`.
+pub fn manifest(run: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// The processes whose environment marks them as started for `run` (what srlm sets on every
+/// server and trainer it starts), zombies left out.
+pub fn marked(run: &Path) -> Vec<i32> {
+    let want = format!(
+        "SRLM_SERVER_OF={}",
+        std::fs::canonicalize(run).unwrap().display()
+    );
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
+        })
+        .collect()
+}
+
+/// The model names `srlm serve` announced in a launched server's log, in order.
+pub fn served_models(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("srlm: serving `")?.split('`').next())
+        .collect()
 }
 
 pub fn ok(o: &Output) -> String {
