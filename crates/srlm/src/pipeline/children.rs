@@ -164,6 +164,18 @@ pub fn stop_leftovers(run_dir: &Path) {
     }
 }
 
+/// Appends `line` to the log at `path` (its folder made if need be).
+pub fn log_line(path: &Path, line: &str) -> Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().expect("a log has a folder"))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut log| writeln!(log, "{line}"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// The length of `path` now: where the lines a child writes next begin.
 pub fn log_end(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())

@@ -10,9 +10,9 @@
 //! Placeholders: `{model}` (M_t, also the reference), `{pairs}`, `{out}` (M_(t+1)), `{beta}`,
 //! `{lr}`, `{epochs}`, `{seed}`, `{script}` (the shipped TRL script, written into the run).
 
-use super::children::{log_end, log_tail, run_dir_key, Owned};
+use super::children::{log_end, log_line, log_tail, run_dir_key, Owned};
 use crate::commands::export::{self, ExportCommand, ExportPairsArgs, PairFormat};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -80,13 +80,7 @@ impl ExternalDpo {
         }
         let command = self.command();
         let from = log_end(&self.log);
-        std::fs::create_dir_all(self.log.parent().expect("a log has a folder"))?;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .and_then(|mut l| writeln!(l, "== srlm: {command}"))
-            .with_context(|| format!("writing {}", self.log.display()))?;
+        log_line(&self.log, &format!("== srlm: {command}"))?;
         let mut child = Owned::spawn(
             &command,
             &run_dir_key(&self.run_dir),

@@ -35,6 +35,8 @@ impl Run {
                 ..Manifest::default()
             },
         };
+        // Whatever an earlier, killed run of this directory left running (a server, a trainer).
+        super::children::stop_leftovers(&super::children::run_dir_key(&layout.dir));
         Ok(Self {
             servers: Servers::new(&layout.dir),
             hashes: InputHashes::open(&layout.input_hashes()),

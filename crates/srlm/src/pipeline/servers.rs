@@ -7,9 +7,8 @@
 //! Nothing it starts outlives the run (`children.rs`: its own process group, a guardian that
 //! stops it when srlm ends however it ends, and a marker a rerun finds).
 
-use super::children::{log_end, log_tail, run_dir_key, stop_leftovers, Owned};
+use super::children::{log_end, log_line, log_tail, run_dir_key, stop_leftovers, Owned};
 use anyhow::{bail, Context, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -52,11 +51,12 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// No server up yet. Whatever a killed earlier run of `run_dir` left running is stopped.
+    /// No server up yet.
     pub fn new(run_dir: &Path) -> Self {
-        let run_dir = run_dir_key(run_dir);
-        stop_leftovers(&run_dir);
-        Self { run_dir, up: None }
+        Self {
+            run_dir: run_dir_key(run_dir),
+            up: None,
+        }
     }
 
     /// The base URL of `launch`'s server, started now unless it is the one already up (another
@@ -98,20 +98,11 @@ impl Servers {
         let command = fill(&launch.command);
         let url = fill(&launch.base_url).trim_end_matches('/').to_string();
         let log_path = self.log_path(&launch.backend);
-        std::fs::create_dir_all(log_path.parent().expect("servers/"))?;
         let log_start = log_end(&log_path);
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .and_then(|mut log| {
-                writeln!(
-                    log,
-                    "== srlm: starting [backends.{}]: {command}",
-                    launch.backend
-                )
-            })
-            .with_context(|| format!("writing {}", log_path.display()))?;
+        log_line(
+            &log_path,
+            &format!("== srlm: starting [backends.{}]: {command}", launch.backend),
+        )?;
         let mut child = Owned::spawn(&command, &self.run_dir, &log_path, false, launch.stop_grace)
             .with_context(|| format!("[backends.{}]", launch.backend))?;
         eprintln!(
