@@ -9,11 +9,12 @@ mod common;
 use common::tiny_model;
 use common::tiny_run::{
     assert_same_outcome, config, manifest, marked, ok, served_models, spawn_run, srlm_run,
+    wait_until,
 };
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The tiny run's config with `[dpo] trainer = trainer`.
 fn with_trainer(model: &Path, trainer: &str) -> String {
@@ -87,12 +88,8 @@ fn an_external_trainer_trains_each_iteration_and_is_stopped_with_the_run() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    let start = Instant::now();
-    while !marked(&b).is_empty() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert!(
-        marked(&b).is_empty(),
+        wait_until(|| marked(&b).is_empty(), Duration::from_secs(10)),
         "the trainer outlived the run killed under it"
     );
     ok(&srlm_run(&cfg, &b, None));

@@ -9,11 +9,11 @@ mod common;
 
 use common::tiny_model;
 use common::tiny_run::{
-    assert_same_outcome, config, marked, ok, served_models, spawn_run, srlm_run,
+    assert_same_outcome, config, marked, ok, served_models, spawn_run, srlm_run, wait_until,
 };
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The tiny run's config with its generating roles on `[backends.srv]`, whose section is
 /// `backend` (TOML lines).
@@ -44,17 +44,6 @@ fn alive(pid: i32) -> bool {
             .next()
             .is_some_and(|r| !r.trim_start().starts_with('Z'))
     })
-}
-
-fn wait_until(mut done: impl FnMut() -> bool, limit: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
 }
 
 #[test]

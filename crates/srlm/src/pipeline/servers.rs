@@ -85,7 +85,7 @@ impl Servers {
         }
     }
 
-    pub fn log_path(&self, backend: &str) -> PathBuf {
+    fn log_path(&self, backend: &str) -> PathBuf {
         self.run_dir.join("servers").join(format!("{backend}.log"))
     }
 

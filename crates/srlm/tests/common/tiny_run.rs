@@ -81,6 +81,18 @@ pub fn served_models(log: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Whether `done` holds within `limit`, asked every 50 ms.
+pub fn wait_until(mut done: impl FnMut() -> bool, limit: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}
+
 pub fn ok(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "srlm run failed:\n{err}");
