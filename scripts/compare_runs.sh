@@ -6,7 +6,8 @@
 # tokens/s) counts as the same; of the manifest, the stage names, input hashes, outputs and
 # stats are compared and the command lines and seconds are not (a refactor may spell a
 # command differently; `srlm run`'s round-trip test proves each line runs its stage); the
-# report and the resolved config, which restate the manifest and config, are skipped.
+# report and the resolved config, which restate the manifest and config, are skipped; of
+# input_hashes.json, each input's full SHA-256 is compared (its fingerprint holds file times).
 #
 #   scripts/compare_runs.sh OLD_SRLM NEW_SRLM [WORKDIR]
 #
@@ -70,6 +71,15 @@ for f in sorted(old & new):
         continue
     if f in ("manifest.json", "config.toml", "report/report.md"):
         continue  # the manifest is compared below; the others restate it and the config
+    if f == "input_hashes.json":
+        # Keyed by absolute path, with a fingerprint of file times: the full hashes of the
+        # same files (relative to the run) must agree.
+        def hashes(side, raw):
+            root = f"{w}/{side}/"
+            return {k.replace(root, "", 1): v["sha256"] for k, v in json.loads(raw).items()}
+        if hashes("old", a) == hashes("new", b):
+            timed += 1
+            continue
     if f.endswith(".jsonl") or f.endswith(".json"):
         la, lb = (
             [untimed(json.loads(l)) for l in x.decode().splitlines() if l.strip()]

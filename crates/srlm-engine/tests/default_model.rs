@@ -24,6 +24,11 @@ fn dense() -> &'static Engine {
     E.get_or_init(|| Engine::load(&model_path(), &LoadOptions::dense()).unwrap())
 }
 
+/// One of the JSON files of the goldens.
+fn golden_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    serde_json::from_str(&std::fs::read_to_string(goldens().join(name)).unwrap()).unwrap()
+}
+
 #[derive(serde::Deserialize)]
 struct TokCase {
     text: String,
@@ -36,9 +41,7 @@ fn tokenizer_ids_equal_transformers_on_258_strings() {
     struct File {
         cases: Vec<TokCase>,
     }
-    let f: File =
-        serde_json::from_str(&std::fs::read_to_string(goldens().join("tokenizer.json")).unwrap())
-            .unwrap();
+    let f: File = golden_json("tokenizer.json");
     assert!(f.cases.len() >= 200);
     let tok = &dense().tokenizer;
     let mut bad = Vec::new();
@@ -69,9 +72,7 @@ fn chat_template_renders_what_transformers_renders() {
     struct File {
         chats: Vec<Chat>,
     }
-    let f: File =
-        serde_json::from_str(&std::fs::read_to_string(goldens().join("chat.json")).unwrap())
-            .unwrap();
+    let f: File = golden_json("chat.json");
     for c in &f.chats {
         assert_eq!(
             dense()
@@ -97,7 +98,7 @@ struct LogitsMeta {
 }
 
 fn logits_meta() -> LogitsMeta {
-    serde_json::from_str(&std::fs::read_to_string(goldens().join("logits.json")).unwrap()).unwrap()
+    golden_json("logits.json")
 }
 
 #[test]

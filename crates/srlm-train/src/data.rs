@@ -84,22 +84,14 @@ pub fn load_sft(engine: &Engine, path: &Path, max_len: usize) -> Result<Vec<Sequ
     let records = read_jsonl::<SftRecord>(path, SFT_SCHEMA_HINT)?;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        let bad = |message: String| TrainError::Record {
-            path: path.to_path_buf(),
-            line: r.line,
-            message,
-            hint: SFT_SCHEMA_HINT.into(),
-        };
+        let bad = |message| TrainError::record(path, r.line, message, SFT_SCHEMA_HINT);
         let conv = r.record.conversation().map_err(&bad)?;
         let mut seq = tokenize_conversation(engine, &conv).map_err(&bad)?;
         seq.truncate(max_len);
         if seq.target_count() == 0 {
-            return Err(TrainError::Record {
-                path: path.to_path_buf(),
-                line: r.line,
-                message: format!("no reply token is left within --max-len {max_len}"),
-                hint: "raise --max-len or shorten the prompt".into(),
-            });
+            let message = format!("no reply token is left within --max-len {max_len}");
+            let hint = "raise --max-len or shorten the prompt";
+            return Err(TrainError::record(path, r.line, message, hint));
         }
         out.push(seq);
     }
@@ -145,12 +137,7 @@ pub fn load_pairs(engine: &Engine, path: &Path, max_len: usize) -> Result<Vec<Pa
     let records = read_jsonl::<DpoRecord>(path, DPO_SCHEMA_HINT)?;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        let bad = |message: String| TrainError::Record {
-            path: path.to_path_buf(),
-            line: r.line,
-            message,
-            hint: DPO_SCHEMA_HINT.into(),
-        };
+        let bad = |message| TrainError::record(path, r.line, message, DPO_SCHEMA_HINT);
         let pair = r.record.pair().map_err(&bad)?;
         if pair.chosen.trim() == pair.rejected.trim() {
             // The DPO loss of such a pair is ln 2 whatever the model: a zero gradient, no signal.

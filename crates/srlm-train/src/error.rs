@@ -34,6 +34,16 @@ pub enum TrainError {
 }
 
 impl TrainError {
+    /// The error of line `line` of `path`: `message` with `hint`.
+    pub fn record(path: &Path, line: usize, message: String, hint: &str) -> Self {
+        TrainError::Record {
+            path: path.to_path_buf(),
+            line,
+            message,
+            hint: hint.into(),
+        }
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         TrainError::Io {
             path: path.to_path_buf(),

@@ -5,8 +5,8 @@
 //! it got, and a rerun against a healed server completes the rest.
 
 mod common;
-use common::lines;
 use common::reply;
+use common::{argv, lines};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::TcpStream;
@@ -97,30 +97,13 @@ fn start_fake() -> (String, Arc<Fake>) {
     (common::start(move |s, r| handle(&f, s, r)), fake)
 }
 
+/// Judging `cands.jsonl` into `judge.jsonl`, in the test's directory.
+const JUDGE: &str = "judge --candidates @cands.jsonl --out @judge.jsonl";
+
 fn judge(dir: &Path, url: &str) -> Output {
-    let d = |n: &str| dir.join(n).display().to_string();
+    let line = format!("{JUDGE} --k 2 --api-base {url} --api-model fake --api-key-env SRLM_TEST_FAKE_KEY --api-concurrency 4 --api-timeout-s 1 --api-max-retries 2");
     Command::new(env!("CARGO_BIN_EXE_srlm"))
-        .args([
-            "judge",
-            "--candidates",
-            &d("cands.jsonl"),
-            "--out",
-            &d("judge.jsonl"),
-            "--k",
-            "2",
-            "--api-base",
-            url,
-            "--api-model",
-            "fake",
-            "--api-key-env",
-            "SRLM_TEST_FAKE_KEY",
-            "--api-concurrency",
-            "4",
-            "--api-timeout-s",
-            "1",
-            "--api-max-retries",
-            "2",
-        ])
+        .args(argv(dir, &line))
         .env("SRLM_TEST_FAKE_KEY", "sk-test-secret")
         .env("SRLM_LOG", "warn")
         .output()
@@ -272,15 +255,8 @@ fn a_refused_key_when_listing_models_names_the_key_not_the_server() {
     });
     let dir = tempfile::tempdir().unwrap();
     one_candidate(dir.path());
-    let d = |n: &str| dir.path().join(n).display().to_string();
     let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
-        .args([
-            "judge",
-            "--candidates",
-            &d("cands.jsonl"),
-            "--out",
-            &d("judge.jsonl"),
-        ])
+        .args(argv(dir.path(), JUDGE))
         .args(["--api-base", &url, "--api-key-env", "SRLM_TEST_UNSET_KEY"])
         .env_remove("SRLM_TEST_UNSET_KEY")
         .output()
@@ -311,23 +287,9 @@ fn on_the_local_backend_a_prompt_too_long_fails_alone() {
         })
         .collect();
     std::fs::write(dir.path().join("cands.jsonl"), cands.join("\n") + "\n").unwrap();
-    let d = |n: &str| dir.path().join(n).display().to_string();
+    let line = format!("{JUDGE} --k 2 --max-new-tokens 4 --context-length 2048");
     let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
-        .args([
-            "judge",
-            "--candidates",
-            &d("cands.jsonl"),
-            "--out",
-            &d("judge.jsonl"),
-        ])
-        .args([
-            "--k",
-            "2",
-            "--max-new-tokens",
-            "4",
-            "--context-length",
-            "2048",
-        ])
+        .args(argv(dir.path(), &line))
         .args(["--model", model.to_str().unwrap()])
         .output()
         .unwrap();

@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::tiny_model;
+use common::{argv, tiny_model};
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn srlm(args: &[&str]) -> Output {
+fn srlm<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_srlm"))
         .args(args)
         .env("SRLM_LOG", "warn")
@@ -28,21 +28,13 @@ fn refused(o: &Output, wants: &[&str]) {
 
 /// `srlm generate` of `dir/prompts.jsonl` into `dir/out.jsonl` by `model`, two tokens each.
 fn generate_two_tokens(dir: &Path, model: &Path) -> Output {
-    srlm(&[
-        "generate",
-        "--input",
-        &p(dir, "prompts.jsonl"),
-        "--output",
-        &p(dir, "out.jsonl"),
-        "--model",
-        model.to_str().unwrap(),
-        "--max-new-tokens",
-        "2",
-    ])
+    let line = "generate --input @prompts.jsonl --output @out.jsonl --max-new-tokens 2 --model";
+    srlm_in(dir, &format!("{line} {}", model.display()))
 }
 
-fn p(dir: &Path, name: &str) -> String {
-    dir.join(name).display().to_string()
+/// `srlm` with its command line as one string ([`argv`]).
+fn srlm_in(dir: &Path, line: &str) -> Output {
+    srlm(&argv(dir, line))
 }
 
 const PROMPTS: &str =
@@ -58,47 +50,13 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
     let d = dir.path();
     std::fs::write(d.join("prompts.jsonl"), PROMPTS).unwrap();
     std::fs::write(d.join("cands.jsonl"), CANDIDATES).unwrap();
-    for args in [
-        vec![
-            "generate",
-            "--input",
-            "prompts.jsonl",
-            "--output",
-            "prompts.jsonl",
-        ],
-        vec![
-            "sample",
-            "--prompts",
-            "prompts.jsonl",
-            "--out",
-            "./prompts.jsonl",
-        ],
-        vec![
-            "judge",
-            "--candidates",
-            "cands.jsonl",
-            "--out",
-            "cands.jsonl",
-        ],
-        vec![
-            "pairs",
-            "--candidates",
-            "cands.jsonl",
-            "--judgements",
-            "j.jsonl",
-            "--out",
-            "cands.jsonl",
-        ],
+    for line in [
+        "generate --input @prompts.jsonl --output @prompts.jsonl",
+        "sample --prompts @prompts.jsonl --out @./prompts.jsonl",
+        "judge --candidates @cands.jsonl --out @cands.jsonl",
+        "pairs --candidates @cands.jsonl --judgements @j.jsonl --out @cands.jsonl",
     ] {
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| match a.ends_with(".jsonl") {
-                true => p(d, a),
-                false => a.to_string(),
-            })
-            .collect();
-        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let o = srlm(&args);
+        let o = srlm_in(d, line);
         refused(&o, &["is also an input", "never writes to its inputs"]);
     }
     assert_eq!(
@@ -121,46 +79,14 @@ fn an_output_file_srlm_did_not_write_is_neither_resumed_nor_replaced() {
     std::fs::write(d.join("j.jsonl"), "").unwrap();
     let notes = "my notes, one line and no newline";
     std::fs::write(d.join("notes.txt"), notes).unwrap();
-    let m = model.to_str().unwrap();
-    for args in [
-        vec![
-            "generate",
-            "--input",
-            &p(d, "prompts.jsonl"),
-            "--output",
-            &p(d, "notes.txt"),
-            "--model",
-            m,
-        ],
-        vec![
-            "sample",
-            "--prompts",
-            &p(d, "prompts.jsonl"),
-            "--out",
-            &p(d, "notes.txt"),
-            "--model",
-            m,
-        ],
-        vec![
-            "judge",
-            "--candidates",
-            &p(d, "cands.jsonl"),
-            "--out",
-            &p(d, "notes.txt"),
-            "--model",
-            m,
-        ],
-        vec![
-            "pairs",
-            "--candidates",
-            &p(d, "cands.jsonl"),
-            "--judgements",
-            &p(d, "j.jsonl"),
-            "--out",
-            &p(d, "notes.txt"),
-        ],
+    assert_eq!(model, d.join("tiny"));
+    for line in [
+        "generate --input @prompts.jsonl --output @notes.txt --model @tiny",
+        "sample --prompts @prompts.jsonl --out @notes.txt --model @tiny",
+        "judge --candidates @cands.jsonl --out @notes.txt --model @tiny",
+        "pairs --candidates @cands.jsonl --judgements @j.jsonl --out @notes.txt",
     ] {
-        let o = srlm(&args);
+        let o = srlm_in(d, line);
         refused(
             &o,
             &[
@@ -171,19 +97,14 @@ fn an_output_file_srlm_did_not_write_is_neither_resumed_nor_replaced() {
         assert_eq!(
             std::fs::read_to_string(d.join("notes.txt")).unwrap(),
             notes,
-            "{args:?}"
+            "{line}"
         );
     }
     // The prompts file is a JSONL file, but not of candidates: not resumed as sampling's output.
-    let o = srlm(&[
-        "sample",
-        "--prompts",
-        &p(d, "cands.jsonl"),
-        "--out",
-        &p(d, "prompts.jsonl"),
-        "--model",
-        m,
-    ]);
+    let o = srlm_in(
+        d,
+        "sample --prompts @cands.jsonl --out @prompts.jsonl --model @tiny",
+    );
     refused(&o, &["prompts.jsonl:1: not an output of this command"]);
     assert_eq!(
         std::fs::read_to_string(d.join("prompts.jsonl")).unwrap(),
@@ -204,19 +125,9 @@ fn training_into_a_model_folder_srlm_did_not_write_needs_overwrite() {
         "{\"prompt\": \"Say hi.\", \"response\": \"Hi!\"}\n",
     )
     .unwrap();
-    let m = model.to_str().unwrap();
-    let out = theirs.to_str().unwrap();
-    let o = srlm(&[
-        "sft",
-        "--data",
-        &p(d, "sft.jsonl"),
-        "--out",
-        out,
-        "--model",
-        m,
-        "--max-steps",
-        "1",
-    ]);
+    assert_eq!(model, d.join("tiny"));
+    let sft = "sft --data @sft.jsonl --out @their-model --model @tiny --max-steps 1";
+    let o = srlm_in(d, sft);
     refused(
         &o,
         &["their-model", "such as model.safetensors", "--overwrite"],
@@ -225,28 +136,9 @@ fn training_into_a_model_folder_srlm_did_not_write_needs_overwrite() {
         std::fs::read(theirs.join("model.safetensors")).unwrap(),
         b"someone's weights"
     );
-    let o = srlm(&[
-        "dpo",
-        "--pairs",
-        &p(d, "sft.jsonl"),
-        "--out",
-        out,
-        "--model",
-        m,
-    ]);
+    let o = srlm_in(d, "dpo --pairs @sft.jsonl --out @their-model --model @tiny");
     refused(&o, &["such as model.safetensors"]);
-    let o = srlm(&[
-        "sft",
-        "--data",
-        &p(d, "sft.jsonl"),
-        "--out",
-        out,
-        "--model",
-        m,
-        "--max-steps",
-        "1",
-        "--overwrite",
-    ]);
+    let o = srlm_in(d, &format!("{sft} --overwrite"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_ne!(
         std::fs::read(theirs.join("model.safetensors")).unwrap(),
@@ -258,35 +150,18 @@ fn training_into_a_model_folder_srlm_did_not_write_needs_overwrite() {
 fn degenerate_preference_data_is_an_error_not_a_silent_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let model = tiny_model(d);
-    let m = model.to_str().unwrap();
+    assert_eq!(tiny_model(d), d.join("tiny"));
     std::fs::write(
         d.join("same.jsonl"),
         "{\"prompt\": \"Q\", \"chosen\": \"A good answer.\", \"rejected\": \"A bad one.\"}\n{\"prompt\": \"Q\", \"chosen\": \"Same.\", \"rejected\": \"Same.\"}\n",
     )
     .unwrap();
-    let o = srlm(&[
-        "dpo",
-        "--pairs",
-        &p(d, "same.jsonl"),
-        "--out",
-        &p(d, "m"),
-        "--model",
-        m,
-    ]);
+    let dpo = "dpo --pairs @same.jsonl --out @m --model @tiny";
+    let o = srlm_in(d, dpo);
     refused(&o, &["same.jsonl:2:", "the same text"]);
     assert!(!d.join("m/model.safetensors").exists());
     for beta in ["-0.1", "0", "NaN"] {
-        let o = srlm(&[
-            "dpo",
-            "--pairs",
-            &p(d, "same.jsonl"),
-            "--out",
-            &p(d, "m"),
-            "--model",
-            m,
-            &format!("--beta={beta}"),
-        ]);
+        let o = srlm_in(d, &format!("{dpo} --beta={beta}"));
         refused(&o, &["beta is", "must be a positive number"]);
     }
 }
@@ -316,15 +191,8 @@ fn judgements_off_the_scale_or_of_unknown_candidates_are_refused_by_pairs() {
         (judgement("a/0", "2"), "field `id`: `a/0/0` appears twice"),
     ] {
         std::fs::write(d.join("j.jsonl"), judgement("a/0", "4") + &bad).unwrap();
-        let o = srlm(&[
-            "pairs",
-            "--candidates",
-            &p(d, "cands.jsonl"),
-            "--judgements",
-            &p(d, "j.jsonl"),
-            "--out",
-            &p(d, "pairs.jsonl"),
-        ]);
+        let pairs = "pairs --candidates @cands.jsonl --judgements @j.jsonl --out @pairs.jsonl";
+        let o = srlm_in(d, pairs);
         refused(&o, &["j.jsonl:2:", wants]);
         assert!(!d.join("pairs.jsonl").exists());
     }
@@ -334,15 +202,10 @@ fn judgements_off_the_scale_or_of_unknown_candidates_are_refused_by_pairs() {
         CANDIDATES.to_string() + CANDIDATES.lines().next().unwrap() + "\n",
     )
     .unwrap();
-    let o = srlm(&[
-        "judge",
-        "--candidates",
-        &p(d, "twice.jsonl"),
-        "--out",
-        &p(d, "j2.jsonl"),
-        "--model",
-        "/nonexistent",
-    ]);
+    let o = srlm_in(
+        d,
+        "judge --candidates @twice.jsonl --out @j2.jsonl --model /nonexistent",
+    );
     refused(&o, &["twice.jsonl:3: field `id`: `a/0` appears twice"]);
     assert!(!d.join("j2.jsonl").exists());
 }
@@ -351,10 +214,8 @@ fn judgements_off_the_scale_or_of_unknown_candidates_are_refused_by_pairs() {
 fn sampling_values_and_roles_that_cannot_generate_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let model = tiny_model(d);
-    let m = model.to_str().unwrap();
+    assert_eq!(tiny_model(d), d.join("tiny"));
     std::fs::write(d.join("prompts.jsonl"), PROMPTS).unwrap();
-    let (input, out) = (p(d, "prompts.jsonl"), p(d, "out.jsonl"));
     for (flag, wants) in [
         ("--temperature=-0.5", "--temperature is -0.5"),
         ("--top-p=1.5", "--top-p is 1.5"),
@@ -362,21 +223,13 @@ fn sampling_values_and_roles_that_cannot_generate_are_refused() {
         ("--max-new-tokens=0", "--max-new-tokens is 0"),
         ("--stop=", "--stop holds an empty string"),
     ] {
-        let o = srlm(&[
-            "generate", "--input", &input, "--output", &out, "--model", m, flag,
-        ]);
-        refused(&o, &[wants]);
-        let o = srlm(&[
-            "sample",
-            "--prompts",
-            &input,
-            "--out",
-            &out,
-            "--model",
-            m,
-            flag,
-        ]);
-        refused(&o, &[wants]);
+        for stage in [
+            "generate --input @prompts.jsonl --output",
+            "sample --prompts @prompts.jsonl --out",
+        ] {
+            let line = format!("{stage} @out.jsonl --model @tiny {flag}");
+            refused(&srlm_in(d, &line), &[wants]);
+        }
         assert!(!d.join("out.jsonl").exists(), "{flag}");
     }
     // A record's own value goes through the same check, and so does a chat role.
@@ -385,30 +238,20 @@ fn sampling_values_and_roles_that_cannot_generate_are_refused() {
         "{\"id\": \"a\", \"prompt\": \"Hi\", \"temperature\": -1}\n",
     )
     .unwrap();
-    let o = srlm(&[
-        "generate",
-        "--input",
-        &p(d, "temp.jsonl"),
-        "--output",
-        &out,
-        "--model",
-        m,
-    ]);
+    let o = srlm_in(
+        d,
+        "generate --input @temp.jsonl --output @out.jsonl --model @tiny",
+    );
     refused(&o, &["temp.jsonl:1: field `temperature` is -1"]);
     std::fs::write(
         d.join("robot.jsonl"),
         "{\"id\": \"a\", \"messages\": [{\"role\": \"robot\", \"content\": \"Hi\"}]}\n",
     )
     .unwrap();
-    let o = srlm(&[
-        "generate",
-        "--input",
-        &p(d, "robot.jsonl"),
-        "--output",
-        &out,
-        "--model",
-        m,
-    ]);
+    let o = srlm_in(
+        d,
+        "generate --input @robot.jsonl --output @out.jsonl --model @tiny",
+    );
     refused(
         &o,
         &[
@@ -429,13 +272,7 @@ fn a_run_config_is_checked_whole_before_anything_is_written() {
     )
     .unwrap();
     let run = d.join("run");
-    let o = srlm(&[
-        "run",
-        "--config",
-        &p(d, "bad.toml"),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let o = srlm_in(d, "run --config @bad.toml --out @run");
     refused(
         &o,
         &[
@@ -456,22 +293,10 @@ fn a_run_config_is_checked_whole_before_anything_is_written() {
     std::fs::create_dir_all(&theirs).unwrap();
     std::fs::write(theirs.join("notes.md"), "mine").unwrap();
     std::fs::write(d.join("ok.toml"), "[model]\nbase = \"/no/such/model\"\n").unwrap();
-    let o = srlm(&[
-        "run",
-        "--config",
-        &p(d, "ok.toml"),
-        "--out",
-        theirs.to_str().unwrap(),
-    ]);
+    let o = srlm_in(d, "run --config @ok.toml --out @theirs");
     refused(&o, &["`model.base` /no/such/model: no such file or folder"]);
     std::fs::write(d.join("ok.toml"), "iterations = 1\n").unwrap();
-    let o = srlm(&[
-        "run",
-        "--config",
-        &p(d, "ok.toml"),
-        "--out",
-        theirs.to_str().unwrap(),
-    ]);
+    let o = srlm_in(d, "run --config @ok.toml --out @theirs");
     refused(
         &o,
         &["already holds files (such as notes.md) but no run's config.toml"],
@@ -539,7 +364,7 @@ fn files_saved_with_a_byte_order_mark_read_as_without_one() {
     assert_eq!(common::lines(&d.join("out.jsonl")).len(), 2);
 
     std::fs::write(d.join("run.toml"), "\u{feff}iterations = 7\n").unwrap();
-    let o = srlm(&["run", "--config", &p(d, "run.toml"), "--print-config"]);
+    let o = srlm_in(d, "run --config @run.toml --print-config");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("iterations = 7"));
 

@@ -2,22 +2,18 @@
 //! writes N candidates per prompt and resumes, `srlm judge` writes k judgements per candidate
 //! with their raw text, `srlm pairs` turns them into TRL-format pairs that `srlm dpo` reads.
 
+mod common;
+
+use common::{argv, lines};
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn srlm(args: &[&str]) -> Output {
+/// `srlm` with its command line as one string ([`argv`]).
+fn srlm(dir: &Path, line: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_srlm"))
-        .args(args)
+        .args(argv(dir, line))
         .output()
         .unwrap()
-}
-
-fn lines(p: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
@@ -30,17 +26,8 @@ fn sample_judge_pairs_on_files() {
     )
     .unwrap();
     let sample = || {
-        srlm(&[
-            "sample",
-            "--prompts",
-            &d("prompts.jsonl"),
-            "--out",
-            &d("cands.jsonl"),
-            "--n",
-            "2",
-            "--max-new-tokens",
-            "12",
-        ])
+        let line = "sample --prompts @prompts.jsonl --out @cands.jsonl --n 2 --max-new-tokens 12";
+        srlm(dir.path(), line)
     };
     let o = sample();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -58,17 +45,8 @@ fn sample_judge_pairs_on_files() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to do"));
     assert_eq!(lines(&dir.path().join("cands.jsonl")).len(), 4);
 
-    let o = srlm(&[
-        "judge",
-        "--candidates",
-        &d("cands.jsonl"),
-        "--out",
-        &d("judge.jsonl"),
-        "--k",
-        "2",
-        "--max-new-tokens",
-        "12",
-    ]);
+    let line = "judge --candidates @cands.jsonl --out @judge.jsonl --k 2 --max-new-tokens 12";
+    let o = srlm(dir.path(), line);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let js = lines(&dir.path().join("judge.jsonl"));
     assert_eq!(js.len(), 8);
@@ -76,15 +54,8 @@ fn sample_judge_pairs_on_files() {
         .iter()
         .all(|j| j["raw"].is_string() && (j["score"].is_number() || j["failure"].is_string())));
 
-    let o = srlm(&[
-        "pairs",
-        "--candidates",
-        &d("cands.jsonl"),
-        "--judgements",
-        &d("judge.jsonl"),
-        "--out",
-        &d("pairs.jsonl"),
-    ]);
+    let line = "pairs --candidates @cands.jsonl --judgements @judge.jsonl --out @pairs.jsonl";
+    let o = srlm(dir.path(), line);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(stats["prompts"], 2);
@@ -112,34 +83,15 @@ fn pairs_feed_dpo() {
     std::fs::write(&cands, c).unwrap();
     std::fs::write(&judge, j).unwrap();
     let pairs = dir.path().join("p.jsonl");
-    let o = srlm(&[
-        "pairs",
-        "--candidates",
-        cands.to_str().unwrap(),
-        "--judgements",
-        judge.to_str().unwrap(),
-        "--out",
-        pairs.to_str().unwrap(),
-    ]);
+    let o = srlm(
+        dir.path(),
+        "pairs --candidates @c.jsonl --judgements @j.jsonl --out @p.jsonl",
+    );
     assert!(o.status.success());
     assert_eq!(lines(&pairs).len(), 2);
-    let tiny =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../srlm-engine/tests/goldens/tiny-llama");
-    let o = srlm(&[
-        "dpo",
-        "--model",
-        tiny.to_str().unwrap(),
-        "--pairs",
-        pairs.to_str().unwrap(),
-        "--out",
-        dir.path().join("m2").to_str().unwrap(),
-        "--max-steps",
-        "1",
-        "--micro-batch",
-        "2",
-        "--grad-accum",
-        "1",
-    ]);
+    common::tiny_model(dir.path());
+    let dpo = "dpo --model @tiny --pairs @p.jsonl --out @m2 --max-steps 1 --micro-batch 2";
+    let o = srlm(dir.path(), &format!("{dpo} --grad-accum 1"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(dir.path().join("m2/config.json").exists());
 }

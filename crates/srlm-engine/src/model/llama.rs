@@ -346,6 +346,15 @@ struct Block {
     mlp: Mlp,
 }
 
+impl Block {
+    /// The second half of the block, on the attention's residual stream `x`:
+    /// `x + mlp(rms_norm(x))`; `q_rows` as in [`Mlp::forward`].
+    fn mlp_residual(&self, x: Tensor, eps: f64, ops: Ops, q_rows: Option<usize>) -> Result<Tensor> {
+        let h = rms_norm(&x, &self.post_attention_layernorm, eps, ops)?;
+        x + self.mlp.forward(&h, ops, q_rows)?
+    }
+}
+
 /// The decoder with its LM head.
 pub struct Llama {
     cfg: LlamaConfig,
@@ -474,13 +483,7 @@ impl Llama {
             x = (x + block
                 .self_attn
                 .forward_batch(&h, b, t, &self.rope, &positions, self.ops, dropout)?)?;
-            let h = rms_norm(
-                &x,
-                &block.post_attention_layernorm,
-                self.cfg.rms_norm_eps,
-                self.ops,
-            )?;
-            x = (x + block.mlp.forward(&h, self.ops, None)?)?;
+            x = block.mlp_residual(x, self.cfg.rms_norm_eps, self.ops, None)?;
         }
         Ok(x)
     }
@@ -540,14 +543,7 @@ impl Llama {
             let a = block.self_attn.forward_segments(
                 &h, &spans, caches, l, &self.rope, &positions, self.ops, q_rows,
             )?;
-            x = (x + a)?;
-            let h = rms_norm(
-                &x,
-                &block.post_attention_layernorm,
-                self.cfg.rms_norm_eps,
-                self.ops,
-            )?;
-            x = (x + block.mlp.forward(&h, self.ops, Some(q_rows))?)?;
+            x = block.mlp_residual((x + a)?, self.cfg.rms_norm_eps, self.ops, Some(q_rows))?;
         }
         for (cache, toks) in caches.iter_mut().zip(tokens) {
             cache.advance(toks.len());

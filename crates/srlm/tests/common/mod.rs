@@ -35,6 +35,22 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     dst
 }
 
+/// A command line written as one string: words split at spaces, and `@name` is the file or
+/// folder `name` in `dir` (a temporary directory's path holds no spaces).
+pub fn argv(dir: &Path, line: &str) -> Vec<String> {
+    assert!(
+        !dir.display().to_string().contains(' '),
+        "{}",
+        dir.display()
+    );
+    line.split_whitespace()
+        .map(|w| match w.strip_prefix('@') {
+            Some(name) => dir.join(name).display().to_string(),
+            None => w.to_string(),
+        })
+        .collect()
+}
+
 /// Every line of a JSONL file (none if it does not exist).
 pub fn lines(p: &Path) -> Vec<Value> {
     std::fs::read_to_string(p)
