@@ -308,6 +308,40 @@ pub fn score_distribution(
     Err(NoDistribution::Misaligned)
 }
 
+/// Whether the judge reasons before its verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Justification {
+    /// The additive prompt's way (the paper): the judge writes its reasons, then `Score: N`
+    /// (asked for it when it stops without one).
+    #[default]
+    Written,
+    /// None: the judge's turn begins with [`VERDICT_CUE`] and only the few tokens of its
+    /// verdict are generated; the record's `raw` is empty and `forced_verdict` holds them.
+    /// One prefill per judgement instead of a justification's hundred decoded tokens.
+    None,
+}
+
+impl std::str::FromStr for Justification {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "written" => Ok(Self::Written),
+            "none" => Ok(Self::None),
+            _ => Err(format!("`{s}` is not a justification: written or none")),
+        }
+    }
+}
+
+impl Justification {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Written => "written",
+            Self::None => "none",
+        }
+    }
+}
+
 /// Which number a judgement counts as: the score it wrote, or the expected score under its
 /// distribution at that score's token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! the written scores, and `srlm pairs --score expected` falls back to them.
 
 mod common;
-use common::{lines, reply};
+use common::{argv, lines, reply};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -101,7 +101,7 @@ fn write_candidates(dir: &Path) {
     .unwrap();
 }
 
-fn srlm(args: &[&str]) -> Output {
+fn srlm<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_srlm"))
         .args(args)
         .env("SRLM_TEST_FAKE_KEY", "")
@@ -110,24 +110,7 @@ fn srlm(args: &[&str]) -> Output {
 }
 
 fn judge(dir: &Path, url: &str) -> Output {
-    let d = |n: &str| dir.join(n).display().to_string();
-    srlm(&[
-        "judge",
-        "--candidates",
-        &d("cands.jsonl"),
-        "--out",
-        &d("judge.jsonl"),
-        "--k",
-        "2",
-        "--api-base",
-        url,
-        "--api-model",
-        "fake",
-        "--api-key-env",
-        "SRLM_TEST_FAKE_KEY",
-        "--api-max-retries",
-        "0",
-    ])
+    srlm(&argv(dir, &format!("judge --candidates @cands.jsonl --out @judge.jsonl --k 2 --api-base {url} --api-model fake --api-key-env SRLM_TEST_FAKE_KEY --api-max-retries 0")))
 }
 
 #[test]
@@ -189,18 +172,8 @@ fn a_server_without_logprobs_falls_back_to_the_written_score_with_a_warning() {
         .iter()
         .all(|j| j["score"] == json!(4.0) && j.get("score_distribution").is_none()));
     // Pairs under the expected reading take the written scores: both candidates tie.
-    let d = |n: &str| dir.path().join(n).display().to_string();
-    let out = srlm(&[
-        "pairs",
-        "--candidates",
-        &d("cands.jsonl"),
-        "--judgements",
-        &d("judge.jsonl"),
-        "--out",
-        &d("pairs.jsonl"),
-        "--score",
-        "expected",
-    ]);
+    let pairs = "pairs --candidates @cands.jsonl --judgements @judge.jsonl --out @pairs.jsonl";
+    let out = srlm(&argv(dir.path(), &format!("{pairs} --score expected")));
     assert!(
         out.status.success(),
         "{}",
@@ -213,12 +186,13 @@ fn a_server_without_logprobs_falls_back_to_the_written_score_with_a_warning() {
     );
 }
 
-/// A judge caught in a loop: it never writes its score until asked, after `Score:`.
-#[test]
-fn a_judgement_without_a_score_is_asked_for_its_verdict() {
-    let dir = tempfile::tempdir().unwrap();
-    write_candidates(dir.path());
-    let looped = "The response is nice.\nThe response is nice.\nThe resp";
+/// What a judge caught in a loop writes: it never writes its score until asked.
+const LOOPED: &str = "The response is nice.\nThe response is nice.\nThe resp";
+
+/// A fake judge that writes [`LOOPED`], and " 3" when its turn is begun for it (`Score:` 3
+/// at p 0.5, 2 at 0.25); every request body is kept.
+fn start_looping() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let looped = LOOPED;
     let seen = Arc::new(Mutex::new(Vec::<Value>::new()));
     let s = seen.clone();
     let url = common::start(move |stream, req| {
@@ -244,21 +218,36 @@ fn a_judgement_without_a_score_is_asked_for_its_verdict() {
             "model": "fake", "choices": (0..n).map(choice).collect::<Vec<_>>()});
         reply(stream, "200 OK", "", &reply_body.to_string());
     });
+    (url, seen)
+}
+
+/// The requests of `seen` that begin the judge's turn for it, with their `n`s summed.
+fn asks(seen: &Mutex<Vec<Value>>) -> (Vec<Value>, u64) {
+    let asks: Vec<Value> = (seen.lock().unwrap().iter())
+        .filter(|b| b["continue_final_message"] == json!(true))
+        .cloned()
+        .collect();
+    let n = asks.iter().map(|a| a["n"].as_u64().unwrap_or(1)).sum();
+    (asks, n)
+}
+
+/// A judge caught in a loop: it never writes its score until asked, after `Score:`.
+#[test]
+fn a_judgement_without_a_score_is_asked_for_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    write_candidates(dir.path());
+    let looped = LOOPED;
+    let (url, seen) = start_looping();
     let out = judge(dir.path(), &url);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bodies = seen.lock().unwrap().clone();
-    let asks: Vec<&Value> = bodies
-        .iter()
-        .filter(|b| b["continue_final_message"] == json!(true))
-        .collect();
     // Four judgements (2 candidates x k=2), each asked once (a candidate's two identical asks
     // go as one request with n = 2), greedily, for a few tokens.
-    let asked: u64 = asks.iter().map(|a| a["n"].as_u64().unwrap_or(1)).sum();
-    assert_eq!(asked, 4, "{bodies:?}");
+    let (asks, asked) = asks(&seen);
+    assert_eq!(asked, 4, "{asks:?}");
     for a in &asks {
         let m = a["messages"].as_array().unwrap();
         assert_eq!(m.len(), 2, "{a}");
@@ -279,6 +268,43 @@ fn a_judgement_without_a_score_is_asked_for_its_verdict() {
         assert_eq!(j["forced_verdict"], " 3", "{j}");
         assert_eq!(j["score"], json!(3.0), "{j}");
         assert!(j.get("failure").is_none(), "{j}");
+        let e = j["score_distribution"]["expected"].as_f64().unwrap();
+        assert!((e - (3.0 * 0.5 + 2.0 * 0.25) / 0.75).abs() < 1e-6, "{j}");
+    }
+}
+
+/// `--justification none`: every judgement is only its verdict, asked for at once.
+#[test]
+fn without_justification_the_judge_writes_only_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    write_candidates(dir.path());
+    let (url, seen) = start_looping();
+    let out = srlm(&argv(dir.path(), &format!("judge --candidates @cands.jsonl --out @judge.jsonl --k 2 --justification none --api-base {url} --api-model fake --api-key-env SRLM_TEST_FAKE_KEY --api-max-retries 0")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (asks, asked) = asks(&seen);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        asks.len(),
+        "only verdicts were asked for"
+    );
+    assert_eq!(asked, 4, "{asks:?}");
+    for a in &asks {
+        assert_eq!(a["messages"][1]["content"], "Score:", "{a}");
+        assert!(a["max_tokens"].as_u64().unwrap() <= 4, "{a}");
+    }
+    let js = lines(&dir.path().join("judge.jsonl"));
+    assert_eq!(js.len(), 4);
+    for j in &js {
+        assert_eq!(
+            (&j["raw"], &j["forced_verdict"]),
+            (&json!(""), &json!(" 3")),
+            "{j}"
+        );
+        assert_eq!(j["score"], json!(3.0), "{j}");
         let e = j["score_distribution"]["expected"].as_f64().unwrap();
         assert!((e - (3.0 * 0.5 + 2.0 * 0.25) / 0.75).abs() < 1e-6, "{j}");
     }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use srlm_core::jsonl::{read_jsonl, recover_jsonl};
-use srlm_core::judge::{judge_prompt, mean_value, JudgeSample, ScoreMode};
+use srlm_core::judge::{judge_prompt, mean_value, JudgeSample, Justification, ScoreMode};
 use srlm_core::metrics::{compare_judges, JudgedReply};
 use srlm_core::oasst::{ranked_prompt, ranked_turns, RankedPrompt, Tree, TreeFilter, OASST_HINT};
 use srlm_core::summaries::{to_pretty_json, JudgeEvalSummary};
@@ -53,6 +53,10 @@ pub struct EvalJudgeArgs {
     /// Which reading of the judgements the headline `agreement` reports (both are computed).
     #[arg(long, default_value = "sampled")]
     pub score: ScoreMode,
+    /// `written`: the judge reasons, then scores (the paper); `none`: its turn begins with
+    /// `Score:` and only the verdict is generated (a prefill and a few tokens a judgement).
+    #[arg(long, default_value = "written")]
+    pub justification: Justification,
     /// The judge: `--model`, or a server (`--api-base`).
     #[command(flatten)]
     pub backend: BackendArgs,
@@ -128,7 +132,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
     // Replies whose judgements failed (too long for the context, or a server that kept
     // failing) are left out of the metrics, as a missing score would be, and counted.
     let mut without = WithoutDistribution::default();
-    let asking = AskVerdict::new(backend.as_ref());
+    let asking = AskVerdict::new(backend.as_ref(), a.justification);
     let run = run_resumable(&asking, requests, &a.out, "judging", |c| {
         let (prompt_id, reply, sample, human_rank) = meta[&c.id].clone();
         let j = judge_sample(&c);

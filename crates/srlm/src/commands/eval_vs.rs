@@ -21,7 +21,9 @@ use srlm_core::headtohead::{
     combine, length_check, pairwise_prompt, parse_verdict, win_rate, Outcome, Verdict,
 };
 use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_atomic};
-use srlm_core::judge::{judge_prompt, ScoreDistribution, ScoreMode, JUDGE_TOP_LOGPROBS};
+use srlm_core::judge::{
+    judge_prompt, Justification, ScoreDistribution, ScoreMode, JUDGE_TOP_LOGPROBS,
+};
 use srlm_core::summaries::{to_pretty_json, PromptOutcome, VsSummary};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -71,6 +73,10 @@ pub struct EvalVsArgs {
     /// In `scores` mode, what a judgement counts as: its written score or its expected score.
     #[arg(long, default_value = "expected")]
     pub score: ScoreMode,
+    /// In `scores` mode: `written`, the judge reasons before its score; `none`, its turn
+    /// begins with `Score:` and only the verdict is generated.
+    #[arg(long, default_value = "written")]
+    pub justification: Justification,
     /// Use only the first N prompts.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -274,7 +280,7 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
             .map(|(id, text)| seeded(id.clone(), text, &params))
             .collect();
         // Scores mode asks a judge that wrote no score for it; a pairwise verdict is not asked.
-        let asking = AskVerdict::new(backend.as_ref());
+        let asking = AskVerdict::new(backend.as_ref(), a.justification);
         let answering: &dyn Backend = match a.mode {
             VsMode::Scores => &asking,
             VsMode::Pairwise => backend.as_ref(),

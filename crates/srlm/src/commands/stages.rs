@@ -18,7 +18,7 @@ use srlm_core::jsonl::{
     read_jsonl, recover_jsonl, refuse_input_as_output, write_atomic, write_jsonl_atomic,
     JsonlWriter, Lined,
 };
-use srlm_core::judge::{judge_prompt, JudgeSample, ScoreMode, JUDGE_TOP_LOGPROBS};
+use srlm_core::judge::{judge_prompt, JudgeSample, Justification, ScoreMode, JUDGE_TOP_LOGPROBS};
 use srlm_core::pairs::{build_pairs, PairOptions};
 use srlm_core::stages::{
     CandidateRecord, JudgementRecord, PromptRecord, CANDIDATE_HINT, JUDGEMENT_HINT, PROMPT_HINT,
@@ -57,6 +57,10 @@ pub struct JudgeArgs {
     /// where the backend gives log-probabilities, the expected score under its distribution.
     #[arg(long, default_value_t = 3)]
     pub k: usize,
+    /// `written`: the judge reasons, then scores (the paper); `none`: its turn begins with
+    /// `Score:` and only the verdict is generated (a prefill and a few tokens a judgement).
+    #[arg(long, default_value = "written")]
+    pub justification: Justification,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[command(flatten)]
@@ -267,7 +271,7 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
         }
     }
     let mut without = WithoutDistribution::default();
-    let asking = AskVerdict::new(backend.as_ref());
+    let asking = AskVerdict::new(backend.as_ref(), a.justification);
     run_resumable(&asking, requests, &a.out, "judging", |c| {
         let (candidate_id, prompt_id, sample) = meta[&c.id].clone();
         let j = judge_sample(&c);

@@ -5,7 +5,7 @@ use crate::train_settings::{TrainFlags, TrainSettings};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use srlm_core::eft::Select;
-use srlm_core::judge::ScoreMode;
+use srlm_core::judge::{Justification, ScoreMode};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,6 +223,9 @@ pub struct JudgeSection {
     pub score: ScoreMode,
     /// Judgements per candidate.
     pub k: usize,
+    /// "written" (reasons, then the score: the paper) or "none" (the judge's turn begins with
+    /// `Score:`; only the verdict is generated). The judge bootstrap always has it written.
+    pub justification: Justification,
     pub temperature: f32,
     pub top_p: f32,
     pub max_new_tokens: usize,
@@ -379,6 +382,7 @@ impl Default for JudgeSection {
         Self {
             score: ScoreMode::Expected,
             k: 1,
+            justification: Justification::Written,
             temperature: 0.0,
             top_p: 0.9,
             max_new_tokens: 160,

@@ -20,6 +20,7 @@ use clap::ValueEnum;
 use serde_json::json;
 use srlm_core::jsonl::write_atomic;
 use srlm_core::jsonl::{read_jsonl, write_jsonl_atomic};
+use srlm_core::judge::Justification;
 use srlm_core::summaries::{read_summary, JudgeEvalSummary, VsSummary};
 use std::path::{Path, PathBuf};
 
@@ -304,6 +305,7 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
                     candidates: it.candidates.clone(),
                     out: it.judgements.clone(),
                     k: j.k,
+                    justification: j.justification,
                     backend,
                     sampling: sampling(
                         j.temperature,
@@ -422,7 +424,8 @@ fn plan_bootstrap(
                 seed_model,
                 &data,
                 &b.judgements,
-                (e.k, e.temperature, e.limit),
+                // EFT trains on what the judge wrote: its justifications, whatever the loop's.
+                (e.k, e.temperature, e.limit, Justification::Written),
                 cfg.seed + seed_offset::EFT_JUDGE,
             )?,
             Then::JudgeAccuracy {
@@ -501,7 +504,12 @@ fn plan_evaluation(
                         m,
                         &data,
                         &out,
-                        (e.judge_k, cfg.judge.temperature, e.judge_limit),
+                        (
+                            e.judge_k,
+                            cfg.judge.temperature,
+                            e.judge_limit,
+                            cfg.judge.justification,
+                        ),
                         cfg.seed + seed_offset::EVAL_JUDGE,
                     )?,
                     Then::Nothing,
@@ -544,6 +552,7 @@ fn plan_evaluation(
                         mode,
                         k: e.judge_k,
                         score: cfg.judge.score,
+                        justification: cfg.judge.justification,
                         limit: (e.prompts_limit > 0).then_some(e.prompts_limit),
                         judge_temperature: cfg.judge.temperature,
                         judge_max_new_tokens: cfg.judge.max_new_tokens,
@@ -682,13 +691,14 @@ fn train_args(cfg: &RunConfig, settings: &TrainSettings, model: &Path, out: &Pat
 }
 
 /// `srlm eval judge` of `model` on the ranked trees `data` into `out`: `k` judgements per
-/// reply at `temperature` on `limit` prompts (0: all), with the judge's other settings.
+/// reply at `temperature` on `limit` prompts (0: all) with `justification`, with the judge's
+/// other settings.
 fn eval_judge_call(
     cfg: &RunConfig,
     model: &Path,
     data: &Path,
     out: &Path,
-    (k, temperature, limit): (usize, f32, usize),
+    (k, temperature, limit, justification): (usize, f32, usize, Justification),
     seed: u64,
 ) -> Result<StageCall> {
     Ok(StageCall::EvalJudge(EvalJudgeArgs {
@@ -699,6 +709,7 @@ fn eval_judge_call(
         keep_synthetic: false,
         first_turn: false,
         score: cfg.judge.score,
+        justification,
         backend: BackendArgs {
             batch_size: cfg.batch_size,
             model: model_args(cfg, Some(model))?,
