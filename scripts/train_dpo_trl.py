@@ -30,6 +30,7 @@ ap.add_argument("--out", required=True)
 ap.add_argument("--beta", type=float, default=0.1)
 ap.add_argument("--lr", type=float, default=1e-6)
 ap.add_argument("--epochs", type=float, default=1.0)
+ap.add_argument("--max-length", type=int, default=1024)
 ap.add_argument("--max-steps", type=int, default=-1)
 ap.add_argument("--batch-size", type=int, default=2)
 ap.add_argument("--save-steps", type=int, default=50)
@@ -58,6 +59,7 @@ config = DPOConfig(
     beta=args.beta,
     learning_rate=args.lr,
     num_train_epochs=args.epochs,
+    max_length=args.max_length,
     max_steps=args.max_steps,
     per_device_train_batch_size=args.batch_size,
     save_steps=args.save_steps,

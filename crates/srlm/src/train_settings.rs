@@ -261,11 +261,6 @@ impl From<TrainSettings> for TrainFlags {
     }
 }
 
-/// `[sft]` of `srlm run`'s TOML: the keys it sets over [`TrainSettings::sft`].
-pub fn sft_section<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrainSettings, D::Error> {
-    Ok(TrainFlags::deserialize(d)?.resolve(TrainSettings::sft()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
-//! `srlm run` with DPO done outside srlm (`[dpo] trainer`): a stand-in trainer (a shell script
-//! that copies M_t) through the tiny two-iteration run, killed mid-way and rerun, failing, and
-//! writing nothing loadable; and real TRL (PyPI `trl` + `torch`, in the environment
-//! `scripts/trl_venv.sh` makes) training M2 and M3 while the generating roles run on `srlm
+//! `srlm run` with SFT and DPO done outside srlm (`[sft] trainer`, `[dpo] trainer`): a stand-in
+//! DPO trainer (a shell script that copies M_t) through the tiny two-iteration run, killed
+//! mid-way and rerun, failing, and writing nothing loadable; `srlm sft` as an outside SFT
+//! trainer of the TRL-format data; and real TRL (PyPI `trl` + `torch`, in the environment
+//! `scripts/trl_venv.sh` makes) training M1, M2 and M3 while the generating roles run on `srlm
 //! serve` servers the run launches, each iteration's server serving the model TRL wrote.
 
 mod common;
@@ -149,6 +150,56 @@ fn a_trainer_that_fails_or_writes_no_model_fails_its_stage_with_its_log() {
 }
 
 #[test]
+fn an_external_sft_trainer_trains_m1_from_the_trl_form_of_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    // srlm's own SFT, run as a command on the TRL file: the plumbing without TRL's numbers.
+    let sft = format!(
+        "{} sft --data {{data}} --model {{model}} --out {{out}} --lr {{lr}} --min-lr {{lr}} --epochs {{epochs}} --seed {{seed}} --micro-batch 4 --grad-accum 1 --max-len 2048",
+        env!("CARGO_BIN_EXE_srlm")
+    );
+    let text = config(&model).replace("[sft]\n", &format!("[sft]\ntrainer = {sft:?}\n"));
+    let cfg = d.join("run.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = d.join("run");
+    ok(&srlm_run(&cfg, &out, None));
+    let m = manifest(&out);
+    for (stage, data, from) in [
+        ("sft m1-seed", "/seed/sft.trl.jsonl", "tiny"),
+        ("sft m1", "/eft/sft.trl.jsonl", "/models/m1-seed"),
+    ] {
+        let line = m["stages"][stage]["command"][1].as_str().unwrap();
+        assert!(
+            line.contains(data) && line.contains(from),
+            "{stage}: {line}"
+        );
+        assert!(
+            line.contains(" --lr 0.003 ") && line.contains(" --seed 0 "),
+            "{line}"
+        );
+    }
+    let trl = std::fs::read_to_string(out.join("seed/sft.trl.jsonl")).unwrap();
+    let seed = std::fs::read_to_string(out.join("seed/sft.jsonl")).unwrap();
+    assert_eq!(trl.lines().count(), seed.lines().count());
+    let first: serde_json::Value = serde_json::from_str(trl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["prompt"][0]["role"], "user", "{first}");
+    assert_eq!(first["completion"][0]["role"], "assistant", "{first}");
+    assert!(out.join("trainers/sft-m1-seed.log").exists());
+    assert!(out.join("models/m1/srlm-external.json").exists());
+
+    // A command without the data it trains on is refused before anything runs.
+    let bad = config(&model).replace("[sft]\n", "[sft]\ntrainer = \"train {model} {out}\"\n");
+    std::fs::write(&cfg, bad).unwrap();
+    let o = srlm_run(&cfg, &d.join("bad"), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`sft.trainer`") && err.contains("has no `{data}`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/trl_venv.sh");
     let o = Command::new("bash").arg(&script).output().unwrap();
@@ -167,6 +218,13 @@ fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
         env!("CARGO_BIN_EXE_srlm")
     );
     let text = with_trainer(&model, "trl")
+        // TRL's rate decays to 0 where the fixture's stays at 0.003: three times the epochs
+        // teach the random tiny model the judge's format (at the fixture's 20, TRL's loss
+        // ends at 2.9 and its M1 writes no score; srlm's at 1.5). One SFT (no bootstrap):
+        // the bootstrap's own test is srlm's, in run_cli.rs.
+        .replace("[sft]\n", "[sft]\ntrainer = \"trl\"\n")
+        .replace("epochs = 20\n", "epochs = 60\n")
+        .replace("[eft]\n", "[eft]\ndata = \"\"\n")
         .replace("[sample]\n", "[sample]\nbackend = \"srv\"\n")
         .replace("[judge]\n", "[judge]\nbackend = \"srv\"\n")
         .replace("[eval]\n", "[eval]\njudge_data = \"\"\n")
@@ -189,12 +247,14 @@ fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
         .output()
         .unwrap();
     let stderr = ok(&o);
-    // TRL wrote M2 and M3 (its training arguments and metrics beside the weights) ...
-    for m in ["m2", "m3"] {
+    // TRL wrote M1, M2 and M3 (its training arguments and metrics beside the weights) ...
+    for m in ["m1", "m2", "m3"] {
         let folder = out.join("models").join(m);
         assert!(folder.join("training_args.bin").exists(), "{m}: {stderr}");
         let metrics = std::fs::read_to_string(folder.join("metrics.jsonl")).unwrap();
-        assert!(metrics.contains("rewards/margins"), "{metrics}");
+        let dpo = m != "m1";
+        assert_eq!(metrics.contains("rewards/margins"), dpo, "{m}: {metrics}");
+        assert!(metrics.contains("\"loss\""), "{m}: {metrics}");
     }
     assert!(manifest(&out)["stages"]["dpo m2"]["stats"]["train_loss"].is_number());
     // ... and the server of iteration 2 served the M2 that TRL wrote.

@@ -5,6 +5,7 @@
 
 use crate::commands::eval_vs::VsMode;
 use crate::pipeline::config::RunConfig;
+use crate::pipeline::external_trainer::{trainer_command, Kind};
 use clap::ValueEnum;
 use srlm_engine::gguf::WeightFormat;
 use srlm_engine::sampling::SamplingParams;
@@ -56,7 +57,7 @@ pub fn problems(cfg: &RunConfig) -> Vec<String> {
         at_least(&mut bad, "eft.epochs", e.epochs, 1);
         sampling(&mut bad, "eft", e.temperature, 1.0, 1);
     }
-    train(&mut bad, "sft", &cfg.sft, cfg.seed);
+    train(&mut bad, "sft", &cfg.sft.train, cfg.seed);
 
     let p = &cfg.prompts;
     at_least(&mut bad, "prompts.count", p.count, 1);
@@ -142,12 +143,16 @@ pub fn problems(cfg: &RunConfig) -> Vec<String> {
         }
     }
     train(&mut bad, "dpo", &d.train, cfg.seed);
-    if let Some(command) = super::external_trainer::trainer_command(&d.trainer) {
-        for slot in ["{out}", "{pairs}", "{model}"] {
+    for (trainer, kind) in [(&cfg.sft.trainer, Kind::Sft), (&d.trainer, Kind::Dpo)] {
+        let Some(command) = trainer_command(trainer, kind) else {
+            continue;
+        };
+        let [out, input, model] = kind.required_slots();
+        for slot in [out, input, model] {
             if !command.contains(slot) {
                 bad(
-                    "dpo.trainer",
-                    format!("is {command:?}, which has no `{slot}`: \"srlm\", \"trl\", or a command that trains `{{model}}` on `{{pairs}}` into `{{out}}`"),
+                    &format!("{}.trainer", kind.section()),
+                    format!("is {command:?}, which has no `{slot}`: \"srlm\", \"trl\", or a command that trains `{model}` on `{input}` into `{out}`"),
                 );
             }
         }

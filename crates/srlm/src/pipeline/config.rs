@@ -18,9 +18,8 @@ pub struct RunConfig {
     pub batch_size: usize,
     pub model: ModelSection,
     pub seed_data: SeedSection,
-    /// The seed SFT and the judge bootstrap's SFT: keys set here over `TrainSettings::sft`.
-    #[serde(deserialize_with = "crate::train_settings::sft_section")]
-    pub sft: TrainSettings,
+    /// The seed SFT and the judge bootstrap's SFT.
+    pub sft: SftSection,
     pub eft: EftSection,
     pub prompts: PromptsSection,
     pub sample: GenSection,
@@ -260,6 +259,47 @@ pub struct DpoSection {
     pub train: TrainSettings,
 }
 
+/// `[sft]`: who trains M1 (the seed SFT and the judge bootstrap's SFT) and the training
+/// settings, keys set here over `TrainSettings::sft`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "SftFile")]
+pub struct SftSection {
+    /// "srlm" (its own trainer), "trl" (the shipped TRL script, by the `python3` on PATH), or
+    /// a command with `{model}`, `{data}`, `{out}`, `{lr}`, `{epochs}`, `{seed}`
+    /// (pipeline/external_trainer.rs).
+    pub trainer: String,
+    #[serde(flatten)]
+    pub train: TrainSettings,
+}
+
+impl Default for SftSection {
+    fn default() -> Self {
+        Self {
+            trainer: "srlm".into(),
+            train: TrainSettings::sft(),
+        }
+    }
+}
+
+/// `[sft]` as written: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SftFile {
+    trainer: Option<String>,
+    #[serde(flatten)]
+    train: TrainFlags,
+}
+
+impl From<SftFile> for SftSection {
+    fn from(f: SftFile) -> Self {
+        let d = SftSection::default();
+        Self {
+            trainer: f.trainer.unwrap_or(d.trainer),
+            train: f.train.resolve(d.train),
+        }
+    }
+}
+
 /// `[dpo]` as written: every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -295,7 +335,7 @@ impl Default for RunConfig {
             batch_size: 16,
             model: ModelSection::default(),
             seed_data: SeedSection::default(),
-            sft: TrainSettings::sft(),
+            sft: SftSection::default(),
             eft: EftSection::default(),
             prompts: PromptsSection::default(),
             sample: GenSection::default(),
@@ -463,13 +503,14 @@ weight_decay = 0.1
         assert_eq!(cfg.dpo.beta, 0.2);
         assert_eq!(cfg.dpo.train, TrainSettings::dpo());
         assert_eq!(
-            cfg.sft,
+            cfg.sft.train,
             TrainSettings {
                 epochs: 3,
                 weight_decay: 0.1,
                 ..TrainSettings::sft()
             }
         );
+        assert_eq!(cfg.sft.trainer, "srlm");
         // Every trainer option is a key, and a misspelt one is an error in either section.
         let every = toml::to_string(&TrainSettings::sft()).unwrap();
         for key in [

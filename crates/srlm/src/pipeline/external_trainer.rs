@@ -1,82 +1,200 @@
-//! DPO by a trainer outside srlm (`[dpo] trainer = "trl"`, or any command): the stage writes the
-//! iteration's pairs in TRL's conversational format, runs the command (its output streamed to
-//! the terminal and to `RUN/trainers/dpo-mN.log`), and counts as done only when the command
-//! succeeded and its output folder loads as a model (config, weights, tokenizer), which the next
-//! iteration then serves and judges with. The manifest records the command as it ran.
+//! SFT and DPO by a trainer outside srlm (`[sft] trainer` / `[dpo] trainer` = "trl", or any
+//! command): the stage writes its data in TRL's conversational format, runs the command (its
+//! output streamed to the terminal and to `RUN/trainers/<stage>.log`), and counts as done only
+//! when the command succeeded and its output folder loads as a model (config, weights,
+//! tokenizer), which the next stage then serves, judges with or trains further. The manifest
+//! records the command as it ran.
 //!
 //! A trainer killed with the run is stopped with it (`children.rs`); the rerun runs the command
-//! again, and the shipped TRL script resumes from the last checkpoint in its output folder.
+//! again, and the shipped TRL scripts resume from the last checkpoint in their output folder.
 //!
-//! Placeholders: `{model}` (M_t, also the reference), `{pairs}`, `{out}` (M_(t+1)), `{beta}`,
-//! `{lr}`, `{epochs}`, `{seed}`, `{script}` (the shipped TRL script, written into the run).
+//! Placeholders: `{model}` (the model trained from; for DPO also the reference), `{out}`,
+//! `{lr}`, `{epochs}`, `{max_len}` (tokens an example is cut to), `{seed}`, `{script}` (the
+//! shipped TRL script, written into the run); for SFT `{data}`, for DPO `{pairs}` and `{beta}`.
 
 use super::children::{log_end, log_line, log_tail, run_dir_key, Owned};
 use crate::commands::export::{self, ExportCommand, ExportPairsArgs, PairFormat};
 use anyhow::{bail, Result};
 use serde_json::json;
+use srlm_core::train_data::{SftRecord, SFT_SCHEMA_HINT};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The TRL script srlm ships (`scripts/train_dpo_trl.py`), for `trainer = "trl"`.
-pub const TRL_SCRIPT: &str = include_str!("../../../../scripts/train_dpo_trl.py");
+/// Which training an external trainer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sft,
+    Dpo,
+}
 
-/// The command `trainer = "trl"` stands for: the `python3` on PATH (the environment with trl).
-pub const TRL_COMMAND: &str = "python3 {script} --model {model} --pairs {pairs} --out {out} --beta {beta} --lr {lr} --epochs {epochs} --seed {seed}";
+impl Kind {
+    /// The section its `trainer` key is in.
+    pub fn section(self) -> &'static str {
+        match self {
+            Self::Sft => "sft",
+            Self::Dpo => "dpo",
+        }
+    }
 
-/// The command a `[dpo] trainer` value stands for, placeholders unfilled; None for srlm's own.
-pub fn trainer_command(trainer: &str) -> Option<&str> {
+    /// The shipped TRL script (`scripts/train_*_trl.py`): its file name and text.
+    fn script(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Sft => ("train_sft_trl.py", TRL_SFT_SCRIPT),
+            Self::Dpo => ("train_dpo_trl.py", TRL_DPO_SCRIPT),
+        }
+    }
+
+    /// The placeholders a trainer command must have: what it reads and where it writes.
+    pub fn required_slots(self) -> [&'static str; 3] {
+        match self {
+            Self::Sft => ["{out}", "{data}", "{model}"],
+            Self::Dpo => ["{out}", "{pairs}", "{model}"],
+        }
+    }
+}
+
+/// The TRL scripts srlm ships, for `trainer = "trl"`.
+pub const TRL_SFT_SCRIPT: &str = include_str!("../../../../scripts/train_sft_trl.py");
+pub const TRL_DPO_SCRIPT: &str = include_str!("../../../../scripts/train_dpo_trl.py");
+
+/// The commands `trainer = "trl"` stands for: the `python3` on PATH (the environment with trl).
+pub const TRL_SFT_COMMAND: &str = "python3 {script} --model {model} --data {data} --out {out} --lr {lr} --epochs {epochs} --max-length {max_len} --seed {seed}";
+pub const TRL_DPO_COMMAND: &str = "python3 {script} --model {model} --pairs {pairs} --out {out} --beta {beta} --lr {lr} --epochs {epochs} --max-length {max_len} --seed {seed}";
+
+/// The command a `trainer` value of `kind`'s section stands for, placeholders unfilled; None
+/// for srlm's own.
+pub fn trainer_command(trainer: &str, kind: Kind) -> Option<&str> {
     match trainer {
         "srlm" => None,
-        "trl" => Some(TRL_COMMAND),
+        "trl" => Some(match kind {
+            Kind::Sft => TRL_SFT_COMMAND,
+            Kind::Dpo => TRL_DPO_COMMAND,
+        }),
         command => Some(command),
     }
 }
 
-/// One DPO stage on an external trainer.
+/// What the trainer trains on: srlm's file, and where its TRL form is written.
 #[derive(Debug)]
-pub struct ExternalDpo {
+pub enum Objective {
+    /// `srlm sft`'s data (`{data}`: TRL's prompt-completion form).
+    Sft { data: PathBuf, trl_data: PathBuf },
+    /// `srlm pairs`' output (`{pairs}`: TRL's conversational preference form), with `{beta}`.
+    Dpo {
+        pairs: PathBuf,
+        trl_pairs: PathBuf,
+        beta: f64,
+    },
+}
+
+impl Objective {
+    fn kind(&self) -> Kind {
+        match self {
+            Self::Sft { .. } => Kind::Sft,
+            Self::Dpo { .. } => Kind::Dpo,
+        }
+    }
+
+    /// The TRL file the command reads.
+    fn trl_file(&self) -> &Path {
+        match self {
+            Self::Sft { trl_data, .. } => trl_data,
+            Self::Dpo { trl_pairs, .. } => trl_pairs,
+        }
+    }
+
+    /// Writes the TRL file from srlm's.
+    fn write_trl_file(&self) -> Result<()> {
+        match self {
+            Self::Sft { data, trl_data } => write_trl_sft(data, trl_data),
+            Self::Dpo {
+                pairs, trl_pairs, ..
+            } => export::run(ExportCommand::Pairs(ExportPairsArgs {
+                pairs: vec![pairs.clone()],
+                run: None,
+                out: trl_pairs.clone(),
+                format: PairFormat::Conversational,
+            })),
+        }
+    }
+}
+
+/// One training stage on an external trainer.
+#[derive(Debug)]
+pub struct ExternalTrainer {
     /// The command, placeholders unfilled.
     pub template: String,
-    /// `srlm pairs` output, and where its TRL form is written.
-    pub pairs: PathBuf,
-    pub trl_pairs: PathBuf,
+    pub objective: Objective,
     pub model: PathBuf,
     pub out: PathBuf,
-    pub beta: f64,
     pub lr: f64,
     pub epochs: usize,
+    pub max_len: usize,
     pub seed: u64,
     pub run_dir: PathBuf,
     pub log: PathBuf,
 }
 
-impl ExternalDpo {
+/// SFT data as TRL's conversational prompt-completion examples: the completion is the last
+/// assistant turn, the prompt everything before it (srlm's own SFT also trains on earlier
+/// assistant turns; the shipped data has one).
+fn write_trl_sft(data: &Path, out: &Path) -> Result<()> {
+    let mut lines = String::new();
+    for r in srlm_core::jsonl::read_jsonl::<SftRecord>(data, SFT_SCHEMA_HINT)? {
+        let conversation = r
+            .record
+            .conversation()
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", data.display(), r.line))?;
+        let last = conversation
+            .iter()
+            .rposition(|m| m.role == "assistant")
+            .expect("conversation() has an assistant turn");
+        let (prompt, completion) = conversation.split_at(last);
+        lines += &json!({"prompt": prompt, "completion": &completion[..1]}).to_string();
+        lines.push('\n');
+    }
+    srlm_core::jsonl::write_atomic(out, lines.as_bytes())?;
+    Ok(())
+}
+
+impl ExternalTrainer {
     /// The command as it will run (the shipped script's path inside the run).
     pub fn command(&self) -> String {
-        let script = self.run_dir.join("trainers").join("train_dpo_trl.py");
+        let file = self.objective.trl_file().display().to_string();
+        let beta = match &self.objective {
+            Objective::Dpo { beta, .. } => beta.to_string(),
+            Objective::Sft { .. } => String::new(),
+        };
+        let (data, pairs) = match self.objective.kind() {
+            Kind::Sft => (file.as_str(), ""),
+            Kind::Dpo => ("", file.as_str()),
+        };
         self.template
             .replace("{model}", &self.model.display().to_string())
-            .replace("{pairs}", &self.trl_pairs.display().to_string())
+            .replace("{data}", data)
+            .replace("{pairs}", pairs)
             .replace("{out}", &self.out.display().to_string())
-            .replace("{beta}", &self.beta.to_string())
+            .replace("{beta}", &beta)
             .replace("{lr}", &self.lr.to_string())
             .replace("{epochs}", &self.epochs.to_string())
+            .replace("{max_len}", &self.max_len.to_string())
             .replace("{seed}", &self.seed.to_string())
-            .replace("{script}", &script.display().to_string())
+            .replace("{script}", &self.script().display().to_string())
+    }
+
+    /// Where the shipped script is written in the run.
+    fn script(&self) -> PathBuf {
+        let (name, _) = self.objective.kind().script();
+        self.run_dir.join("trainers").join(name)
     }
 
     /// Runs the trainer; the stats are its last logged metrics, if it wrote any.
     pub fn run(self) -> Result<Option<serde_json::Value>> {
-        export::run(ExportCommand::Pairs(ExportPairsArgs {
-            pairs: vec![self.pairs.clone()],
-            run: None,
-            out: self.trl_pairs.clone(),
-            format: PairFormat::Conversational,
-        }))?;
+        self.objective.write_trl_file()?;
         if self.template.contains("{script}") {
-            let script = self.run_dir.join("trainers").join("train_dpo_trl.py");
-            srlm_core::jsonl::write_atomic(&script, TRL_SCRIPT.as_bytes())?;
+            let (_, text) = self.objective.kind().script();
+            srlm_core::jsonl::write_atomic(&self.script(), text.as_bytes())?;
         }
         let command = self.command();
         let from = log_end(&self.log);
@@ -109,10 +227,10 @@ impl ExternalDpo {
         let tail = || log_tail(&self.log, from, 20);
         if !status.success() {
             bail!(
-                "the trainer failed ({status})\n  command: {command}\n  last lines of {}:\n{}\n  hint: run the command by hand; the pairs it reads are {}",
+                "the trainer failed ({status})\n  command: {command}\n  last lines of {}:\n{}\n  hint: run the command by hand; the data it reads is {}",
                 self.log.display(),
                 tail(),
-                self.trl_pairs.display()
+                self.objective.trl_file().display()
             );
         }
         check_loads(&self.out).map_err(|e| {

@@ -3,6 +3,7 @@
 //! records once it is done. The plan is a list, so its length is the run's stage count.
 
 use super::config::RunConfig;
+use super::external_trainer::{ExternalTrainer, Kind, Objective};
 use super::layout::Layout;
 use super::servers::Launch;
 use super::stage_call::StageCall;
@@ -51,7 +52,7 @@ pub enum Work {
     /// Resolve and merge these seed files into `RUN/seed/`.
     Seed(super::config::SeedSection),
     /// DPO by a trainer outside srlm.
-    External(super::external_trainer::ExternalDpo),
+    External(ExternalTrainer),
     /// One of srlm's commands, on the server `server` starts when it names one, then `then`.
     Call {
         call: StageCall,
@@ -202,18 +203,14 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
     } else {
         m1.clone()
     };
-    plan.push(Planned {
-        name: if bootstrap { "sft m1-seed" } else { "sft m1" }.into(),
-        work: call(
-            StageCall::Sft(SftArgs {
-                data: seed.sft.clone(),
-                train: train_args(cfg, &cfg.sft, base, &seed_model),
-            }),
-            Then::Nothing,
-        ),
-        inputs: vec![seed.sft.clone(), base.to_path_buf()],
-        outputs: vec![seed_model.join("config.json")],
-    });
+    plan.push(sft_stage(
+        cfg,
+        layout,
+        if bootstrap { "m1-seed" } else { "m1" },
+        &seed.sft,
+        &cfg.sft.train,
+        (base, &seed_model),
+    ));
     if bootstrap {
         plan_bootstrap(&mut plan, cfg, layout, &seed_model, &m1)?;
     }
@@ -346,18 +343,21 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
         });
 
         let d = &cfg.dpo;
-        if let Some(template) = super::external_trainer::trainer_command(&d.trainer) {
+        if let Some(template) = super::external_trainer::trainer_command(&d.trainer, Kind::Dpo) {
             plan.push(Planned {
                 name: format!("dpo m{}", t + 1),
-                work: Work::External(super::external_trainer::ExternalDpo {
+                work: Work::External(ExternalTrainer {
                     template: template.to_string(),
-                    pairs: it.pairs.clone(),
-                    trl_pairs: it.pairs.with_file_name("pairs.trl.jsonl"),
+                    objective: Objective::Dpo {
+                        pairs: it.pairs.clone(),
+                        trl_pairs: it.pairs.with_file_name("pairs.trl.jsonl"),
+                        beta: d.beta,
+                    },
                     model: current.clone(),
                     out: next.clone(),
-                    beta: d.beta,
                     lr: d.train.lr,
                     epochs: d.train.epochs,
+                    max_len: d.train.max_len,
                     seed: cfg.seed,
                     run_dir: layout.dir.clone(),
                     log: layout.trainer_log(&format!("dpo-m{}", t + 1)),
@@ -454,7 +454,7 @@ fn plan_bootstrap(
                 judgements: b.judgements.clone(),
                 tokenizer: seed_model.join("tokenizer.json"),
                 sft: b.sft.clone(),
-                max_len: cfg.sft.max_len,
+                max_len: cfg.sft.train.max_len,
             },
         ),
         inputs: vec![data, b.judgements.clone()],
@@ -462,21 +462,59 @@ fn plan_bootstrap(
     });
     let train = TrainSettings {
         epochs: e.epochs,
-        ..cfg.sft.clone()
+        ..cfg.sft.train.clone()
     };
-    plan.push(Planned {
-        name: "sft m1".into(),
-        work: call(
+    plan.push(sft_stage(
+        cfg,
+        layout,
+        "m1",
+        &b.sft,
+        &train,
+        (seed_model, m1),
+    ));
+    Ok(())
+}
+
+/// The SFT of `model` (a name under models/) on `data` with `train`, `from` one folder `to`
+/// another: by srlm's trainer, or by `[sft] trainer`'s command.
+fn sft_stage(
+    cfg: &RunConfig,
+    layout: &Layout,
+    model: &str,
+    data: &Path,
+    train: &TrainSettings,
+    (from, to): (&Path, &Path),
+) -> Planned {
+    let work = match super::external_trainer::trainer_command(&cfg.sft.trainer, Kind::Sft) {
+        Some(template) => Work::External(ExternalTrainer {
+            template: template.to_string(),
+            objective: Objective::Sft {
+                data: data.to_path_buf(),
+                trl_data: data.with_extension("trl.jsonl"),
+            },
+            model: from.to_path_buf(),
+            out: to.to_path_buf(),
+            lr: train.lr,
+            epochs: train.epochs,
+            max_len: train.max_len,
+            seed: cfg.seed,
+            run_dir: layout.dir.clone(),
+            log: layout.trainer_log(&format!("sft-{model}")),
+        }),
+        None => call(
             StageCall::Sft(SftArgs {
-                data: b.sft.clone(),
-                train: train_args(cfg, &train, seed_model, m1),
+                data: data.to_path_buf(),
+                train: train_args(cfg, train, from, to),
             }),
             Then::Nothing,
         ),
-        inputs: vec![b.sft, seed_model.to_path_buf()],
-        outputs: vec![m1.join("config.json")],
-    });
-    Ok(())
+    };
+    Planned {
+        name: format!("sft {model}"),
+        work,
+        inputs: vec![data.to_path_buf(), from.to_path_buf()],
+        outputs: vec![to.join("config.json")],
+    }
 }
 
 /// The evaluation stages: every model as a judge against human ranks, every later model
