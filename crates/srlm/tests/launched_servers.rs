@@ -58,19 +58,17 @@ fn a_run_serves_each_model_on_a_server_it_launches_and_leaves_none_behind() {
     let stderr = ok(&srlm_run(&cfg, &a, None));
     let log = std::fs::read_to_string(a.join("servers/srv.log")).unwrap();
     let served = served_models(&log);
-    // One server per model in turn: prompts, samples and judgements of iteration 1 by M1,
-    // of iteration 2 by M2 (what DPO wrote), then both head-to-heads judged by M1.
-    assert_eq!(served, ["m1", "m2", "m1"], "{log}");
-    assert_eq!(
-        stderr.matches("srlm: started [backends.srv]").count(),
-        3,
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr.matches("srlm: stopped [backends.srv]").count(),
-        3,
-        "{stderr}"
-    );
+    // One server per model in turn: the bootstrap's judgements by M1-seed, prompts, samples
+    // and judgements of iteration 1 by M1, of iteration 2 by M2 (what DPO wrote), each model
+    // judging the held-out ranked replies, then both head-to-heads judged by M1.
+    let order = ["m1-seed", "m1", "m2", "m1", "m2", "m3", "m1"];
+    assert_eq!(served, order, "{log}");
+    for event in ["started", "stopped"] {
+        let n = stderr
+            .matches(&format!("srlm: {event} [backends.srv]"))
+            .count();
+        assert_eq!(n, order.len(), "{stderr}");
+    }
     assert!(marked(&a).is_empty());
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
@@ -89,6 +87,14 @@ fn a_run_serves_each_model_on_a_server_it_launches_and_leaves_none_behind() {
         .unwrap()
         .starts_with("http://127.0.0.1:"));
     assert!(manifest["stages"]["pairs 2"]["server"].is_null());
+    let eval3 = &manifest["stages"]["eval judge m3"];
+    assert!(
+        eval3["server"]
+            .as_str()
+            .unwrap()
+            .contains("/models/m3 --port"),
+        "{eval3}"
+    );
 
     // Killed (srlm alone, SIGKILL) while the server of sample 2 is up, then rerun.
     let b = dir.path().join("b");

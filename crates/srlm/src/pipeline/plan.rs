@@ -397,6 +397,11 @@ fn call(call: StageCall, then: Then) -> Work {
     call_on(None, call, then)
 }
 
+/// A stage's call, on the server it names (if any).
+fn on_server((call, server): (StageCall, Option<Launch>), then: Then) -> Work {
+    call_on(server, call, then)
+}
+
 /// A stage's call on the server `server` starts (None: its backend needs no start).
 fn call_on(server: Option<Launch>, call: StageCall, then: Then) -> Work {
     Work::Call { call, then, server }
@@ -418,7 +423,7 @@ fn plan_bootstrap(
     let metrics = metrics_path(&b.judgements);
     plan.push(Planned {
         name: "eft judge".into(),
-        work: call(
+        work: on_server(
             eval_judge_call(
                 cfg,
                 seed_model,
@@ -536,7 +541,7 @@ fn plan_evaluation(
             let metrics = metrics_path(&out);
             plan.push(Planned {
                 name: format!("eval judge m{}", i + 1),
-                work: call(
+                work: on_server(
                     eval_judge_call(
                         cfg,
                         m,
@@ -730,7 +735,9 @@ fn train_args(cfg: &RunConfig, settings: &TrainSettings, model: &Path, out: &Pat
 
 /// `srlm eval judge` of `model` on the ranked trees `data` into `out`: `k` judgements per
 /// reply at `temperature` on `limit` prompts (0: all) with `justification`, with the judge's
-/// other settings.
+/// other settings; and the server it runs on. That is the judge role's when srlm launches it
+/// (then with `model`); a judge server that runs already is another model than the one judged
+/// here, so then `model` judges on the local engine.
 fn eval_judge_call(
     cfg: &RunConfig,
     model: &Path,
@@ -738,8 +745,14 @@ fn eval_judge_call(
     out: &Path,
     (k, temperature, limit, justification): (usize, f32, usize, Justification),
     seed: u64,
-) -> Result<StageCall> {
-    Ok(StageCall::EvalJudge(EvalJudgeArgs {
+) -> Result<(StageCall, Option<Launch>)> {
+    let server = launch(cfg, &cfg.judge.backend, model);
+    let remote = match server {
+        Some(_) => remote_args(cfg, "judge.backend", &cfg.judge.backend)?.unwrap_or_default(),
+        None => RemoteArgs::default(),
+    };
+    let local = server.is_none().then_some(model);
+    let call = StageCall::EvalJudge(EvalJudgeArgs {
         data: data.to_path_buf(),
         out: out.to_path_buf(),
         k,
@@ -750,11 +763,12 @@ fn eval_judge_call(
         justification,
         backend: BackendArgs {
             batch_size: cfg.batch_size,
-            model: model_args(cfg, Some(model))?,
-            remote: RemoteArgs::default(),
+            model: model_args(cfg, local)?,
+            remote,
         },
         sampling: sampling(temperature, cfg.judge.top_p, cfg.judge.max_new_tokens, seed),
-    }))
+    });
+    Ok((call, server))
 }
 
 /// A data setting as a file: a path as it is, or shipped data (`builtin:NAME`) written into

@@ -45,9 +45,8 @@ impl StageCall {
             Self::Sample(a) => &mut a.backend.remote,
             Self::Judge(a) => &mut a.backend.remote,
             Self::EvalVs(a) => &mut a.backend.remote,
-            Self::Pairs(_) | Self::Sft(_) | Self::Dpo(_) | Self::Eft(_) | Self::EvalJudge(_) => {
-                return
-            }
+            Self::EvalJudge(a) => &mut a.backend.remote,
+            Self::Pairs(_) | Self::Sft(_) | Self::Dpo(_) | Self::Eft(_) => return,
         };
         remote.api_base = Some(url.to_string());
     }
