@@ -385,4 +385,40 @@ loss = "hinge"
             "{got:#?}"
         );
     }
+
+    #[test]
+    fn the_gpu_recipes_in_docs_are_valid_configs_but_for_their_model_folder() {
+        for (name, text, model) in [
+            (
+                "llama3-8b-8gpu.toml",
+                include_str!("../../../../docs/recipes/llama3-8b-8gpu.toml"),
+                "/models/Llama-3.1-8B-Instruct",
+            ),
+            (
+                "llama3-1b-1gpu.toml",
+                include_str!("../../../../docs/recipes/llama3-1b-1gpu.toml"),
+                "/models/Llama-3.2-1B-Instruct",
+            ),
+        ] {
+            let cfg: RunConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                problems(&cfg),
+                [format!("`model.base` {model}: no such file or folder")],
+                "{name}"
+            );
+            // Every generating role on the launched server, both trainers outside srlm.
+            for backend in [
+                &cfg.prompts.backend,
+                &cfg.sample.backend,
+                &cfg.judge.backend,
+                &cfg.eval.vs_backend,
+            ] {
+                assert_eq!(backend, "vllm", "{name}");
+            }
+            assert!(!cfg.backends["vllm"].launch.is_empty(), "{name}");
+            for trainer in [&cfg.sft.trainer, &cfg.dpo.trainer] {
+                assert!(trainer.contains("{script}"), "{name}: {trainer}");
+            }
+        }
+    }
 }
