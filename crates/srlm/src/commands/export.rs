@@ -8,12 +8,14 @@
 //! - `--format conversational` (default): `{"prompt": [{"role": "user", "content": ...}],
 //!   "chosen": [{"role": "assistant", ...}], "rejected": [{"role": "assistant", ...}]}`, which
 //!   TRL renders with the model's own chat template, as srlm's DPO does.
+//!
+//! [`write_trl_sft`] writes SFT data in TRL's prompt-completion form likewise (`[sft] trainer`).
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use srlm_core::jsonl::{read_jsonl, write_jsonl_atomic};
-use srlm_core::train_data::{DpoRecord, DPO_SCHEMA_HINT};
+use srlm_core::train_data::{DpoRecord, SftRecord, DPO_SCHEMA_HINT, SFT_SCHEMA_HINT};
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
@@ -94,5 +96,26 @@ fn export_pairs(a: ExportPairsArgs) -> Result<()> {
         files.len(),
         a.out.display()
     );
+    Ok(())
+}
+
+/// SFT data as TRL's conversational prompt-completion examples: the completion is the last
+/// assistant turn, the prompt everything before it (srlm's own SFT also trains on earlier
+/// assistant turns; the shipped data has one).
+pub fn write_trl_sft(data: &Path, out: &Path) -> Result<()> {
+    let mut examples = Vec::new();
+    for r in read_jsonl::<SftRecord>(data, SFT_SCHEMA_HINT)? {
+        let conversation = r
+            .record
+            .conversation()
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", data.display(), r.line))?;
+        let last = conversation
+            .iter()
+            .rposition(|m| m.role == "assistant")
+            .expect("conversation() has an assistant turn");
+        let (prompt, completion) = conversation.split_at(last);
+        examples.push(json!({"prompt": prompt, "completion": &completion[..1]}));
+    }
+    write_jsonl_atomic(out, &examples)?;
     Ok(())
 }

@@ -16,7 +16,6 @@ use super::children::{log_end, log_line, log_tail, run_dir_key, Owned};
 use crate::commands::export::{self, ExportCommand, ExportPairsArgs, PairFormat};
 use anyhow::{bail, Result};
 use serde_json::json;
-use srlm_core::train_data::{SftRecord, SFT_SCHEMA_HINT};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -107,7 +106,7 @@ impl Objective {
     /// Writes the TRL file from srlm's.
     fn write_trl_file(&self) -> Result<()> {
         match self {
-            Self::Sft { data, trl_data } => write_trl_sft(data, trl_data),
+            Self::Sft { data, trl_data } => export::write_trl_sft(data, trl_data),
             Self::Dpo {
                 pairs, trl_pairs, ..
             } => export::run(ExportCommand::Pairs(ExportPairsArgs {
@@ -136,46 +135,20 @@ pub struct ExternalTrainer {
     pub log: PathBuf,
 }
 
-/// SFT data as TRL's conversational prompt-completion examples: the completion is the last
-/// assistant turn, the prompt everything before it (srlm's own SFT also trains on earlier
-/// assistant turns; the shipped data has one).
-fn write_trl_sft(data: &Path, out: &Path) -> Result<()> {
-    let mut lines = String::new();
-    for r in srlm_core::jsonl::read_jsonl::<SftRecord>(data, SFT_SCHEMA_HINT)? {
-        let conversation = r
-            .record
-            .conversation()
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", data.display(), r.line))?;
-        let last = conversation
-            .iter()
-            .rposition(|m| m.role == "assistant")
-            .expect("conversation() has an assistant turn");
-        let (prompt, completion) = conversation.split_at(last);
-        lines += &json!({"prompt": prompt, "completion": &completion[..1]}).to_string();
-        lines.push('\n');
-    }
-    srlm_core::jsonl::write_atomic(out, lines.as_bytes())?;
-    Ok(())
-}
-
 impl ExternalTrainer {
     /// The command as it will run (the shipped script's path inside the run).
     pub fn command(&self) -> String {
         let file = self.objective.trl_file().display().to_string();
-        let beta = match &self.objective {
-            Objective::Dpo { beta, .. } => beta.to_string(),
-            Objective::Sft { .. } => String::new(),
+        let command = match &self.objective {
+            Objective::Sft { .. } => self.template.replace("{data}", &file),
+            Objective::Dpo { beta, .. } => self
+                .template
+                .replace("{pairs}", &file)
+                .replace("{beta}", &beta.to_string()),
         };
-        let (data, pairs) = match self.objective.kind() {
-            Kind::Sft => (file.as_str(), ""),
-            Kind::Dpo => ("", file.as_str()),
-        };
-        self.template
+        command
             .replace("{model}", &self.model.display().to_string())
-            .replace("{data}", data)
-            .replace("{pairs}", pairs)
             .replace("{out}", &self.out.display().to_string())
-            .replace("{beta}", &beta)
             .replace("{lr}", &self.lr.to_string())
             .replace("{epochs}", &self.epochs.to_string())
             .replace("{max_len}", &self.max_len.to_string())
