@@ -7,6 +7,11 @@ What it writes (under crates/srlm-train/tests/goldens/):
         in PyTorch: token ids and loss masks of two chat examples (prompt masked), the loss (mean
         NLL over reply tokens), the global gradient norm, gradients of named tensors (slices),
         and the same slices after one torch.optim.AdamW step with clip_grad_norm_(1.0).
+  smollm2_step_autocast.json
+        The same step's loss and gradient slices under torch.autocast("cpu", torch.bfloat16)
+        (PyTorch's mixed precision: bf16 matmuls, f32 weights), each gradient's relative L2
+        distance from the f32 step's: how far PyTorch's own bf16 training lands from f32, the
+        yardstick for srlm's bf16 matmuls (`--only autocast` writes just this file).
   dpo_trl.json
         TRL's DPOTrainer._compute_loss (trl 1.16, run on a fixture of per-token log-probs through
         a stand-in model) for the sigmoid loss, IPO, and sigmoid + "sft" (rpo_alpha), with the
@@ -218,11 +223,52 @@ def checkpoints():
     print("checkpoints: written")
 
 
+def smollm2_autocast():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(os.environ["SRLM_GGUF"])
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    seqs = [tokenize(tok, c) for c in SFT_CONVS]
+    t = max(len(s[0]) for s in seqs)
+    ids = torch.zeros(len(seqs), t, dtype=torch.long)
+    mask = torch.zeros(len(seqs), t)
+    for i, (s, m) in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(m)] = torch.tensor(m, dtype=torch.float32)
+
+    def step(autocast):
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=ids).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        target_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        tmask = mask[:, 1:]
+        loss = -(target_logp * tmask).sum() / tmask.sum()
+        loss.backward()
+        params = dict(model.named_parameters())
+        grads = {n: (params[n].grad if r is None else params[n].grad[:r]).detach().clone() for n, r in SLICES}
+        return loss.item(), grads
+
+    loss32, g32 = step(False)
+    loss16, g16 = step(True)
+    rel = {n: float((g16[n] - g32[n]).norm() / g32[n].norm()) for n, _ in SLICES}
+    meta = {"loss_f32": loss32, "loss_autocast_bf16": loss16,
+            "loss_rel_err": abs(loss16 - loss32) / loss32, "grad_rel_err": rel}
+    (OUT / "smollm2_step_autocast.json").write_text(json.dumps(meta, indent=1))
+    print(f"smollm2 autocast: loss {loss16:.5f} vs f32 {loss32:.5f}; grad rel err {rel}")
+
+
 def main():
+    import sys
     OUT.mkdir(parents=True, exist_ok=True)
+    if sys.argv[1:] == ["--only", "autocast"]:
+        smollm2_autocast()
+        return
     trl_dpo()
     checkpoints()
     smollm2_step()
+    smollm2_autocast()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use srlm_engine::autograd::{contiguous_slice, with_f32};
+use srlm_engine::gemm_bf16::mm; // f32, or bf16 while autocast is on
 
 /// `log p(target)` at each row. `logits`: (n, vocab), `targets`: (n,) u32 -> (n,)
 ///
@@ -125,7 +126,7 @@ fn linear_token_logps_keeping(
     let target_ids = targets.to_vec1::<u32>()?;
     let keep = (x.track_op() || train_w) && n * v * 4 <= keep_bytes;
     let (logps, kept) = if keep {
-        let grad = xd.matmul(&wd.t()?)?; // (n, vocab) logits, then their gradient
+        let grad = mm(&xd, &wd.t()?)?; // (n, vocab) logits, then their gradient
         let op = LogitsToGrad {
             targets: &target_ids,
             logps: std::sync::Mutex::new(Vec::new()),
@@ -137,7 +138,7 @@ fn linear_token_logps_keeping(
         let mut logps = Vec::with_capacity(n);
         for start in (0..n).step_by(HEAD_CHUNK) {
             let len = HEAD_CHUNK.min(n - start);
-            let logits = xd.narrow(0, start, len)?.matmul(&wd.t()?)?; // (len, vocab)
+            let logits = mm(&xd.narrow(0, start, len)?, &wd.t()?)?; // (len, vocab)
             let t = targets.narrow(0, start, len)?.contiguous()?;
             logps.extend(logits.apply_op2_no_bwd(&t, &TokenLogps)?.to_vec1::<f32>()?);
         }
@@ -237,9 +238,9 @@ impl CustomOp3 for LinearTokenLogps {
         if let Some(grad) = &self.grad {
             // dlogits = diag(g) · grad, so dx = diag(g) (grad W), dW = gradᵀ (diag(g) x).
             let g = g.reshape((n, 1))?;
-            let dx = grad.matmul(&w)?.broadcast_mul(&g)?; // (n, vocab)(vocab, hidden)
+            let dx = mm(grad, &w)?.broadcast_mul(&g)?; // (n, vocab)(vocab, hidden)
             let dw = match self.train_w {
-                true => Some(grad.t()?.matmul(&x.broadcast_mul(&g)?)?), // (vocab, hidden)
+                true => Some(mm(&grad.t()?, &x.broadcast_mul(&g)?)?), // (vocab, hidden)
                 false => None,
             };
             return Ok((Some(dx), dw, None));
@@ -250,7 +251,7 @@ impl CustomOp3 for LinearTokenLogps {
         for start in (0..n).step_by(HEAD_CHUNK) {
             let len = HEAD_CHUNK.min(n - start);
             let xc = x.narrow(0, start, len)?;
-            let logits = xc.matmul(&w.t()?)?; // (len, vocab)
+            let logits = mm(&xc, &w.t()?)?; // (len, vocab)
             let grad = with_f32(&logits, |l| {
                 ce_grad(
                     l,
@@ -260,9 +261,9 @@ impl CustomOp3 for LinearTokenLogps {
                 )
             })?;
             let grad = Tensor::from_vec(grad, (len, v), x.device())?;
-            dx.push(grad.matmul(&w)?); // (len, hidden)
+            dx.push(mm(&grad, &w)?); // (len, hidden)
             if self.train_w {
-                let dwc = grad.t()?.matmul(&xc)?; // (vocab, hidden)
+                let dwc = mm(&grad.t()?, &xc)?; // (vocab, hidden)
                 dw = Some(match dw {
                     None => dwc,
                     Some(acc) => (acc + dwc)?,

@@ -25,6 +25,55 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The arithmetic of the training matmuls (linear layers and the LM head; everything else is
+/// f32, and so are the master weights, gradients and optimizer state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 where the CPU has AVX512-BF16 (enabled by the OS), f32 elsewhere.
+    #[default]
+    Auto,
+    F32,
+    /// bf16 inputs, f32 accumulation (PyTorch's CPU autocast); refused where the CPU lacks it.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this CPU trains in bf16 under this setting.
+    pub fn bf16_here(self) -> Result<bool> {
+        let has = srlm_engine::gemm_bf16::available();
+        match self {
+            Precision::Auto => Ok(has),
+            Precision::F32 => Ok(false),
+            Precision::Bf16 if has => Ok(true),
+            Precision::Bf16 => Err(TrainError::Config(format!(
+                "precision = \"bf16\" needs a CPU with AVX512-BF16 enabled by the OS; this one has: {}\n  hint: use \"auto\" or \"f32\"",
+                srlm_engine::cpu::CpuFeatures::get().describe()
+            ))),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision {s:?}: auto, f32 or bf16")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub method: Method,
@@ -50,6 +99,9 @@ pub struct TrainConfig {
     pub eval_every: u64,
     /// Save the resume state every this many steps; 0: never mid-run.
     pub save_every: u64,
+    /// The matmuls' arithmetic (master weights, gradients and optimizer state stay f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -73,6 +125,9 @@ impl Default for TrainConfig {
             attention_dropout: 0.0,
             eval_every: 0,
             save_every: 50,
+            // The library's tests compare against f32 references; srlm's commands default
+            // to `auto` (train_settings.rs).
+            precision: Precision::F32,
         }
     }
 }
@@ -161,6 +216,9 @@ pub struct Trainer {
     pub cfg: TrainConfig,
     pub out: PathBuf,
     attention_dropout: Option<Arc<Dropout>>,
+    /// bf16 matmuls for as long as the trainer lives (its reference log-probabilities, steps
+    /// and evaluations alike), when `cfg.precision` chooses them on this CPU.
+    _autocast: Option<srlm_engine::gemm_bf16::AutocastGuard>,
 }
 
 /// The outcome of `Trainer::run`.
@@ -177,6 +235,15 @@ impl Trainer {
     /// trainable parameters registered in the store.
     pub fn load(model: &Path, cfg: TrainConfig, out: &Path) -> Result<Self> {
         cfg.validate()?;
+        let bf16 = cfg.precision.bf16_here()?;
+        let autocast = srlm_engine::gemm_bf16::autocast(bf16);
+        tracing::info!(
+            "training matmuls in {}",
+            match bf16 {
+                true => "bf16 with f32 accumulation (amx-bf16)",
+                false => "f32",
+            }
+        );
         let store = ParamStore::new(cfg.method.clone(), cfg.seed)?;
         let opts = LoadOptions {
             format: WeightFormat::Dense,
@@ -201,6 +268,7 @@ impl Trainer {
             cfg,
             out: out.to_path_buf(),
             attention_dropout,
+            _autocast: autocast,
         })
     }
 

@@ -12,7 +12,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use srlm_train::optim::AdamWConfig;
 use srlm_train::params::{LoraConfig, Method, ALL_LINEAR};
-use srlm_train::trainer::TrainConfig;
+use srlm_train::trainer::{Precision, TrainConfig};
 
 /// The settings of one SFT or DPO run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +52,10 @@ pub struct TrainSettings {
     pub lora_dropout: f32,
     /// Modules that get adapters, comma-separated, or "all-linear".
     pub lora_targets: String,
+    /// The matmuls' arithmetic: "auto" (bf16 with f32 accumulation where the CPU has AMX,
+    /// as PyTorch's autocast; f32 elsewhere), "f32", "bf16".
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainSettings {
@@ -79,6 +83,7 @@ impl TrainSettings {
             lora_alpha: None,
             lora_dropout: 0.0,
             lora_targets: "all-linear".into(),
+            precision: Precision::Auto,
         }
     }
 
@@ -132,6 +137,7 @@ impl TrainSettings {
             attention_dropout: self.dropout,
             eval_every: self.eval_every,
             save_every: self.save_every,
+            precision: self.precision,
         }
     }
 }
@@ -202,6 +208,9 @@ pub struct TrainFlags {
     /// Modules that get adapters, comma-separated, or all-linear [all-linear].
     #[arg(long)]
     pub lora_targets: Option<String>,
+    /// The matmuls' arithmetic: auto (bf16 where the CPU has AMX), f32 or bf16 [auto].
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 impl TrainFlags {
@@ -229,6 +238,7 @@ impl TrainFlags {
             lora_alpha: self.lora_alpha.or(d.lora_alpha),
             lora_dropout: self.lora_dropout.unwrap_or(d.lora_dropout),
             lora_targets: self.lora_targets.clone().unwrap_or(d.lora_targets),
+            precision: self.precision.unwrap_or(d.precision),
         }
     }
 }
@@ -257,6 +267,7 @@ impl From<TrainSettings> for TrainFlags {
             lora_alpha: s.lora_alpha,
             lora_dropout: Some(s.lora_dropout),
             lora_targets: Some(s.lora_targets),
+            precision: Some(s.precision),
         }
     }
 }
@@ -295,6 +306,7 @@ mod tests {
             lora_alpha: Some(4.0),
             lora_dropout: 0.05,
             lora_targets: "q_proj,v_proj".into(),
+            precision: Precision::F32,
         }
     }
 

@@ -446,7 +446,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(op)
 }
 
-/// `x Wᵀ` as one node. Its backward gives each operand that trains its gradient in the
+/// `x Wᵀ` as one node, its three matmuls in bf16 while `gemm_bf16::autocast` is on. Its backward gives each operand that trains its gradient in the
 /// operand's own layout: `dx = g W`, `dW = gᵀ x`. candle's `x.matmul(&w.t())` instead routes
 /// `dW` through a transposed node (a zeroed buffer and a strided add per weight), and computes
 /// and keeps a weight-sized gradient even for a frozen `W` (LoRA's base).
@@ -470,6 +470,24 @@ impl CustomOp2 for Linear {
         if k != k2 {
             candle_core::bail!("linear: input has {k} features, weight expects {k2}");
         }
+        if crate::gemm_bf16::autocast_on() {
+            use crate::gemm_bf16::{gemm_bf16, View};
+            let x = contiguous_f32(s1, l1)?;
+            let w = contiguous_f32(s2, l2)?;
+            let mut y = vec![0f32; n * m];
+            let xv = View {
+                data: x,
+                rs: k,
+                cs: 1,
+            };
+            let wt = View {
+                data: w,
+                rs: 1,
+                cs: k,
+            }; // Wᵀ: (in, out)
+            gemm_bf16(n, m, k, xv, wt, &mut y);
+            return Ok((CpuStorage::F32(y), Shape::from((n, m))));
+        }
         let y = s1.matmul(s2, (1, n, m, k), l1, &l2.transpose(0, 1)?)?;
         Ok((y, Shape::from((n, m))))
     }
@@ -482,11 +500,11 @@ impl CustomOp2 for Linear {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = match x.track_op() {
-            true => Some(g.matmul(&w.detach())?), // (n, out)(out, in) -> (n, in)
+            true => Some(crate::gemm_bf16::mm(g, &w.detach())?), // (n, out)(out, in) -> (n, in)
             false => None,
         };
         let dw = match w.track_op() {
-            true => Some(g.t()?.matmul(&x.detach())?), // (out, n)(n, in) -> (out, in)
+            true => Some(crate::gemm_bf16::mm(&g.t()?, &x.detach())?), // (out, n)(n, in) -> (out, in)
             false => None,
         };
         Ok((dx, dw))

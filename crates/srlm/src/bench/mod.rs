@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// Requests/s and tokens/s of `srlm serve` (or another OpenAI-compatible server) at 1, 4
     /// and 16 concurrent clients.
     Serve(crate::bench::serve::BenchServeArgs),
+    /// GFLOP/s of the matmuls training runs (SmolLM2-135M's shapes), candle's f32 GEMM beside
+    /// srlm's bf16 one.
+    Gemm(BenchGemmArgs),
     /// How long a run takes to check a large input it has hashed before (fingerprint) against
     /// hashing it in full.
     Inputs(crate::bench::inputs::BenchInputsArgs),
@@ -49,6 +52,16 @@ pub struct BenchJudgeArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchGemmArgs {
+    /// Rows of the activations (tokens in a micro-batch).
+    #[arg(long, default_value_t = 1024)]
+    pub tokens: usize,
+    /// Repetitions of each product; the best is reported.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+}
+
+#[derive(Args, Debug)]
 pub struct BenchTrainArgs {
     /// A GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
     #[arg(long, env = "SRLM_MODEL")]
@@ -68,6 +81,10 @@ pub struct BenchTrainArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The training matmuls' arithmetic: `auto` (bf16 where the CPU has AVX512-BF16), `f32`,
+    /// `bf16`.
+    #[arg(long, default_value = "auto")]
+    pub precision: srlm_train::trainer::Precision,
 }
 
 #[derive(Args, Debug)]
@@ -92,10 +109,29 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Generate(a) => bench_generate(a),
         BenchCommand::Train(a) => bench_train(a),
+        BenchCommand::Gemm(a) => bench_gemm(a),
         BenchCommand::Judge(a) => bench_judge(a),
         BenchCommand::Serve(a) => crate::bench::serve::run(a),
         BenchCommand::Inputs(a) => crate::bench::inputs::run(a),
     }
+}
+
+/// The CPU's model name (Linux `/proc/cpuinfo`) and the instruction sets srlm's kernels may use
+/// on it, printed with every speed figure: a figure from one CPU says nothing about another.
+pub fn cpu_line() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!(
+        "{model}; {}",
+        srlm_engine::cpu::CpuFeatures::get().describe()
+    )
 }
 
 /// Peak resident memory of this process, in MiB (Linux `VmHWM`).
@@ -159,6 +195,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     let decode_n = decode(a.sequences)?;
     let peak = peak_rss_mib().unwrap_or(f64::NAN);
 
+    println!("cpu          {}", cpu_line());
     println!("model        {}", engine.path.display());
     println!("weights      {:?}, {threads} threads", a.model.weights);
     println!(
@@ -175,11 +212,69 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     );
     println!("peak memory  {peak:8.1} MiB");
     let json = serde_json::json!({
-        "bench": "generate", "model": engine.path.display().to_string(), "weights": format!("{:?}", a.model.weights),
+        "bench": "generate", "cpu": cpu_line(), "model": engine.path.display().to_string(), "weights": format!("{:?}", a.model.weights),
         "threads": threads, "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens, "sequences": a.sequences,
         "prefill_tok_s": prefill, "decode_b1_tok_s": decode_1, "decode_total_tok_s": decode_n, "peak_rss_mib": peak,
     });
     println!("{json}");
+    Ok(())
+}
+
+fn bench_gemm(a: BenchGemmArgs) -> Result<()> {
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let t = a.tokens;
+    println!("cpu          {}", cpu_line());
+    println!("threads      {}", candle_core::utils::get_num_threads());
+    // (name, m, n, k): forward x·Wᵀ, backward dx = g·W and dW = gᵀ·x, for SmolLM2-135M's
+    // projections (576 -> 576, 576 -> 1536, 1536 -> 576) and the head (576 -> 49152).
+    let shapes = [
+        ("fwd 576x576", t, 576, 576, true),
+        ("fwd 576x1536", t, 1536, 576, true),
+        ("fwd 1536x576", t, 576, 1536, true),
+        ("dW 1536x576", 1536, 576, t, false),
+        ("head fwd", 256, 49152, 576, true),
+    ];
+    let mut rows = Vec::new();
+    for (name, m, n, k, b_transposed) in shapes {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        // The weight side as training meets it: Wᵀ (a transposed view) or a plain (k, n).
+        let w = match b_transposed {
+            true => Tensor::randn(0f32, 1.0, (n, k), &dev)?.t()?,
+            false => Tensor::randn(0f32, 1.0, (k, n), &dev)?,
+        };
+        let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> Result<f64> {
+            f()?;
+            let mut best = f64::INFINITY;
+            for _ in 0..a.repeat.max(1) {
+                let t0 = Instant::now();
+                f()?;
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let flops = 2.0 * (m * n * k) as f64;
+        let f32_s = time(&|| x.matmul(&w))?;
+        let bf16_s = match srlm_engine::gemm_bf16::available() {
+            true => Some(time(&|| srlm_engine::gemm_bf16::matmul(&x, &w))?),
+            false => None,
+        };
+        let gf = |s: f64| flops / s / 1e9;
+        println!(
+            "{name:<14} ({m} x {k}) x ({k} x {n}): f32 {:7.1} GFLOP/s   bf16 {}",
+            gf(f32_s),
+            bf16_s.map_or("(no AVX512-BF16)".into(), |s| format!(
+                "{:7.1} GFLOP/s ({:.2}x)",
+                gf(s),
+                f32_s / s
+            ))
+        );
+        rows.push(serde_json::json!({"shape": name, "m": m, "n": n, "k": k, "f32_gflops": gf(f32_s), "bf16_gflops": bf16_s.map(gf)}));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "gemm", "cpu": cpu_line(), "shapes": rows})
+    );
     Ok(())
 }
 
@@ -259,6 +354,8 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         pad_id: 0,
     };
 
+    let bf16 = a.precision.bf16_here()?;
+    let _autocast = srlm_engine::gemm_bf16::autocast(bf16);
     let vars = trainer.store.vars();
     let mut opt = AdamW::new(vars.clone(), cfg.adamw);
     let mut step = |obj: &dyn Objective| -> Result<StepTimes> {
@@ -309,14 +406,16 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     let peak = peak_rss_mib().unwrap_or(f64::NAN);
     let tokens = (a.batch * a.seq_len) as f64;
     let threads = candle_core::utils::get_num_threads();
+    println!("cpu          {}", cpu_line());
     println!("model        {}", trainer.engine.path.display());
     println!(
-        "setup        {}, {} trainable parameters, batch {} x {} tokens, {threads} threads",
+        "setup        {}, {} matmuls, {} trainable parameters, batch {} x {} tokens, {threads} threads",
         if a.lora_rank > 0 {
             format!("LoRA r={}", a.lora_rank)
         } else {
             "full fine-tuning".into()
         },
+        if bf16 { "bf16" } else { "f32" },
         trainer.store.trainable_count(),
         a.batch,
         a.seq_len
@@ -336,7 +435,7 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     }
     println!("peak memory  {peak:8.1} MiB");
     let json = serde_json::json!({
-        "bench": "train", "model": trainer.engine.path.display().to_string(), "threads": threads,
+        "bench": "train", "cpu": cpu_line(), "precision": if bf16 { "bf16" } else { "f32" }, "model": trainer.engine.path.display().to_string(), "threads": threads,
         "lora_rank": a.lora_rank, "batch": a.batch, "seq_len": a.seq_len,
         "sft_tok_s": tokens / s.total(), "sft_forward_s": s.forward, "sft_backward_s": s.backward, "sft_optimizer_s": s.optimizer,
         "dpo_tok_s": d.map(|d| tokens / d.total()), "peak_rss_mib": peak,
