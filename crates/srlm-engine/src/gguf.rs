@@ -29,6 +29,10 @@ pub enum WeightFormat {
     /// Q8_0 for decoding plus dense f32 for prefill and wide batches (about 5x the memory of
     /// Q8_0 alone: for a 135M model ~0.9 GB).
     Mixed,
+    /// `Mixed` with the prefill copy in bf16, packed once for the AMX GEMM (half its memory);
+    /// `Mixed` where the CPU has no AMX.
+    #[serde(rename = "mixed-bf16")]
+    MixedBf16,
 }
 
 impl std::str::FromStr for WeightFormat {
@@ -39,8 +43,9 @@ impl std::str::FromStr for WeightFormat {
             "native" => Ok(WeightFormat::Native),
             "q8_0" | "q8" => Ok(WeightFormat::Q8_0),
             "mixed" => Ok(WeightFormat::Mixed),
+            "mixed-bf16" => Ok(WeightFormat::MixedBf16),
             other => Err(format!(
-                "unknown weight format `{other}` (mixed, q8_0, native, dense)"
+                "unknown weight format `{other}` (mixed, mixed-bf16, q8_0, native, dense)"
             )),
         }
     }
@@ -330,7 +335,7 @@ impl WeightSource for GgufModel {
                 w: q8_0()?,
                 b: None,
             },
-            WeightFormat::Mixed => {
+            WeightFormat::Mixed | WeightFormat::MixedBf16 => {
                 let small = if q.dtype() == GgmlDType::Q4_1 {
                     native()?
                 } else {
@@ -338,7 +343,7 @@ impl WeightSource for GgufModel {
                 };
                 Linear::Mixed {
                     q: small,
-                    dense: dense()?,
+                    dense: crate::model::linear::dense_weight(dense()?, self.format)?,
                     b: None,
                 }
             }

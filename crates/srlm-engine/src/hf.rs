@@ -259,15 +259,19 @@ impl WeightSource for HfModel {
                 )?)?),
                 b: None,
             }),
-            WeightFormat::Mixed if w.dim(1)? % 32 == 0 => Ok(Linear::Mixed {
-                q: Quantized::Candle(QMatMul::from_qtensor(QTensor::quantize(
-                    &w,
-                    GgmlDType::Q8_0,
-                )?)?),
-                dense: w,
-                b: None,
-            }),
-            WeightFormat::Q8_0 | WeightFormat::Mixed => Ok(Linear::Dense { w, b: None }),
+            WeightFormat::Mixed | WeightFormat::MixedBf16 if w.dim(1)? % 32 == 0 => {
+                Ok(Linear::Mixed {
+                    q: Quantized::Candle(QMatMul::from_qtensor(QTensor::quantize(
+                        &w,
+                        GgmlDType::Q8_0,
+                    )?)?),
+                    dense: crate::model::linear::dense_weight(w, self.format)?,
+                    b: None,
+                })
+            }
+            WeightFormat::Q8_0 | WeightFormat::Mixed | WeightFormat::MixedBf16 => {
+                Ok(Linear::Dense { w, b: None })
+            }
         }
     }
 

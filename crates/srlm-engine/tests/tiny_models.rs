@@ -319,7 +319,12 @@ fn a_batch_mixing_long_prompts_equals_one_by_one_greedy() {
     // Prompts of 3 to 52 tokens, so batched steps mix long prefills (past the 32 rows at which
     // `mixed` switches a segment to its f32 copy) with short ones and with decoding, in every
     // way of holding weights.
-    for format in [WeightFormat::Dense, WeightFormat::Q8_0, WeightFormat::Mixed] {
+    for format in [
+        WeightFormat::Dense,
+        WeightFormat::Q8_0,
+        WeightFormat::Mixed,
+        WeightFormat::MixedBf16,
+    ] {
         let engine = load("tiny-llama", format, Ops::Fused);
         let reqs: Vec<Request> = (0..8)
             .map(|i| Request {
@@ -336,6 +341,42 @@ fn a_batch_mixing_long_prompts_equals_one_by_one_greedy() {
         single.sort();
         assert_eq!(batched, single, "{format:?}");
     }
+}
+
+/// `mixed-bf16` prefills through its packed bf16 copy (AMX): the logits of a 40-token prompt
+/// within bf16 rounding of `mixed`'s f32 ones, and not the same bits (the path really is
+/// another). Skipped with a message where the CPU has no AMX (the format is then `mixed`).
+#[test]
+fn mixed_bf16_prefill_is_within_bf16_tolerance_of_f32() {
+    if !srlm_engine::gemm_bf16::available() {
+        eprintln!(
+            "skipped: no AMX here ({})",
+            srlm_engine::cpu::CpuFeatures::get().describe()
+        );
+        return;
+    }
+    let long: Vec<u32> = (0..40).map(|t| (t * 29 + 5) % 290 + 3).collect();
+    let logits = |format| -> Vec<f32> {
+        let engine = load("tiny-llama", format, Ops::Fused);
+        let mut cache = KvCache::new();
+        let l = engine
+            .model
+            .forward_segments(&[&long], &mut [&mut cache])
+            .unwrap();
+        l.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let f32_logits = logits(WeightFormat::Mixed);
+    let bf16_logits = logits(WeightFormat::MixedBf16);
+    let scale = f32_logits.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = f32_logits
+        .iter()
+        .zip(&bf16_logits)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst <= 0.05 * scale,
+        "max |diff| {worst} against logits up to {scale}"
+    );
+    assert!(worst > 0.0, "mixed-bf16 computed the same bits as f32");
 }
 
 #[test]

@@ -491,7 +491,44 @@ mod amx {
     }
 
     /// `c` (m, n, row-major) = `a` (m, k) · `b` (k, n).
+    /// B's blocks in the order `gemm` walks them (columns by NC, then depth by KC).
+    pub fn pack_all(b: View, k: usize, n: usize) -> Vec<Vec<u16>> {
+        let mut blocks = Vec::new();
+        for jc in (0..n).step_by(NC) {
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let mut bp = Vec::new();
+                pack_b(b, pc, kc, kc.div_ceil(32) * 16, jc, NC.min(n - jc), &mut bp);
+                blocks.push(bp);
+            }
+        }
+        blocks
+    }
+
+    /// `c` (m, n, row-major) = `a` (m, k) · `b` (k, n).
     pub fn gemm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32]) {
+        gemm_from(m, n, k, a, None, b, c)
+    }
+
+    /// The same with B packed beforehand (`pack_all`); `b` is then not read.
+    pub fn gemm_packed(m: usize, n: usize, k: usize, a: View, packed: &[Vec<u16>], c: &mut [f32]) {
+        let none = View {
+            data: &[],
+            rs: 0,
+            cs: 0,
+        };
+        gemm_from(m, n, k, a, Some(packed), none, c)
+    }
+
+    fn gemm_from(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: View,
+        packed: Option<&[Vec<u16>]>,
+        b: View,
+        c: &mut [f32],
+    ) {
         if k == 0 {
             c.fill(0.0);
             return;
@@ -499,15 +536,23 @@ mod amx {
         let k_pad = k.div_ceil(32) * 32;
         let ap = pack_a(a, m, k, k_pad);
         let c_ptr = SendPtr(c.as_mut_ptr());
-        let mut bp: Vec<u16> = Vec::new();
+        let mut scratch: Vec<u16> = Vec::new();
+        let mut block = 0;
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
                 let steps = kc.div_ceil(32);
-                pack_b(b, pc, kc, steps * 16, jc, nc, &mut bp);
+                let bp: &[u16] = match packed {
+                    Some(blocks) => &blocks[block],
+                    None => {
+                        pack_b(b, pc, kc, steps * 16, jc, nc, &mut scratch);
+                        &scratch
+                    }
+                };
+                block += 1;
                 let first = pc == 0;
-                let (bp, ap, c_ptr) = (&bp, &ap, &c_ptr);
+                let (ap, c_ptr) = (&ap, &c_ptr);
                 (0..m.div_ceil(MC)).into_par_iter().for_each(|blk| {
                     let mut tile = [0f32; MR * NR];
                     for (jt, bt) in bp.chunks_exact(steps * 16 * 2 * NR).enumerate() {
@@ -641,6 +686,75 @@ mod amx {
             s = in(reg) c_stride,
             options(nostack),
         );
+    }
+}
+
+/// A projection's weight W (out, in) packed once into bf16 AMX tiles, for `x Wᵀ` over many
+/// rows (prefill): half the bytes of its f32 copy, and no packing per product.
+pub struct PackedWeight {
+    out: usize,
+    inp: usize,
+    #[cfg(target_arch = "x86_64")]
+    blocks: Vec<Vec<u16>>,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight({} x {}, bf16)", self.out, self.inp)
+    }
+}
+
+impl PackedWeight {
+    /// Packs `w` (out, in) f32; None where the CPU has no AMX.
+    pub fn new(w: &Tensor) -> Result<Option<Self>> {
+        if !available() {
+            return Ok(None);
+        }
+        let (out, inp) = w.dims2()?;
+        let w = w.contiguous()?;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let blocks = with_view(&w, |v| {
+                // B = Wᵀ: (in, out), each column of B a row of W.
+                let bt = View {
+                    data: v.data,
+                    rs: 1,
+                    cs: inp,
+                };
+                amx::pack_all(bt, inp, out)
+            })?;
+            Ok(Some(Self { out, inp, blocks }))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = w;
+            unreachable!("`available()` is false off x86-64: {out} x {inp}")
+        }
+    }
+
+    /// `x` (n, in) -> (n, out) = x Wᵀ, bf16 inputs and f32 accumulation.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, k) = x.dims2()?;
+        if k != self.inp {
+            candle_core::bail!(
+                "packed weight ({} x {}) applied to ({n}, {k})",
+                self.out,
+                self.inp
+            );
+        }
+        let x = x.contiguous()?;
+        let mut y = vec![0f32; n * self.out];
+        #[cfg(target_arch = "x86_64")]
+        with_view(&x, |xv| {
+            if n * k > 0 {
+                assert!(
+                    (n - 1) * xv.rs + k - 1 < xv.data.len(),
+                    "x does not fit its buffer"
+                );
+            }
+            amx::gemm_packed(n, self.out, k, xv, &self.blocks, &mut y)
+        })?;
+        Tensor::from_vec(y, (n, self.out), x.device())
     }
 }
 

@@ -25,6 +25,35 @@ impl Quantized {
     }
 }
 
+/// The many-rows form of a `Mixed` weight: f32, or bf16 packed once for the AMX GEMM
+/// (`weights = "mixed-bf16"`).
+#[derive(Debug, Clone)]
+pub enum DenseWeight {
+    F32(Tensor),
+    Bf16(Arc<crate::gemm_bf16::PackedWeight>),
+}
+
+impl DenseWeight {
+    /// `x` (n, in) -> (n, out) = x Wᵀ
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            DenseWeight::F32(w) => x.matmul(&w.t()?),
+            DenseWeight::Bf16(p) => p.matmul_t(x),
+        }
+    }
+}
+
+/// The prefill form of a `Mixed` weight for `format`: bf16 for `MixedBf16` where the CPU has
+/// AMX (else, and for `Mixed`, f32).
+pub fn dense_weight(w: Tensor, format: crate::gguf::WeightFormat) -> Result<DenseWeight> {
+    if format == crate::gguf::WeightFormat::MixedBf16 {
+        if let Some(p) = crate::gemm_bf16::PackedWeight::new(&w)? {
+            return Ok(DenseWeight::Bf16(Arc::new(p)));
+        }
+    }
+    Ok(DenseWeight::F32(w))
+}
+
 /// A projection `y = x Wᵀ + b` over dense or quantized weights.
 #[derive(Debug, Clone)]
 pub enum Linear {
@@ -41,7 +70,7 @@ pub enum Linear {
     /// beats candle's quantized kernels).
     Mixed {
         q: Quantized,
-        dense: Tensor,
+        dense: DenseWeight,
         b: Option<Tensor>,
     },
     /// A frozen base plus a low-rank update: `y = base(x) + scale · (dropout(x) Aᵀ) Bᵀ`
@@ -127,10 +156,10 @@ impl Linear {
         let y = if q_rows >= n {
             q.forward(x)?
         } else if q_rows == 0 {
-            x.matmul(&dense.t()?)?
+            dense.matmul_t(x)?
         } else {
             let top = q.forward(&x.narrow(0, 0, q_rows)?)?;
-            let rest = x.narrow(0, q_rows, n - q_rows)?.matmul(&dense.t()?)?;
+            let rest = dense.matmul_t(&x.narrow(0, q_rows, n - q_rows)?)?;
             Tensor::cat(&[top, rest], 0)?
         };
         match b {
@@ -167,7 +196,7 @@ impl Linear {
             Linear::Quant { w, b } => (w.forward(x)?, b),
             Linear::Mixed { q, dense, b } => {
                 if x.dim(0)? >= MIXED_DENSE_ROWS {
-                    (x.matmul(&dense.t()?)?, b)
+                    (dense.matmul_t(x)?, b)
                 } else {
                     (q.forward(x)?, b)
                 }
