@@ -187,7 +187,10 @@ def trl_dpo():
 
 TRAIN_ARGS = ["--min-lr", "1e-3", "--warmup-steps", "1", "--max-steps", "4",
               "--micro-batch", "2", "--grad-accum", "2", "--weight-decay", "0.01", "--seed", "7",
-              "--max-len", "128", "--threads", "1"]
+              "--max-len", "128", "--threads", "1",
+              # The committed checkpoints were trained in f32: on a CPU with AMX `auto` would
+              # train in bf16 and not reproduce them.
+              "--precision", "f32"]
 FULL_ARGS = ["--lr", "1e-2"]
 LORA_ARGS = ["--lora-rank", "4", "--lora-alpha", "8", "--lr", "5e-2"]
 
