@@ -75,13 +75,8 @@ def tokenize(tok, conv):
     return p + c, [0] * len(p) + [1] * len(c)
 
 
-def smollm2_step():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = Path(os.environ["SRLM_GGUF"])
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model.train()  # no dropout in this config: train() changes nothing numerically
+def sft_batch(tok):
+    """SFT_CONVS tokenized: the (ids, mask) lists, and as right-padded (b, t) tensors."""
     seqs = [tokenize(tok, c) for c in SFT_CONVS]
     t = max(len(s[0]) for s in seqs)
     ids = torch.zeros(len(seqs), t, dtype=torch.long)
@@ -89,11 +84,29 @@ def smollm2_step():
     for i, (s, m) in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
         mask[i, :len(m)] = torch.tensor(m, dtype=torch.float32)
-    logits = model(input_ids=ids).logits  # (b, t, vocab); right padding never reaches real tokens
+    return seqs, ids, mask
+
+
+def sft_loss(model, ids, mask, autocast=False):
+    """Mean NLL over reply tokens (right padding never reaches real tokens); the matmuls under
+    torch.autocast(bf16) when asked, the log-softmax in f32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=ids).logits  # (b, t, vocab)
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     target_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
     tmask = mask[:, 1:]
-    loss = -(target_logp * tmask).sum() / tmask.sum()
+    return -(target_logp * tmask).sum() / tmask.sum()
+
+
+def smollm2_step():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(os.environ["SRLM_GGUF"])
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.train()  # no dropout in this config: train() changes nothing numerically
+    seqs, ids, mask = sft_batch(tok)
+    loss = sft_loss(model, ids, mask)
     loss.backward()
     params = dict(model.named_parameters())
     tensors = {}
@@ -231,23 +244,12 @@ def smollm2_autocast():
 
     gguf = Path(os.environ["SRLM_GGUF"])
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    seqs = [tokenize(tok, c) for c in SFT_CONVS]
-    t = max(len(s[0]) for s in seqs)
-    ids = torch.zeros(len(seqs), t, dtype=torch.long)
-    mask = torch.zeros(len(seqs), t)
-    for i, (s, m) in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(m)] = torch.tensor(m, dtype=torch.float32)
+    _, ids, mask = sft_batch(tok)
 
     def step(autocast):
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=ids).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        target_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        tmask = mask[:, 1:]
-        loss = -(target_logp * tmask).sum() / tmask.sum()
+        loss = sft_loss(model, ids, mask, autocast)
         loss.backward()
         params = dict(model.named_parameters())
         grads = {n: (params[n].grad if r is None else params[n].grad[:r]).detach().clone() for n, r in SLICES}

@@ -47,15 +47,16 @@ impl Precision {
         }
     }
 
-    /// Whether this CPU trains in bf16 under this setting.
+    /// Whether this CPU trains in bf16 under this setting: `auto` where AMX makes it faster
+    /// than f32, `bf16` wherever a SIMD bf16 kernel exists (AMX or AVX512-BF16).
     pub fn bf16_here(self) -> Result<bool> {
-        let has = srlm_engine::gemm_bf16::available();
+        use srlm_engine::gemm_bf16::{available, has_simd_kernel};
         match self {
-            Precision::Auto => Ok(has),
+            Precision::Auto => Ok(available()),
             Precision::F32 => Ok(false),
-            Precision::Bf16 if has => Ok(true),
+            Precision::Bf16 if has_simd_kernel() => Ok(true),
             Precision::Bf16 => Err(TrainError::Config(format!(
-                "precision = \"bf16\" needs a CPU with AVX512-BF16 enabled by the OS; this one has: {}\n  hint: use \"auto\" or \"f32\"",
+                "precision = \"bf16\" needs a CPU with AMX or AVX512-BF16 enabled by the OS; this one has: {}\n  hint: use \"auto\" or \"f32\"",
                 srlm_engine::cpu::CpuFeatures::get().describe()
             ))),
         }
@@ -240,8 +241,11 @@ impl Trainer {
         tracing::info!(
             "training matmuls in {}",
             match bf16 {
-                true => "bf16 with f32 accumulation (amx-bf16)",
-                false => "f32",
+                true => format!(
+                    "bf16 with f32 accumulation ({})",
+                    srlm_engine::gemm_bf16::Kernel::best().name()
+                ),
+                false => "f32".to_string(),
             }
         );
         let store = ParamStore::new(cfg.method.clone(), cfg.seed)?;
@@ -570,4 +574,28 @@ pub fn fingerprint(parts: &[&[u8]]) -> String {
         h = h.rotate_left(7) ^ fnv1a(p);
     }
     format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Precision;
+    use srlm_engine::gemm_bf16::{available, has_simd_kernel};
+
+    /// `auto` trains in bf16 only where AMX makes it faster; `bf16` wherever any SIMD bf16
+    /// kernel exists, and is refused with the CPU's features named elsewhere; `f32` never.
+    #[test]
+    fn precision_resolves_by_what_the_cpu_has() {
+        assert_eq!(Precision::Auto.bf16_here().unwrap(), available());
+        assert!(!Precision::F32.bf16_here().unwrap());
+        match Precision::Bf16.bf16_here() {
+            Ok(on) => assert!(on && has_simd_kernel()),
+            Err(e) => {
+                assert!(!has_simd_kernel());
+                assert!(e.to_string().contains("AMX or AVX512-BF16"), "{e}");
+            }
+        }
+        for p in [Precision::Auto, Precision::F32, Precision::Bf16] {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        }
+    }
 }

@@ -475,16 +475,8 @@ impl CustomOp2 for Linear {
             let x = contiguous_f32(s1, l1)?;
             let w = contiguous_f32(s2, l2)?;
             let mut y = vec![0f32; n * m];
-            let xv = View {
-                data: x,
-                rs: k,
-                cs: 1,
-            };
-            let wt = View {
-                data: w,
-                rs: 1,
-                cs: k,
-            }; // Wᵀ: (in, out)
+            let xv = View::rows(x, k);
+            let wt = View::columns(w, k); // Wᵀ: (in, out)
             gemm_bf16(n, m, k, xv, wt, &mut y);
             return Ok((CpuStorage::F32(y), Shape::from((n, m))));
         }

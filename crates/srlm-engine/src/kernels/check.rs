@@ -14,3 +14,17 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 pub fn grads_of_dot(y: &Tensor, up: &Tensor) -> Result<GradStore> {
     (y * up)?.sum_all()?.backward()
 }
+
+/// `n` deterministic values in [-1, 1) from a 64-bit LCG seeded by `seed`: a kernel test's
+/// inputs, the same on every machine.
+pub fn lcg_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}

@@ -49,7 +49,25 @@ pub struct View<'a> {
     pub cs: usize,
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
+    /// A row-major matrix of `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix of `cols` columns: element (i, j) is its (j, i).
+    pub fn columns(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+
     #[inline]
     fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.rs + j * self.cs]
@@ -104,11 +122,31 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Every SIMD kernel this CPU and OS allow, best first (the portable one is always there).
+    pub fn simd_here() -> Vec<Kernel> {
+        let f = crate::kernels::cpu::CpuFeatures::get();
+        let mut v = Vec::new();
+        if f.amx_enabled && f.avx512_bf16 {
+            v.push(Kernel::Amx);
+        }
+        if f.avx512_bf16 {
+            v.push(Kernel::Avx512Bf16);
+        }
+        v
+    }
+}
+
 /// Whether this CPU has a bf16 kernel faster than its f32 GEMM: AMX. (The AVX512-BF16 kernel
-/// is correct but measured slower than candle's f32 GEMM on Sapphire Rapids, 0.7x: `srlm bench
-/// gemm`; it is used only when asked for.)
+/// is correct but slower than candle's f32 GEMM on Sapphire Rapids: `srlm bench gemm` prints
+/// both; it is used only when bf16 is asked for, see `has_simd_kernel`.)
 pub fn available() -> bool {
     Kernel::best() == Kernel::Amx
+}
+
+/// Whether this CPU has any SIMD bf16 kernel (AMX or AVX512-BF16): what `autocast` needs.
+pub fn has_simd_kernel() -> bool {
+    Kernel::best() != Kernel::Portable
 }
 
 /// `c` (m, n, row-major) = `a` (m, k) · `b` (k, n) with the best kernel this CPU has.
@@ -716,11 +754,7 @@ impl PackedWeight {
         {
             let blocks = with_view(&w, |v| {
                 // B = Wᵀ: (in, out), each column of B a row of W.
-                let bt = View {
-                    data: v.data,
-                    rs: 1,
-                    cs: inp,
-                };
+                let bt = View::columns(v.data, inp);
                 amx::pack_all(bt, inp, out)
             })?;
             Ok(Some(Self { out, inp, blocks }))
@@ -776,6 +810,11 @@ fn with_view<R>(t: &Tensor, f: impl FnOnce(View) -> R) -> Result<R> {
 /// `a` (m, k) · `b` (k, n) -> (m, n) f32, through `gemm_bf16` (either operand may be a
 /// transposed view).
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_with(Kernel::best(), a, b)
+}
+
+/// `matmul` with a chosen kernel (one the CPU has), for benchmarks.
+pub fn matmul_with(kernel: Kernel, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (m, k) = a.dims2()?;
     let (k2, n) = b.dims2()?;
     if k != k2 {
@@ -783,7 +822,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let mut c = vec![0f32; m * n];
     with_view(a, |av| {
-        with_view(b, |bv| gemm_bf16(m, n, k, av, bv, &mut c))
+        with_view(b, |bv| gemm_bf16_with(kernel, m, n, k, av, bv, &mut c))
     })??;
     Tensor::from_vec(c, (m, n), a.device())
 }
@@ -796,10 +835,10 @@ thread_local! {
 }
 
 /// Switches this thread's training matmuls (`mm`, the linear layers' op) to bf16 (true) or f32
-/// (false) until the guard drops. Turning it on where the CPU has no bf16 kernel faster than f32
-/// is refused (None).
+/// (false) until the guard drops. Turning it on where the CPU has no SIMD bf16 kernel is
+/// refused (None): the portable one is a reference, far slower than f32.
 pub fn autocast(on: bool) -> Option<AutocastGuard> {
-    if on && !available() {
+    if on && !has_simd_kernel() {
         return None;
     }
     let before = AUTOCAST.with(|a| a.replace(on));
@@ -839,19 +878,7 @@ pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::check::lcg_values as values;
 
     #[test]
     fn rounding_is_nearest_even() {
@@ -891,30 +918,8 @@ mod tests {
                 for transposed in [false, true] {
                     // A as (m, k) row-major or as the transpose of a (k, m) buffer; B likewise.
                     let (av, bv) = match transposed {
-                        false => (
-                            View {
-                                data: &a,
-                                rs: k,
-                                cs: 1,
-                            },
-                            View {
-                                data: &b,
-                                rs: n,
-                                cs: 1,
-                            },
-                        ),
-                        true => (
-                            View {
-                                data: &a,
-                                rs: 1,
-                                cs: m,
-                            },
-                            View {
-                                data: &b,
-                                rs: 1,
-                                cs: k,
-                            },
-                        ),
+                        false => (View::rows(&a, k), View::rows(&b, n)),
+                        true => (View::columns(&a, m), View::columns(&b, k)),
                     };
                     let mut want = vec![0f32; m * n];
                     gemm_bf16_portable(m, n, k, av, bv, &mut want);
@@ -950,22 +955,7 @@ mod tests {
         let a = values(m * k, 3);
         let b = values(k * n, 4);
         let mut got = vec![0f32; m * n];
-        gemm_bf16(
-            m,
-            n,
-            k,
-            View {
-                data: &a,
-                rs: k,
-                cs: 1,
-            },
-            View {
-                data: &b,
-                rs: n,
-                cs: 1,
-            },
-            &mut got,
-        );
+        gemm_bf16(m, n, k, View::rows(&a, k), View::rows(&b, n), &mut got);
         let mut worst = 0f32;
         for i in 0..m {
             for j in 0..n {

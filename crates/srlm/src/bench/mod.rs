@@ -255,21 +255,28 @@ fn bench_gemm(a: BenchGemmArgs) -> Result<()> {
         };
         let flops = 2.0 * (m * n * k) as f64;
         let f32_s = time(&|| x.matmul(&w))?;
-        let bf16_s = match srlm_engine::gemm_bf16::available() {
-            true => Some(time(&|| srlm_engine::gemm_bf16::matmul(&x, &w))?),
-            false => None,
-        };
         let gf = |s: f64| flops / s / 1e9;
-        println!(
-            "{name:<14} ({m} x {k}) x ({k} x {n}): f32 {:7.1} GFLOP/s   bf16 {}",
-            gf(f32_s),
-            bf16_s.map_or("(no AVX512-BF16)".into(), |s| format!(
-                "{:7.1} GFLOP/s ({:.2}x)",
+        // Each bf16 kernel the CPU has, beside candle's f32 GEMM on the same operands.
+        let mut line = format!(
+            "{name:<14} ({m} x {k}) x ({k} x {n}): f32 {:7.1} GFLOP/s",
+            gf(f32_s)
+        );
+        let mut kernels = serde_json::Map::new();
+        for kernel in srlm_engine::gemm_bf16::Kernel::simd_here() {
+            let s = time(&|| srlm_engine::gemm_bf16::matmul_with(kernel, &x, &w))?;
+            line.push_str(&format!(
+                "   {} {:7.1} ({:.2}x)",
+                kernel.name(),
                 gf(s),
                 f32_s / s
-            ))
-        );
-        rows.push(serde_json::json!({"shape": name, "m": m, "n": n, "k": k, "f32_gflops": gf(f32_s), "bf16_gflops": bf16_s.map(gf)}));
+            ));
+            kernels.insert(kernel.name().into(), gf(s).into());
+        }
+        if kernels.is_empty() {
+            line.push_str("   (no bf16 kernel on this CPU)");
+        }
+        println!("{line}");
+        rows.push(serde_json::json!({"shape": name, "m": m, "n": n, "k": k, "f32_gflops": gf(f32_s), "bf16_gflops": kernels}));
     }
     println!(
         "{}",
