@@ -348,7 +348,7 @@ fn a_batch_mixing_long_prompts_equals_one_by_one_greedy() {
 /// another). Skipped with a message where the CPU has no AMX (the format is then `mixed`).
 #[test]
 fn mixed_bf16_prefill_is_within_bf16_tolerance_of_f32() {
-    if !srlm_engine::gemm_bf16::available() {
+    if !srlm_engine::gemm_bf16::amx_available() {
         eprintln!(
             "skipped: no AMX here ({})",
             srlm_engine::cpu::CpuFeatures::get().describe()

@@ -30,7 +30,8 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 where the CPU has AVX512-BF16 (enabled by the OS), f32 elsewhere.
+    /// bf16 where the CPU has a SIMD bf16 kernel (AMX or AVX512-BF16, enabled by the OS), f32
+    /// elsewhere.
     #[default]
     Auto,
     F32,
@@ -47,12 +48,13 @@ impl Precision {
         }
     }
 
-    /// Whether this CPU trains in bf16 under this setting: `auto` where AMX makes it faster
-    /// than f32, `bf16` wherever a SIMD bf16 kernel exists (AMX or AVX512-BF16).
+    /// Whether this CPU trains in bf16 under this setting: `auto` and `bf16` wherever a SIMD
+    /// bf16 kernel exists (AMX or AVX512-BF16: both faster than f32 there, `srlm bench gemm`),
+    /// `bf16` refused elsewhere.
     pub fn bf16_here(self) -> Result<bool> {
-        use srlm_engine::gemm_bf16::{available, has_simd_kernel};
+        use srlm_engine::gemm_bf16::has_simd_kernel;
         match self {
-            Precision::Auto => Ok(available()),
+            Precision::Auto => Ok(has_simd_kernel()),
             Precision::F32 => Ok(false),
             Precision::Bf16 if has_simd_kernel() => Ok(true),
             Precision::Bf16 => Err(TrainError::Config(format!(
@@ -579,13 +581,13 @@ pub fn fingerprint(parts: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::Precision;
-    use srlm_engine::gemm_bf16::{available, has_simd_kernel};
+    use srlm_engine::gemm_bf16::has_simd_kernel;
 
-    /// `auto` trains in bf16 only where AMX makes it faster; `bf16` wherever any SIMD bf16
-    /// kernel exists, and is refused with the CPU's features named elsewhere; `f32` never.
+    /// `auto` and `bf16` train in bf16 wherever a SIMD bf16 kernel exists; elsewhere `auto`
+    /// is f32 and `bf16` is refused with the CPU's features named; `f32` never.
     #[test]
     fn precision_resolves_by_what_the_cpu_has() {
-        assert_eq!(Precision::Auto.bf16_here().unwrap(), available());
+        assert_eq!(Precision::Auto.bf16_here().unwrap(), has_simd_kernel());
         assert!(!Precision::F32.bf16_here().unwrap());
         match Precision::Bf16.bf16_here() {
             Ok(on) => assert!(on && has_simd_kernel()),

@@ -85,16 +85,16 @@ fn one_sft_step_equals_pytorch() {
     );
 }
 
-/// With bf16 matmuls (AMX; f32 accumulation, weights and optimizer), the same step lands as
+/// With bf16 matmuls (AMX or AVX512-BF16; f32 accumulation, weights and optimizer), the same step lands as
 /// near PyTorch's f32 step as PyTorch's own bf16 autocast does (smollm2_step_autocast.json, by
 /// the same script): the loss within twice autocast's error, each gradient slice within
 /// autocast's worst slice, and their mean within autocast's mean. Skipped with a message where
 /// the CPU has no bf16 kernel.
 #[test]
 fn one_sft_step_in_bf16_is_within_bf16_tolerance_of_pytorch_f32() {
-    if !srlm_engine::gemm_bf16::available() {
+    if !srlm_engine::gemm_bf16::has_simd_kernel() {
         eprintln!(
-            "skipped: no AMX here ({})",
+            "skipped: no bf16 kernel here (AMX or AVX512-BF16; this CPU has {})",
             srlm_engine::cpu::CpuFeatures::get().describe()
         );
         return;
@@ -327,17 +327,17 @@ fn sft_on_real_data_lowers_held_out_loss() {
     assert!(out.join("config.json").exists() && out.join("model.safetensors").exists());
 }
 
-/// Five SFT steps of SmolLM2 on real data in bf16 (AMX) and in f32 from the same start: the
-/// bf16 run's loss at every step, and its held-out loss at the end, within 2% of f32's (one
+/// Five SFT steps of SmolLM2 on real data in bf16 (AMX or AVX512-BF16) and in f32 from the
+/// same start: the bf16 run's loss at every step, and its held-out loss at the end, within 2% of f32's (one
 /// bf16 step's loss is 0.7% from f32's, as PyTorch autocast's is: the test above), and it
 /// learns about as much (its held-out loss falls by at least 0.7 of f32's fall; measured 0.83,
 /// part of the gap being the held-out loss itself computed in bf16). Skipped with a message
-/// where the CPU has no AMX.
+/// where the CPU has no bf16 kernel.
 #[test]
 fn a_short_sft_in_bf16_follows_the_f32_loss_trajectory() {
-    if !srlm_engine::gemm_bf16::available() {
+    if !srlm_engine::gemm_bf16::has_simd_kernel() {
         eprintln!(
-            "skipped: no AMX here ({})",
+            "skipped: no bf16 kernel here (AMX or AVX512-BF16; this CPU has {})",
             srlm_engine::cpu::CpuFeatures::get().describe()
         );
         return;

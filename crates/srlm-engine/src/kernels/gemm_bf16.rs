@@ -5,12 +5,13 @@
 //! here, while `autocast` is on.
 //!
 //! Layout (BLIS, one level of cache blocking): for each block of NC columns and KC depth, B is
-//! packed once into tiles of NR = 32 columns, each depth pair of a column side by side
+//! packed into tiles of NR = 32 columns, each depth pair of a column side by side
 //! (`vdpbf16ps` multiplies lane j's two bf16 with the broadcast pair of one row of A and adds
-//! both products into lane j's f32); the threads then take blocks of MC rows of A, pack them into
-//! tiles of MR = 14 rows (a row's depth pair as one u32), and run the 14 x 32 microkernel: 28
-//! accumulators, two loads of B and 14 broadcasts of A per depth pair. Edges are padded with
-//! zeros in the packs, so the microkernel never branches; its tile is added into C with bounds.
+//! both products into lane j's f32); A's rows are packed once per depth block into tiles of
+//! MR = 14 rows (a row's depth pair as one u32); the threads take (row chunk, column group)
+//! tasks of 14 x 32 microkernels: 28 accumulators, two loads of B and 14 broadcasts of A per depth pair, written
+//! into C or added to it. Edges are padded with zeros in the packs, so the microkernel never
+//! branches; an edge tile goes through a copy. Packing converts with `vcvtne2ps2bf16`.
 //!
 //! `gemm_bf16_portable` is the same arithmetic in scalar code: the reference the SIMD kernel is
 //! tested against, and the path on CPUs without AVX512-BF16 (where autocast stays off).
@@ -137,14 +138,15 @@ impl Kernel {
     }
 }
 
-/// Whether this CPU has a bf16 kernel faster than its f32 GEMM: AMX. (The AVX512-BF16 kernel
-/// is correct but slower than candle's f32 GEMM on Sapphire Rapids: `srlm bench gemm` prints
-/// both; it is used only when bf16 is asked for, see `has_simd_kernel`.)
-pub fn available() -> bool {
+/// Whether this CPU runs the AMX kernel (the one `PackedWeight`'s layout is for).
+pub fn amx_available() -> bool {
     Kernel::best() == Kernel::Amx
 }
 
-/// Whether this CPU has any SIMD bf16 kernel (AMX or AVX512-BF16): what `autocast` needs.
+/// Whether this CPU has any SIMD bf16 kernel (AMX or AVX512-BF16): what `autocast` needs, and
+/// where training's `precision = "auto"` picks bf16. Both are faster than candle's f32 GEMM on
+/// the CPUs measured (`srlm bench gemm`): AMX 2.8-3.7x on Sapphire Rapids, AVX512-BF16
+/// 1.4-2.2x on AMD Zen 4.
 pub fn has_simd_kernel() -> bool {
     Kernel::best() != Kernel::Portable
 }
@@ -200,51 +202,93 @@ pub fn gemm_bf16_with(
 
 #[cfg(target_arch = "x86_64")]
 fn gemm_blocked(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32]) {
+    if m == 0 || n == 0 {
+        return;
+    }
     if k == 0 {
         c.fill(0.0);
         return;
     }
+    // A's depth blocks (every row, KC of depth) are packed once each: kept for the next column
+    // block of B when there is one, dropped after their last use (the head's dx, whose A is
+    // (tokens, vocab), is never packed whole).
+    let tiles_m = m.div_ceil(MR);
+    let row_chunks = tiles_m.div_ceil(MC / MR);
+    let c_ptr = SendPtr(c.as_mut_ptr());
+    let mut a_blocks: Vec<Option<Vec<u32>>> = vec![None; k.div_ceil(KC)];
     let mut bp: Vec<u16> = Vec::new();
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
+        let tiles_n = nc.div_ceil(NR);
+        // Tasks are (row chunk, column group): enough of them to keep every thread busy when A
+        // has few rows (the LM head over a short batch).
+        let col_groups = (2 * rayon::current_num_threads())
+            .div_ceil(row_chunks)
+            .clamp(1, tiles_n);
+        let tiles_per_group = tiles_n.div_ceil(col_groups);
+        let last_column_block = jc + NC >= n;
+        for (block, pc) in (0..k).step_by(KC).enumerate() {
             let kc = KC.min(k - pc);
-            pack_b(b, pc, kc, kc.div_ceil(2), jc, nc, &mut bp);
-            let first = pc == 0;
-            let bp = &bp;
-            // Each task owns MC whole rows of C (within this column block).
-            c.par_chunks_mut(MC * n)
-                .enumerate()
-                .for_each(|(blk, c_rows)| {
-                    let ic = blk * MC;
-                    let mc = MC.min(m - ic);
-                    let ap = pack_a(a, ic, mc, pc, kc);
-                    let pairs = kc.div_ceil(2);
+            let pairs = kc.div_ceil(2);
+            let accumulate = pc > 0;
+            if a_blocks[block].is_none() {
+                a_blocks[block] = Some(pack_a(a, m, pc, kc));
+            }
+            pack_b(b, pc, kc, pairs, jc, nc, &mut bp);
+            let (bp, c_ptr) = (&bp, &c_ptr);
+            let ap: &[u32] = a_blocks[block].as_deref().unwrap_or_default();
+            (0..row_chunks * col_groups)
+                .into_par_iter()
+                .for_each(|task| {
+                    let (chunk, group) = (task / col_groups, task % col_groups);
                     let mut tile = [0f32; MR * NR];
-                    for (jt, bt) in bp.chunks_exact(pairs * 2 * NR).enumerate() {
-                        let j0 = jt * NR;
-                        let nr = NR.min(nc - j0);
-                        for (it, at) in ap.chunks_exact(pairs * MR).enumerate() {
-                            let i0 = it * MR;
-                            let mr = MR.min(mc - i0);
-                            // SAFETY: `available()` was checked by the caller; `at` holds
-                            // pairs * MR u32 and `bt` pairs * 2 * NR u16, as the kernel reads.
-                            unsafe { kernel(pairs, at.as_ptr(), bt.as_ptr(), &mut tile) };
-                            for i in 0..mr {
-                                let dst = &mut c_rows[(i0 + i) * n + jc + j0..][..nr];
-                                let src = &tile[i * NR..][..nr];
-                                if first {
-                                    dst.copy_from_slice(src);
-                                } else {
-                                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                    let tiles_j =
+                        group * tiles_per_group..tiles_n.min((group + 1) * tiles_per_group);
+                    for jt in tiles_j {
+                        let bt = &bp[jt * pairs * 2 * NR..][..pairs * 2 * NR];
+                        let (j0, nr) = (jc + jt * NR, NR.min(nc - jt * NR));
+                        let tiles_i = chunk * (MC / MR)..tiles_m.min((chunk + 1) * (MC / MR));
+                        for it in tiles_i {
+                            let at = &ap[it * pairs * MR..][..pairs * MR];
+                            let (i0, mr) = (it * MR, MR.min(m - it * MR));
+                            // SAFETY: rows i0..i0 + mr and columns j0..j0 + nr of C belong to
+                            // this task alone (its row chunk and column group); `at` holds
+                            // pairs * MR u32 and `bt` pairs * 2 * NR u16, as the kernel reads;
+                            // AVX512-BF16 was checked by `gemm_bf16_with`.
+                            unsafe {
+                                let c_tile = c_ptr.0.add(i0 * n + j0);
+                                if mr == MR && nr == NR {
+                                    kernel(pairs, at.as_ptr(), bt.as_ptr(), c_tile, n, accumulate);
+                                    continue;
+                                }
+                                // An edge tile: through a copy of C's rows and columns there.
+                                for i in 0..mr {
+                                    let row = std::slice::from_raw_parts_mut(c_tile.add(i * n), nr);
+                                    if accumulate {
+                                        tile[i * NR..][..nr].copy_from_slice(row);
+                                    }
+                                }
+                                let t = tile.as_mut_ptr();
+                                kernel(pairs, at.as_ptr(), bt.as_ptr(), t, NR, accumulate);
+                                for i in 0..mr {
+                                    let row = std::slice::from_raw_parts_mut(c_tile.add(i * n), nr);
+                                    row.copy_from_slice(&tile[i * NR..][..nr]);
                                 }
                             }
                         }
                     }
                 });
+            if last_column_block {
+                a_blocks[block] = None;
+            }
         }
     }
 }
+
+struct SendPtr(*mut f32);
+// SAFETY: each task of `gemm_blocked` writes only the tiles of C it owns.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
 
 /// B's block (pc..pc+kc, jc..jc+nc) as tiles of NR columns: for each of `pairs` depth pairs p,
 /// column j's (B[2p][j], B[2p+1][j]) side by side; zeros past the edges.
@@ -285,33 +329,59 @@ fn pack_b(b: View, pc: usize, kc: usize, pairs: usize, jc: usize, nc: usize, out
         });
 }
 
-/// A's block (ic..ic+mc, pc..pc+kc) as tiles of MR rows: for each depth pair, each row's two
-/// bf16 as one u32 (low half the even depth); zeros past the edges.
-fn pack_a(a: View, ic: usize, mc: usize, pc: usize, kc: usize) -> Vec<u32> {
+/// A's block (every row, depths pc..pc + kc) as tiles of MR rows: in tile t, pair p, row i is
+/// the u32 at `(t * pairs + p) * MR + i`, the row's two bf16 side by side (low half the even
+/// depth); zeros past the edges. Tiles are packed in parallel, with SIMD conversions when A's
+/// rows or its columns are contiguous.
+#[cfg(target_arch = "x86_64")]
+fn pack_a(a: View, m: usize, pc: usize, kc: usize) -> Vec<u32> {
     let pairs = kc.div_ceil(2);
-    let tiles = mc.div_ceil(MR);
-    let mut out = vec![0u32; tiles * pairs * MR];
-    for t in 0..tiles {
-        let tile = &mut out[t * pairs * MR..][..pairs * MR];
-        for i in 0..MR.min(mc - t * MR) {
-            let r = ic + t * MR + i;
-            for p in 0..pairs {
-                let lo = to_bf16(a.at(r, pc + 2 * p)) as u32;
-                let hi = match 2 * p + 1 < kc {
-                    true => to_bf16(a.at(r, pc + 2 * p + 1)) as u32,
-                    false => 0,
-                };
-                tile[p * MR + i] = lo | (hi << 16);
+    let mut out = vec![0u32; m.div_ceil(MR) * pairs * MR];
+    // The block as a view of its own: column 0 is depth pc.
+    let a = View {
+        data: &a.data[pc * a.cs..],
+        ..a
+    };
+    out.par_chunks_mut(pairs * MR)
+        .enumerate()
+        .for_each(|(t, tile)| {
+            let (i0, mr) = (t * MR, MR.min(m - t * MR));
+            // SAFETY: AVX512-BF16 was checked by `gemm_bf16_with`, and so was that rows
+            // i0..i0 + mr and depths pc..pc + kc lie inside A's buffer.
+            unsafe {
+                if a.cs == 1 {
+                    return simd::pack_a_rows(a, i0, mr, kc, tile);
+                }
+                if a.rs == 1 {
+                    return simd::pack_a_cols(a, i0, mr, kc, tile);
+                }
             }
-        }
-    }
+            for i in 0..mr {
+                for p in 0..pairs {
+                    let lo = to_bf16(a.at(i0 + i, 2 * p)) as u32;
+                    let hi = match 2 * p + 1 < kc {
+                        true => to_bf16(a.at(i0 + i, 2 * p + 1)) as u32,
+                        false => 0,
+                    };
+                    tile[p * MR + i] = lo | (hi << 16);
+                }
+            }
+        });
     out
 }
 
-/// The 14 x 32 tile of `A_tile · B_tile` over `pairs` depth pairs, into `out` (row-major).
+/// The 14 x 32 tile of `A_tile · B_tile` over `pairs` depth pairs, written into C's tile at
+/// `c` (rows `ldc` floats apart), or added to what it holds (`accumulate`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel(pairs: usize, ap: *const u32, bp: *const u16, out: &mut [f32; MR * NR]) {
+unsafe fn kernel(
+    pairs: usize,
+    ap: *const u32,
+    bp: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     for p in 0..pairs {
@@ -328,8 +398,14 @@ unsafe fn kernel(pairs: usize, ap: *const u32, bp: *const u16, out: &mut [f32; M
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        _mm512_storeu_ps(out.as_mut_ptr().add(i * NR), acc[0]);
-        _mm512_storeu_ps(out.as_mut_ptr().add(i * NR + 16), acc[1]);
+        let row = c.add(i * ldc);
+        let (mut lo, mut hi) = (acc[0], acc[1]);
+        if accumulate {
+            lo = _mm512_add_ps(lo, _mm512_loadu_ps(row));
+            hi = _mm512_add_ps(hi, _mm512_loadu_ps(row.add(16)));
+        }
+        _mm512_storeu_ps(row, lo);
+        _mm512_storeu_ps(row.add(16), hi);
     }
 }
 
@@ -337,7 +413,7 @@ unsafe fn kernel(pairs: usize, ap: *const u32, bp: *const u16, out: &mut [f32; M
 /// `to_bf16`; NaN stays NaN).
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{View, NR};
+    use super::{View, MR, NR};
     use std::arch::x86_64::*;
 
     /// `pack_b`'s tile when B's rows are contiguous (`cs == 1`): depth rows 2p and 2p + 1,
@@ -415,6 +491,62 @@ mod simd {
                 };
                 out.add(p * NR + j).write_unaligned(lo | (hi << 16));
             }
+        }
+    }
+
+    /// `pack_a`'s tile when A's rows are contiguous (`cs == 1`): 32 depths of a row converted
+    /// at once are 16 pairs, each stored in its pair's row of the tile.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn pack_a_rows(a: View, i0: usize, mr: usize, k: usize, tile: &mut [u32]) {
+        let pairs = k.div_ceil(2);
+        let mut lanes = [0u32; 16];
+        for i in 0..mr {
+            let row = a.data.as_ptr().add((i0 + i) * a.rs);
+            let mut p0 = 0;
+            while 2 * p0 < k {
+                // Depths 2 * p0 .. 2 * p0 + 32, masked at the row's end (lanes past it are 0).
+                let left = k - 2 * p0;
+                let m_lo: __mmask16 = if left >= 16 {
+                    0xffff
+                } else {
+                    (1u16 << left) - 1
+                };
+                let m_hi: __mmask16 = match left {
+                    l if l >= 32 => 0xffff,
+                    l if l > 16 => (1u16 << (l - 16)) - 1,
+                    _ => 0,
+                };
+                let lo = _mm512_maskz_loadu_ps(m_lo, row.add(2 * p0));
+                let hi = _mm512_maskz_loadu_ps(m_hi, row.add(2 * p0 + 16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, v);
+                for (q, &pair) in lanes.iter().enumerate().take(pairs - p0) {
+                    *tile.get_unchecked_mut((p0 + q) * MR + i) = pair;
+                }
+                p0 += 16;
+            }
+        }
+    }
+
+    /// `pack_a`'s tile when A's columns are contiguous (`rs == 1`, A = Gᵀ): depths 2p and
+    /// 2p + 1 of the tile's rows are two loads, converted together and interleaved row by row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn pack_a_cols(a: View, i0: usize, mr: usize, k: usize, tile: &mut [u32]) {
+        debug_assert!(mr <= MR && MR <= 16);
+        // Lane 2j takes element j of the first depth, lane 2j + 1 element j of the second.
+        let idx: [u16; 32] = std::array::from_fn(|l| ((l % 2) * 16 + l / 2) as u16);
+        let idx = _mm512_loadu_si512(idx.as_ptr() as *const _);
+        let rows: __mmask16 = (1u16 << mr) - 1;
+        let base = a.data.as_ptr().add(i0);
+        for p in 0..k.div_ceil(2) {
+            let d0 = _mm512_maskz_loadu_ps(rows, base.add(2 * p * a.cs));
+            let d1 = match 2 * p + 1 < k {
+                true => _mm512_maskz_loadu_ps(rows, base.add((2 * p + 1) * a.cs)),
+                false => _mm512_setzero_ps(),
+            };
+            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(d1, d0));
+            let pairs_v = _mm512_permutexvar_epi16(idx, both);
+            _mm512_mask_storeu_epi32(tile.as_mut_ptr().add(p * MR) as *mut _, rows, pairs_v);
         }
     }
 
@@ -745,7 +877,7 @@ impl std::fmt::Debug for PackedWeight {
 impl PackedWeight {
     /// Packs `w` (out, in) f32; None where the CPU has no AMX.
     pub fn new(w: &Tensor) -> Result<Option<Self>> {
-        if !available() {
+        if !amx_available() {
             return Ok(None);
         }
         let (out, inp) = w.dims2()?;
@@ -762,7 +894,7 @@ impl PackedWeight {
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = w;
-            unreachable!("`available()` is false off x86-64: {out} x {inp}")
+            unreachable!("`amx_available()` is false off x86-64: {out} x {inp}")
         }
     }
 
@@ -912,6 +1044,8 @@ mod tests {
                 (29, 1100, 520),
                 (300, 40, 64),
                 (70, 45, 1100),
+                (0, 40, 600),
+                (40, 0, 600),
             ] {
                 let a = values(m * k, 1);
                 let b = values(k * n, 2);

@@ -227,13 +227,17 @@ fn bench_gemm(a: BenchGemmArgs) -> Result<()> {
     println!("cpu          {}", cpu_line());
     println!("threads      {}", candle_core::utils::get_num_threads());
     // (name, m, n, k): forward x·Wᵀ, backward dx = g·W and dW = gᵀ·x, for SmolLM2-135M's
-    // projections (576 -> 576, 576 -> 1536, 1536 -> 576) and the head (576 -> 49152).
+    // projections (576 -> 576, 576 -> 1536, 1536 -> 576) and the head (576 -> 49152): over 256
+    // rows (a chunk of the head's recomputed logits), and over the micro-batch's tokens as
+    // training computes it, forward and dx.
     let shapes = [
         ("fwd 576x576", t, 576, 576, true),
         ("fwd 576x1536", t, 1536, 576, true),
         ("fwd 1536x576", t, 576, 1536, true),
         ("dW 1536x576", 1536, 576, t, false),
         ("head fwd", 256, 49152, 576, true),
+        ("head fwd all", t, 49152, 576, true),
+        ("head dx", t, 576, 49152, false),
     ];
     let mut rows = Vec::new();
     for (name, m, n, k, b_transposed) in shapes {
