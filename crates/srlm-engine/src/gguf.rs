@@ -29,8 +29,8 @@ pub enum WeightFormat {
     /// Q8_0 for decoding plus dense f32 for prefill and wide batches (about 5x the memory of
     /// Q8_0 alone: for a 135M model ~0.9 GB).
     Mixed,
-    /// `Mixed` with the prefill copy in bf16, packed once for the AMX GEMM (half its memory);
-    /// `Mixed` where the CPU has no AMX.
+    /// `Mixed` with the prefill copy in bf16, packed once for the bf16 GEMM (AMX or
+    /// AVX512-BF16; half its memory); `Mixed` where the CPU has neither.
     #[serde(rename = "mixed-bf16")]
     MixedBf16,
 }

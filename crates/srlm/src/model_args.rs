@@ -13,8 +13,10 @@ pub struct ModelArgs {
     /// A GGUF file or a Hugging Face model folder. Default: SmolLM2-135M-Instruct, fetched on first use.
     #[arg(long, env = "SRLM_MODEL")]
     pub model: Option<PathBuf>,
-    /// How weights are held: mixed (Q8_0 to decode, f32 to prefill: fastest, ~5x Q8_0's memory),
-    /// q8_0 (requantized), native (as stored in the file), dense (f32 throughout).
+    /// How weights are held: mixed (Q8_0 to decode, f32 to prefill: ~5x Q8_0's memory),
+    /// mixed-bf16 (the prefill copy in bf16 where the CPU has AMX or AVX512-BF16: faster prefill,
+    /// less memory, bf16 rounding), q8_0 (requantized), native (as stored in the file), dense
+    /// (f32 throughout).
     #[arg(long, default_value = "mixed")]
     pub weights: WeightFormat,
     /// Longest prompt plus completion, in tokens (at most the model's own context).

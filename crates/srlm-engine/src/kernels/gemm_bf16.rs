@@ -138,11 +138,6 @@ impl Kernel {
     }
 }
 
-/// Whether this CPU runs the AMX kernel (the one `PackedWeight`'s layout is for).
-pub fn amx_available() -> bool {
-    Kernel::best() == Kernel::Amx
-}
-
 /// Whether this CPU has any SIMD bf16 kernel (AMX or AVX512-BF16): what `autocast` needs, and
 /// where training's `precision = "auto"` picks bf16. Both are faster than candle's f32 GEMM on
 /// the CPUs measured (`srlm bench gemm`): AMX 2.8-3.7x on Sapphire Rapids, AVX512-BF16
@@ -194,14 +189,37 @@ pub fn gemm_bf16_with(
                 crate::kernels::cpu::CpuFeatures::get().avx512_bf16,
                 "no AVX512-BF16 here"
             );
-            gemm_blocked(m, n, k, a, b, c)
+            gemm_blocked(m, n, k, a, Operand::View(b), c)
         }
         _ => gemm_bf16_portable(m, n, k, a, b, c),
     }
 }
 
+/// B as `gemm_blocked` reads it: a view packed block by block as the product goes, or blocks
+/// packed beforehand (`pack_all`, in the order the product walks them).
 #[cfg(target_arch = "x86_64")]
-fn gemm_blocked(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32]) {
+enum Operand<'a> {
+    View(View<'a>),
+    Packed(&'a [Vec<u16>]),
+}
+
+/// B's blocks in the order `gemm_blocked` walks them (columns by NC, then depth by KC).
+#[cfg(target_arch = "x86_64")]
+fn pack_all(b: View, k: usize, n: usize) -> Vec<Vec<u16>> {
+    let mut blocks = Vec::new();
+    for jc in (0..n).step_by(NC) {
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let mut bp = Vec::new();
+            pack_b(b, pc, kc, kc.div_ceil(2), jc, NC.min(n - jc), &mut bp);
+            blocks.push(bp);
+        }
+    }
+    blocks
+}
+
+#[cfg(target_arch = "x86_64")]
+fn gemm_blocked(m: usize, n: usize, k: usize, a: View, b: Operand, c: &mut [f32]) {
     if m == 0 || n == 0 {
         return;
     }
@@ -216,7 +234,11 @@ fn gemm_blocked(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32]) {
     let row_chunks = tiles_m.div_ceil(MC / MR);
     let c_ptr = SendPtr(c.as_mut_ptr());
     let mut a_blocks: Vec<Option<Vec<u32>>> = vec![None; k.div_ceil(KC)];
-    let mut bp: Vec<u16> = Vec::new();
+    let mut scratch: Vec<u16> = Vec::new();
+    let mut packed_blocks = match b {
+        Operand::Packed(blocks) => Some(blocks.iter()),
+        Operand::View(_) => None,
+    };
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         let tiles_n = nc.div_ceil(NR);
@@ -234,8 +256,15 @@ fn gemm_blocked(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32]) {
             if a_blocks[block].is_none() {
                 a_blocks[block] = Some(pack_a(a, m, pc, kc));
             }
-            pack_b(b, pc, kc, pairs, jc, nc, &mut bp);
-            let (bp, c_ptr) = (&bp, &c_ptr);
+            let bp: &[u16] = match (&b, packed_blocks.as_mut()) {
+                (_, Some(blocks)) => blocks.next().expect("one packed block per (jc, pc)"),
+                (Operand::View(b), None) => {
+                    pack_b(*b, pc, kc, pairs, jc, nc, &mut scratch);
+                    &scratch
+                }
+                (Operand::Packed(_), None) => unreachable!(),
+            };
+            let c_ptr = &c_ptr;
             let ap: &[u32] = a_blocks[block].as_deref().unwrap_or_default();
             (0..row_chunks * col_groups)
                 .into_par_iter()
@@ -859,43 +888,56 @@ mod amx {
     }
 }
 
-/// A projection's weight W (out, in) packed once into bf16 AMX tiles, for `x Wᵀ` over many
-/// rows (prefill): half the bytes of its f32 copy, and no packing per product.
+/// A projection's weight W (out, in) packed once into bf16 for the best kernel the CPU has
+/// (AMX tiles or AVX512-BF16's column pairs), for `x Wᵀ` over many rows (prefill): half the
+/// bytes of its f32 copy, and no packing per product.
 pub struct PackedWeight {
     out: usize,
     inp: usize,
-    #[cfg(target_arch = "x86_64")]
+    kernel: Kernel,
     blocks: Vec<Vec<u16>>,
 }
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedWeight({} x {}, bf16)", self.out, self.inp)
+        write!(
+            f,
+            "PackedWeight({} x {}, bf16 for {})",
+            self.out,
+            self.inp,
+            self.kernel.name()
+        )
     }
 }
 
 impl PackedWeight {
-    /// Packs `w` (out, in) f32; None where the CPU has no AMX.
+    /// Packs `w` (out, in) f32; None where the CPU has no SIMD bf16 kernel.
     pub fn new(w: &Tensor) -> Result<Option<Self>> {
-        if !amx_available() {
-            return Ok(None);
-        }
+        let kernel = Kernel::best();
         let (out, inp) = w.dims2()?;
         let w = w.contiguous()?;
-        #[cfg(target_arch = "x86_64")]
-        {
-            let blocks = with_view(&w, |v| {
-                // B = Wᵀ: (in, out), each column of B a row of W.
-                let bt = View::columns(v.data, inp);
-                amx::pack_all(bt, inp, out)
-            })?;
-            Ok(Some(Self { out, inp, blocks }))
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = w;
-            unreachable!("`amx_available()` is false off x86-64: {out} x {inp}")
-        }
+        // B = Wᵀ: (in, out), each column of B a row of W.
+        let blocks = with_view(&w, |v| {
+            let bt = View::columns(v.data, inp);
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Amx => Some(amx::pack_all(bt, inp, out)),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Bf16 => Some(pack_all(bt, inp, out)),
+                _ => None,
+            }
+        })?;
+        Ok(blocks.map(|blocks| Self {
+            out,
+            inp,
+            kernel,
+            blocks,
+        }))
+    }
+
+    /// The kernel the weight was packed for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// `x` (n, in) -> (n, out) = x Wᵀ, bf16 inputs and f32 accumulation.
@@ -910,7 +952,6 @@ impl PackedWeight {
         }
         let x = x.contiguous()?;
         let mut y = vec![0f32; n * self.out];
-        #[cfg(target_arch = "x86_64")]
         with_view(&x, |xv| {
             if n * k > 0 {
                 assert!(
@@ -918,7 +959,15 @@ impl PackedWeight {
                     "x does not fit its buffer"
                 );
             }
-            amx::gemm_packed(n, self.out, k, xv, &self.blocks, &mut y)
+            match self.kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Amx => amx::gemm_packed(n, self.out, k, xv, &self.blocks, &mut y),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Bf16 => {
+                    gemm_blocked(n, self.out, k, xv, Operand::Packed(&self.blocks), &mut y)
+                }
+                _ => unreachable!("packed only for a SIMD kernel"),
+            }
         })?;
         Tensor::from_vec(y, (n, self.out), x.device())
     }
@@ -1118,5 +1167,30 @@ mod tests {
         let want = round(&x).matmul(&round(&w).t().unwrap()).unwrap();
         let diff = crate::kernels::check::max_abs_diff(&got, &want).unwrap();
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    /// A weight packed once gives the very bits of the same product packed as it goes, with
+    /// every kernel this CPU has (edges of every block crossed: 1100 outputs, 600 inputs).
+    #[test]
+    fn a_packed_weight_gives_the_unpacked_product() {
+        let dev = candle_core::Device::Cpu;
+        let (n, out, inp) = (37, 1100, 600);
+        let x = Tensor::from_vec(values(n * inp, 7), (n, inp), &dev).unwrap();
+        let w = Tensor::from_vec(values(out * inp, 8), (out, inp), &dev).unwrap();
+        let Some(packed) = PackedWeight::new(&w).unwrap() else {
+            let f = crate::kernels::cpu::CpuFeatures::get();
+            eprintln!("skipped: no bf16 kernel here ({})", f.describe());
+            return;
+        };
+        let got: Vec<f32> = packed
+            .matmul_t(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want = matmul_with(packed.kernel(), &x, &w.t().unwrap()).unwrap();
+        let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, want);
     }
 }

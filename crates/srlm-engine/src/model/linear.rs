@@ -25,8 +25,8 @@ impl Quantized {
     }
 }
 
-/// The many-rows form of a `Mixed` weight: f32, or bf16 packed once for the AMX GEMM
-/// (`weights = "mixed-bf16"`).
+/// The many-rows form of a `Mixed` weight: f32, or bf16 packed once for the bf16 GEMM (AMX or
+/// AVX512-BF16; `weights = "mixed-bf16"`).
 #[derive(Debug, Clone)]
 pub enum DenseWeight {
     F32(Tensor),
@@ -43,8 +43,8 @@ impl DenseWeight {
     }
 }
 
-/// The prefill form of a `Mixed` weight for `format`: bf16 for `MixedBf16` where the CPU has
-/// AMX (else, and for `Mixed`, f32).
+/// The prefill form of a `Mixed` weight for `format`: bf16 for `MixedBf16` where the CPU has a
+/// SIMD bf16 kernel (else, and for `Mixed`, f32).
 pub fn dense_weight(w: Tensor, format: crate::gguf::WeightFormat) -> Result<DenseWeight> {
     if format == crate::gguf::WeightFormat::MixedBf16 {
         if let Some(p) = crate::gemm_bf16::PackedWeight::new(&w)? {
