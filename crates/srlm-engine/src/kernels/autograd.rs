@@ -257,15 +257,17 @@ impl AttentionDims {
 /// Causal self-attention from the projections to the output projection's input, as one node:
 /// rope on q and k, the head layout, the scores, the causal softmax and `p v`. candle's backprop
 /// would otherwise zero-fill and add a buffer for each of the dozen reshapes, transposes and
-/// copies of a layer, and keep the (rows, T) scores. The forward keeps p and the roped,
-/// grouped q, k, v; with p = causal softmax(scale · q kᵀ) and y = p v (per kv group):
+/// copies of a layer, and keep the (rows, T) scores. The forward keeps only the roped, grouped
+/// q, k, v: the backward recomputes p (the same ops, so the same bits), as FlashAttention
+/// does, since p is the largest activation of training (b·heads·t² floats a layer: 4.5 GB over
+/// SmolLM2's 30 layers at 4 x 1024 tokens) and recomputing it costs one more `q kᵀ` and
+/// softmax a layer. With p = causal softmax(scale · q kᵀ) and y = p v (per kv group):
 ///   dp = dy vᵀ   dv = pᵀ dy   ds = scale · p · (dp − Σ dp·p)   dq = ds k   dk = dsᵀ q
 /// and dq, dk are rotated back by rope's inverse.
 struct SelfAttention {
     dims: AttentionDims,
     rope: RopeOp,
-    scale: f32,
-    p: Tensor, // (b, kvh, rep·t, t)
+    softmax: CausalSoftmax,
     q: Tensor, // (b, kvh, rep·t, d), roped
     k: Tensor, // (b, kvh, t, d), roped
     v: Tensor, // (b, kvh, t, d)
@@ -312,10 +314,14 @@ impl candle_core::CustomOp3 for SelfAttention {
         let AttentionDims {
             heads, kv_heads, ..
         } = self.dims;
+        let scores = self.q.matmul(&self.k.t()?)?; // (b, kvh, rep·t, t)
+        let p = scores.apply_op1_no_bwd(&self.softmax)?;
+        drop(scores);
         let dy = self.dims.grouped(dy, heads)?; // (b, kvh, rep·t, d)
         let dp = dy.matmul(&self.v.t()?)?; // (b, kvh, rep·t, t)
-        let dv = self.p.t()?.matmul(&dy)?; // (b, kvh, t, d)
-        let ds = scaled_softmax_backward(&self.p, &dp, self.scale)?;
+        let dv = p.t()?.matmul(&dy)?; // (b, kvh, t, d)
+        let ds = scaled_softmax_backward(&p, &dp, self.softmax.scale)?;
+        drop((p, dp));
         let dq = ds.matmul(&self.k)?; // (b, kvh, rep·t, d)
         let dk = ds.t()?.matmul(&self.q)?; // (b, kvh, t, d)
         let d = self.dims.head_dim;
@@ -360,11 +366,11 @@ pub fn causal_self_attention(
     let p = scores.apply_op1_no_bwd(&softmax)?;
     drop(scores);
     let y = dims.token_major(&p.matmul(&v_g)?, heads)?; // (b·t, heads·d)
+    drop(p);
     let op = SelfAttention {
         dims,
         rope,
-        scale,
-        p,
+        softmax,
         q: q_g,
         k: k_g,
         v: v_g,
