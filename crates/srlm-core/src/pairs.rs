@@ -91,41 +91,45 @@ pub struct PairStats {
     pub identical: usize,
 }
 
-/// Pairs from the judged candidates of every prompt, in the order prompts first appear among
-/// the candidates. A candidate's score is the mean of its parsed judgements' values under
-/// `opts.score_mode`; length is in characters.
+/// Pairs from the judged candidates of every prompt, prompts in id order
+/// ([`crate::stages::id_order`]), each prompt's candidates by index and each candidate's
+/// judgements by sample: the pairs (and so DPO's batches) do not depend on the order the
+/// records were written in, which a resumed stage changes. A candidate's score is the mean of
+/// its parsed judgements' values under `opts.score_mode`; length is in characters.
 pub fn build_pairs(
     candidates: &[crate::stages::CandidateRecord],
     judgements: &[crate::stages::JudgementRecord],
     opts: &PairOptions,
 ) -> (Vec<crate::stages::PairRecord>, PairStats) {
     use std::collections::HashMap;
-    let mut scores: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut scores: HashMap<&str, Vec<(usize, f64)>> = HashMap::new();
     for j in judgements {
         if let Some(s) = j.value(opts.score_mode) {
-            scores.entry(j.candidate_id.as_str()).or_default().push(s);
+            scores
+                .entry(j.candidate_id.as_str())
+                .or_default()
+                .push((j.sample, s));
         }
     }
-    let mut order: Vec<&str> = Vec::new();
     let mut by_prompt: HashMap<&str, Vec<&crate::stages::CandidateRecord>> = HashMap::new();
     for c in candidates {
-        let e = by_prompt.entry(c.prompt_id.as_str()).or_default();
-        if e.is_empty() {
-            order.push(c.prompt_id.as_str());
-        }
-        e.push(c);
+        by_prompt.entry(c.prompt_id.as_str()).or_default().push(c);
     }
+    let mut order: Vec<&str> = by_prompt.keys().copied().collect();
+    order.sort_by(|a, b| crate::stages::id_order(a, b));
     let mut stats = PairStats::default();
     let mut out = Vec::new();
     for pid in order {
         stats.prompts += 1;
-        let cands = &by_prompt[pid];
+        let cands = by_prompt.get_mut(pid).expect("a prompt of the candidates");
+        cands.sort_by_key(|c| c.candidate);
         let scored: Vec<Scored> = cands
             .iter()
             .map(|c| Scored {
-                score: scores
-                    .get(c.id.as_str())
-                    .map(|v| v.iter().sum::<f64>() / v.len() as f64),
+                score: scores.get_mut(c.id.as_str()).map(|v| {
+                    v.sort_by_key(|(sample, _)| *sample);
+                    v.iter().map(|(_, s)| s).sum::<f64>() / v.len() as f64
+                }),
                 length: c.response.chars().count(),
             })
             .collect();
@@ -243,6 +247,52 @@ mod tests {
             ("good", "bad")
         );
         assert_eq!((pairs[0].chosen_score, pairs[0].rejected_score), (4.5, 2.0));
+    }
+
+    #[test]
+    fn pairs_do_not_depend_on_the_order_records_were_written_in() {
+        use crate::stages::fixtures::{candidate as cand, judgement as judge};
+        // Prompt "p2" has a tie of score and length between candidates 0 and 1 (the earlier
+        // index wins); "p10"'s rejected score is a sum whose last bit depends on its order
+        // (0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1 in f64).
+        let cands = vec![
+            cand("p2", 0, "aa"),
+            cand("p2", 1, "bb"),
+            cand("p2", 2, "c"),
+            cand("p10", 0, "x"),
+            cand("p10", 1, "yy"),
+        ];
+        let js = vec![
+            judge("p2/0", 0, Some(0.1)),
+            judge("p2/0", 1, Some(0.2)),
+            judge("p2/0", 2, Some(0.3)),
+            judge("p2/1", 0, Some(0.1)),
+            judge("p2/1", 1, Some(0.2)),
+            judge("p2/1", 2, Some(0.3)),
+            judge("p2/2", 0, Some(0.0)),
+            judge("p10/0", 0, Some(0.1)),
+            judge("p10/0", 1, Some(0.2)),
+            judge("p10/0", 2, Some(0.3)),
+            judge("p10/1", 0, Some(2.0)),
+        ];
+        let opts = PairOptions::default();
+        let (first, _) = build_pairs(&cands, &js, &opts);
+        let ids: Vec<&str> = first.iter().map(|p| p.prompt_id.as_str()).collect();
+        assert_eq!(ids, ["p2", "p10"], "ids in numeric order");
+        assert_eq!(first[0].chosen, "aa");
+        assert_eq!(first[1].rejected_score, (0.1 + 0.2 + 0.3) / 3.0);
+        // Every rotation and the reversal of both files give the same pairs, bit for bit.
+        for r in 0..js.len() {
+            let (mut c, mut j) = (cands.clone(), js.clone());
+            c.rotate_left(r % cands.len());
+            j.rotate_left(r);
+            if r % 2 == 1 {
+                c.reverse();
+                j.reverse();
+            }
+            let (pairs, _) = build_pairs(&c, &j, &opts);
+            assert_eq!(pairs, first, "rotation {r}");
+        }
     }
 
     #[test]

@@ -19,6 +19,42 @@ pub const PROMPT_HINT: &str = r#"each line must be {"id": "...", "prompt": "..."
 pub const CANDIDATE_HINT: &str = r#"each line must be a candidate written by `srlm sample`: {"id", "prompt_id", "prompt", "candidate", "response"}"#;
 pub const JUDGEMENT_HINT: &str = r#"each line must be a judgement written by `srlm judge`: {"id", "candidate_id", "prompt_id", "sample", "raw", "score"}"#;
 
+/// The order of record ids, digit runs compared as numbers ("it1-2" before "it1-10"): a
+/// stage that reads records in a file's order (which is the order they finished, and a resumed
+/// stage finishes them in another) sorts them by it first, so its output is a function of the
+/// records alone.
+pub fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn runs(s: &str) -> impl Iterator<Item = (bool, &str)> {
+        let mut rest = s;
+        std::iter::from_fn(move || {
+            let first = rest.chars().next()?;
+            let digits = first.is_ascii_digit();
+            let end = rest
+                .find(|c: char| c.is_ascii_digit() != digits)
+                .unwrap_or(rest.len());
+            let (run, tail) = rest.split_at(end);
+            rest = tail;
+            Some((digits, run))
+        })
+    }
+    let (mut x, mut y) = (runs(a), runs(b));
+    loop {
+        let ord = match (x.next(), y.next()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some((true, p)), Some((true, q))) => {
+                let (p, q) = (p.trim_start_matches('0'), q.trim_start_matches('0'));
+                p.len().cmp(&q.len()).then_with(|| p.cmp(q))
+            }
+            (Some((_, p)), Some((_, q))) => p.cmp(q),
+        };
+        if ord.is_ne() {
+            return ord;
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptRecord {
     pub id: String,
@@ -97,6 +133,21 @@ pub struct PairRecord {
 }
 
 /// Stage records for tests, with the ids the stages give them.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_sort_with_their_numbers_as_numbers() {
+        let mut ids = vec![
+            "it1-10", "it1-2", "it10-0", "it2-1", "a", "it1-02", "b/3", "b/20",
+        ];
+        ids.sort_by(|a, b| super::id_order(a, b));
+        assert_eq!(
+            ids,
+            ["a", "b/3", "b/20", "it1-02", "it1-2", "it1-10", "it2-1", "it10-0"]
+        );
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::{CandidateRecord, JudgeSample, JudgementRecord};

@@ -16,7 +16,9 @@ use srlm_core::jsonl::{read_jsonl, write_jsonl_atomic};
 use srlm_core::judge::{judge_prompt_within, JudgeSample};
 use srlm_core::oasst::{ranked_turns, Tree, TreeFilter, OASST_HINT};
 use srlm_core::seed::EftExample;
-use srlm_core::stages::{CandidateRecord, JudgementRecord, CANDIDATE_HINT, JUDGEMENT_HINT};
+use srlm_core::stages::{
+    id_order, CandidateRecord, JudgementRecord, CANDIDATE_HINT, JUDGEMENT_HINT,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -77,7 +79,8 @@ fn ranked_replies(
     judgements: &Path,
     filter: &TreeFilter,
 ) -> Result<Vec<JudgedPrompt>> {
-    let mut samples: BTreeMap<(String, usize), Vec<JudgeSample>> = BTreeMap::new();
+    // Each reply's judgements by sample, whatever order a (resumed) judge wrote them in.
+    let mut samples: BTreeMap<(String, usize), BTreeMap<usize, JudgeSample>> = BTreeMap::new();
     for r in read_jsonl::<EvalJudgement>(
         judgements,
         "each line must be a judgement written by `srlm eval judge`",
@@ -86,7 +89,7 @@ fn ranked_replies(
         samples
             .entry((r.prompt_id, r.reply))
             .or_default()
-            .push(own_judgement(r.judgement));
+            .insert(r.sample, own_judgement(r.judgement));
     }
     let mut prompts = Vec::new();
     let trees = read_jsonl::<Tree>(&crate::builtin::resolve(data)?, OASST_HINT)?;
@@ -101,7 +104,7 @@ fn ranked_replies(
             .enumerate()
             .map(|(i, (text, rank))| {
                 let js = samples.remove(&(p.id.clone(), i)).unwrap_or_default();
-                (text.clone(), *rank, js)
+                (text.clone(), *rank, js.into_values().collect())
             })
             .collect();
         prompts.push(JudgedPrompt {
@@ -113,21 +116,27 @@ fn ranked_replies(
     Ok(prompts)
 }
 
-/// Contrasting candidates (candidate c ranks c-th) with `srlm judge`'s judgements.
+/// Contrasting candidates (candidate c ranks c-th) with `srlm judge`'s judgements: prompts in
+/// id order, candidates by index, judgements by sample, whatever order the (resumed) stages
+/// wrote them in.
 fn contrasting(candidates: &Path, judgements: &Path) -> Result<Vec<JudgedPrompt>> {
-    let mut samples: BTreeMap<String, Vec<JudgeSample>> = BTreeMap::new();
+    let mut samples: BTreeMap<String, BTreeMap<usize, JudgeSample>> = BTreeMap::new();
     for r in read_jsonl::<JudgementRecord>(judgements, JUDGEMENT_HINT)? {
         let r = r.record;
-        let candidate = r.candidate_id.clone();
         samples
-            .entry(candidate)
+            .entry(r.candidate_id)
             .or_default()
-            .push(own_judgement(r.judgement));
+            .insert(r.sample, own_judgement(r.judgement));
     }
+    let mut cands: Vec<CandidateRecord> =
+        read_jsonl::<CandidateRecord>(candidates, CANDIDATE_HINT)?
+            .into_iter()
+            .map(|c| c.record)
+            .collect();
+    cands.sort_by(|a, b| id_order(&a.prompt_id, &b.prompt_id).then(a.candidate.cmp(&b.candidate)));
     let mut prompts: Vec<JudgedPrompt> = Vec::new();
     let mut at: BTreeMap<String, usize> = BTreeMap::new();
-    for c in read_jsonl::<CandidateRecord>(candidates, CANDIDATE_HINT)? {
-        let c = c.record;
+    for c in cands {
         let i = *at.entry(c.prompt_id.clone()).or_insert_with(|| {
             prompts.push(JudgedPrompt {
                 id: c.prompt_id.clone(),
@@ -139,7 +148,7 @@ fn contrasting(candidates: &Path, judgements: &Path) -> Result<Vec<JudgedPrompt>
         let js = samples.remove(&c.id).unwrap_or_default();
         prompts[i]
             .replies
-            .push((c.response, c.candidate as u32, js));
+            .push((c.response, c.candidate as u32, js.into_values().collect()));
     }
     // A prompt whose other answer was never written teaches no contrast.
     prompts.retain(|p| p.replies.len() >= 2);
