@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use srlm_engine::autograd::{contiguous_slice, with_f32};
+use srlm_engine::exp;
 use srlm_engine::gemm_bf16::mm; // f32, or bf16 while autocast is on
 
 /// `log p(target)` at each row. `logits`: (n, vocab), `targets`: (n,) u32 -> (n,)
@@ -34,8 +35,7 @@ struct TokenLogps;
 /// Max and log-sum-exp of a row.
 fn row_lse(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
-    max + sum.ln()
+    max + exp::sum_exp(row, max).ln()
 }
 
 impl CustomOp2 for TokenLogps {
@@ -88,7 +88,7 @@ fn ce_grad(logits: &[f32], targets: &[u32], g: &[f32], v: usize) -> Vec<f32> {
         .for_each(|(i, (dst, row))| {
             let lse = row_lse(row);
             for (d, x) in dst.iter_mut().zip(row) {
-                *d = -g[i] * (x - lse).exp();
+                *d = -g[i] * exp::exp(x - lse);
             }
             dst[targets[i] as usize] += g[i];
         });
@@ -178,11 +178,7 @@ impl candle_core::InplaceOp1 for LogitsToGrad<'_> {
             .for_each(|((row, logp), &t)| {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let picked = row[t as usize] - max;
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
+                let sum = exp::exp_in_place(row, max);
                 *logp = picked - sum.ln();
                 let inv = -1.0 / sum;
                 for x in row.iter_mut() {

@@ -174,11 +174,7 @@ impl CustomOp1 for CausalSoftmax {
             .for_each(|(r, (y, x))| {
                 let n = self.visible(r, rows).min(keys);
                 let max = x[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max) * self.scale;
-                let mut sum = 0.0;
-                for j in 0..n {
-                    y[j] = (x[j] * self.scale - max).exp();
-                    sum += y[j];
-                }
+                let sum = crate::kernels::exp::exp_into(&mut y[..n], &x[..n], self.scale, max);
                 let inv = 1.0 / sum;
                 y[..n].iter_mut().for_each(|v| *v *= inv);
             });
@@ -516,9 +512,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 struct SwiGlu;
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
+use crate::kernels::exp::sigmoid;
 
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
