@@ -7,9 +7,8 @@
 use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
 use crate::llama::{Linear, Quantized, WeightSource};
-use crate::q4_1::Q41Matrix;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -301,23 +300,12 @@ impl WeightSource for GgufModel {
             } else {
                 QTensor::quantize(&dense()?, GgmlDType::Q8_0)?
             };
-            Ok(Quantized::Candle(QMatMul::from_qtensor(t)?))
+            Ok(Quantized::new(t)?)
         };
-        // The file's own Q4_1 blocks through srlm's SIMD kernel; anything else through candle's.
-        let native = || -> Result<Quantized> {
-            if q.dtype() == GgmlDType::Q4_1 {
-                let (n, k) = q.shape().dims2()?;
-                return Ok(Quantized::Q41(Q41Matrix::new(
-                    q.data()?.into_owned(),
-                    n,
-                    k,
-                )?));
-            }
-            Ok(Quantized::Candle(QMatMul::from_qtensor(copy_qtensor(
-                q,
-                &self.device,
-            )?)?))
-        };
+        // The file's own blocks: Q4_1 and Q8_0 through srlm's SIMD kernels, the rest through
+        // candle's.
+        let native =
+            || -> Result<Quantized> { Ok(Quantized::new(copy_qtensor(q, &self.device)?)?) };
         Ok(match self.format {
             WeightFormat::Dense => Linear::Dense {
                 w: dense()?,

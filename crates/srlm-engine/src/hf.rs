@@ -5,7 +5,7 @@ use crate::config::{HfArchitecture, HfConfig, LlamaConfig, OneOrMany};
 use crate::error::{EngineError, Result};
 use crate::gguf::WeightFormat;
 use crate::llama::{Linear, Quantized, WeightSource};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -253,18 +253,12 @@ impl WeightSource for HfModel {
         match self.format {
             WeightFormat::Dense | WeightFormat::Native => Ok(Linear::Dense { w, b: None }),
             WeightFormat::Q8_0 if w.dim(1)? % 32 == 0 => Ok(Linear::Quant {
-                w: Quantized::Candle(QMatMul::from_qtensor(QTensor::quantize(
-                    &w,
-                    GgmlDType::Q8_0,
-                )?)?),
+                w: Quantized::new(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
                 b: None,
             }),
             WeightFormat::Mixed | WeightFormat::MixedBf16 if w.dim(1)? % 32 == 0 => {
                 Ok(Linear::Mixed {
-                    q: Quantized::Candle(QMatMul::from_qtensor(QTensor::quantize(
-                        &w,
-                        GgmlDType::Q8_0,
-                    )?)?),
+                    q: Quantized::new(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
                     dense: crate::model::linear::dense_weight(w, self.format)?,
                     b: None,
                 })

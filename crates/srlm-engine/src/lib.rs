@@ -12,7 +12,7 @@ pub mod hf;
 pub mod kernels;
 pub mod model;
 /// The kernels at the paths every caller uses.
-pub use kernels::{autograd, cpu, decode_attention, exp, gemm_bf16, q4_1};
+pub use kernels::{autograd, cpu, decode_attention, exp, gemm_bf16, qmatmul};
 /// The decoder and everything it exports, at the path every caller uses.
 pub use model::llama;
 pub mod sampling;

@@ -1,4 +1,4 @@
-//! The CPU kernels the model calls: the Q4_1 matmul (`q4_1.rs`), one attention kernel over
+//! The CPU kernels the model calls: the Q4_1 and Q8_0 matmuls (`qmatmul.rs`), one attention kernel over
 //! every decoding sequence's cache (`decode_attention.rs`), and the fused ops with hand-written
 //! backward passes that training uses (`autograd.rs`), and how each is checked against the
 //! composed ops it replaces (`check.rs`); the bf16 GEMM training uses where the CPU has
@@ -11,4 +11,4 @@ pub mod cpu;
 pub mod decode_attention;
 pub mod exp;
 pub mod gemm_bf16;
-pub mod q4_1;
+pub mod qmatmul;

@@ -1,26 +1,34 @@
 //! Projections `y = x Wᵀ + b` over dense, quantized or both forms of a weight, LoRA on top,
 //! seeded dropout, and where weights come from (`WeightSource`).
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Quantized weights with a fast matmul: candle's kernels, or ours for Q4_1.
+/// Quantized weights with a fast matmul: ours for Q4_1 and Q8_0 blocks, candle's for the rest.
 #[derive(Debug, Clone)]
 pub enum Quantized {
     Candle(QMatMul),
-    Q41(crate::q4_1::Q41Matrix),
+    Blocks(crate::qmatmul::QuantMatrix),
 }
 
 impl Quantized {
+    /// `q` through srlm's kernels where they read its blocks, else through candle's.
+    pub fn new(q: QTensor) -> Result<Self> {
+        Ok(match crate::qmatmul::QuantMatrix::from_qtensor(&q)? {
+            Some(m) => Quantized::Blocks(m),
+            None => Quantized::Candle(QMatMul::from_qtensor(q)?),
+        })
+    }
+
     /// `x`: (n, in) -> (n, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Quantized::Candle(w) => w.forward(x),
-            Quantized::Q41(w) => w.forward(x),
+            Quantized::Blocks(w) => w.forward(x),
         }
     }
 }
