@@ -98,8 +98,7 @@ fn dot_scalar_q8_0(row: &[u8], x: &[XBlock]) -> f32 {
 fn dot_scalar_q4_1(row: &[u8], x: &[XBlock]) -> f32 {
     let mut acc = 0f32;
     for (b, xb) in row.chunks_exact(20).zip(x) {
-        let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-        let m = half::f16::from_le_bytes([b[2], b[3]]).to_f32();
+        let (d, m) = (f16_at(b), f16_at(&b[2..]));
         let mut isum = 0i32;
         for j in 0..16 {
             isum += (b[4 + j] & 0x0F) as i32 * xb.q[j] as i32;
@@ -113,6 +112,29 @@ fn dot_scalar_q4_1(row: &[u8], x: &[XBlock]) -> f32 {
 /// Activation rows handled per pass over a weight row (accumulators live in registers/stack).
 #[cfg(target_arch = "x86_64")]
 const ROWS_PER_PASS: usize = 8;
+
+/// The f16 at the start of `b`, converted by F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn f16_at_f16c(b: &[u8]) -> f32 {
+    use std::arch::x86_64::*;
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([b[0], b[1]]) as i32,
+    )))
+}
+
+/// The sum of a vector's 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn hsum(a: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
 
 /// One Q4_1 weight row against `N` activation rows: each block's codes are unpacked once for
 /// all of them. `N` is a constant so the accumulators stay in registers (N = 1 for the decode
@@ -128,12 +150,8 @@ unsafe fn dot_rows_q4_1_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out
     let mut acc = [_mm256_setzero_ps(); N];
     let mut mins = [0f32; N];
     for (bi, b) in row.chunks_exact(20).enumerate() {
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            u16::from_le_bytes([b[0], b[1]]) as i32,
-        )));
-        let mn = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            u16::from_le_bytes([b[2], b[3]]) as i32,
-        )));
+        let d = f16_at_f16c(b);
+        let mn = f16_at_f16c(&b[2..]);
         let codes = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
         let lo = _mm_and_si128(codes, mask);
         let hi = _mm_and_si128(_mm_srli_epi16(codes, 4), mask);
@@ -148,11 +166,7 @@ unsafe fn dot_rows_q4_1_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out
         }
     }
     for i in 0..m {
-        let a = acc[i];
-        let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        out[i] = _mm_cvtss_f32(s) + mins[i];
+        out[i] = hsum(acc[i]) + mins[i];
     }
 }
 
@@ -166,9 +180,7 @@ unsafe fn dot_rows_q8_0_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out
     debug_assert!(xs.len() == N && out.len() == N);
     let mut acc = [_mm256_setzero_ps(); N];
     for (bi, b) in row.chunks_exact(34).enumerate() {
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            u16::from_le_bytes([b[0], b[1]]) as i32,
-        )));
+        let d = f16_at_f16c(b);
         let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
         let abs_w = _mm256_sign_epi8(w, w);
         for i in 0..N {
@@ -183,11 +195,7 @@ unsafe fn dot_rows_q8_0_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out
         }
     }
     for i in 0..N {
-        let a = acc[i];
-        let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        out[i] = _mm_cvtss_f32(s);
+        out[i] = hsum(acc[i]);
     }
 }
 
