@@ -132,7 +132,6 @@ pub struct PairRecord {
     pub schema_version: u32,
 }
 
-/// Stage records for tests, with the ids the stages give them.
 #[cfg(test)]
 mod tests {
     #[test]
@@ -148,6 +147,7 @@ mod tests {
     }
 }
 
+/// Stage records for tests, with the ids the stages give them.
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::{CandidateRecord, JudgeSample, JudgementRecord};

@@ -280,9 +280,9 @@ impl GgufModel {
     }
 }
 
-fn copy_qtensor(q: &QTensor, device: &Device) -> Result<QTensor> {
+fn copy_qtensor(q: &QTensor, device: &Device) -> candle_core::Result<QTensor> {
     let storage = QStorage::from_data(Cow::Owned(q.data()?.into_owned()), device, q.dtype())?;
-    Ok(QTensor::new(storage, q.shape().clone())?)
+    QTensor::new(storage, q.shape().clone())
 }
 
 impl WeightSource for GgufModel {
@@ -294,18 +294,22 @@ impl WeightSource for GgufModel {
         let q = self.qtensor(name)?;
         let is_float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         let dense = || q.dequantize(&self.device);
-        let q8_0 = || -> Result<Quantized> {
-            let t = if q.dtype() == GgmlDType::Q8_0 {
-                copy_qtensor(q, &self.device)?
-            } else {
-                QTensor::quantize(&dense()?, GgmlDType::Q8_0)?
-            };
-            Ok(Quantized::new(t)?)
-        };
         // The file's own blocks: Q4_1 and Q8_0 through srlm's SIMD kernels, the rest through
         // candle's.
         let native =
-            || -> Result<Quantized> { Ok(Quantized::new(copy_qtensor(q, &self.device)?)?) };
+            || -> Result<Quantized> { Ok(Quantized::new(q, || copy_qtensor(q, &self.device))?) };
+        let q8_0 = || -> Result<Quantized> {
+            if q.dtype() == GgmlDType::Q8_0 {
+                return native();
+            }
+            let w = dense()?;
+            let t = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+            // Candle's matmul would take a second quantization; srlm's kernel reads every
+            // Q8_0 matrix.
+            Ok(Quantized::new(&t, || {
+                QTensor::quantize(&w, GgmlDType::Q8_0)
+            })?)
+        };
         Ok(match self.format {
             WeightFormat::Dense => Linear::Dense {
                 w: dense()?,

@@ -253,12 +253,12 @@ impl WeightSource for HfModel {
         match self.format {
             WeightFormat::Dense | WeightFormat::Native => Ok(Linear::Dense { w, b: None }),
             WeightFormat::Q8_0 if w.dim(1)? % 32 == 0 => Ok(Linear::Quant {
-                w: Quantized::new(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
+                w: q8_0(&w)?,
                 b: None,
             }),
             WeightFormat::Mixed | WeightFormat::MixedBf16 if w.dim(1)? % 32 == 0 => {
                 Ok(Linear::Mixed {
-                    q: Quantized::new(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
+                    q: q8_0(&w)?,
                     dense: crate::model::linear::dense_weight(w, self.format)?,
                     b: None,
                 })
@@ -272,4 +272,13 @@ impl WeightSource for HfModel {
     fn contains(&self, name: &str) -> bool {
         self.weights.get(name).is_ok()
     }
+}
+
+/// `w` requantized to Q8_0, through srlm's kernel.
+fn q8_0(w: &Tensor) -> Result<Quantized> {
+    let t = QTensor::quantize(w, GgmlDType::Q8_0)?;
+    // Candle's matmul would take a second quantization; srlm's kernel reads every Q8_0 matrix.
+    Ok(Quantized::new(&t, || {
+        QTensor::quantize(w, GgmlDType::Q8_0)
+    })?)
 }

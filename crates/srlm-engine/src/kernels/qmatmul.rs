@@ -270,12 +270,8 @@ impl QuantMatrix {
         })
     }
 
-    pub fn format(&self) -> BlockFormat {
-        self.format
-    }
-
-    /// A 2-D tensor of Q4_1 or Q8_0 blocks as a matrix these kernels multiply by; `None` for
-    /// any other dtype or shape.
+    /// A 2-D tensor of Q4_1 or Q8_0 blocks as a matrix these kernels multiply by (one copy of
+    /// its bytes); `None` for any other dtype or shape.
     pub fn from_qtensor(q: &candle_core::quantized::QTensor) -> Result<Option<Self>> {
         use candle_core::quantized::GgmlDType;
         let format = match q.dtype() {

@@ -16,11 +16,13 @@ pub enum Quantized {
 }
 
 impl Quantized {
-    /// `q` through srlm's kernels where they read its blocks, else through candle's.
-    pub fn new(q: QTensor) -> Result<Self> {
-        Ok(match crate::qmatmul::QuantMatrix::from_qtensor(&q)? {
+    /// `q` through srlm's kernels where they read its blocks (a copy of its bytes), else
+    /// through candle's, on the tensor `owned` gives (called only then: a file's tensor is
+    /// copied once either way).
+    pub fn new(q: &QTensor, owned: impl FnOnce() -> Result<QTensor>) -> Result<Self> {
+        Ok(match crate::qmatmul::QuantMatrix::from_qtensor(q)? {
             Some(m) => Quantized::Blocks(m),
-            None => Quantized::Candle(QMatMul::from_qtensor(q)?),
+            None => Quantized::Candle(QMatMul::from_qtensor(owned()?)?),
         })
     }
 
