@@ -57,10 +57,12 @@ pub struct Diagnostics {
     pub score_mode: ScoreMode,
     /// Candidates' mean scores.
     pub candidate_scores: Summary,
-    /// Of candidates with two or more parsed samples, the share whose written scores all agree.
-    pub judge_samples_agree: f64,
-    /// Mean over candidates of the standard deviation of their samples' values.
-    pub judge_sample_std: f64,
+    /// Of candidates with two or more parsed samples, the share whose written scores all agree
+    /// (None: no candidate has two, as with `judge.k` = 1).
+    pub judge_samples_agree: Option<f64>,
+    /// Mean over candidates with two or more samples of the standard deviation of their values
+    /// (None: no such candidate).
+    pub judge_sample_std: Option<f64>,
     /// Of the scored judgements, the share that carry a distribution over the score.
     #[serde(default)]
     pub with_distribution: f64,
@@ -143,12 +145,8 @@ pub fn diagnose(
         let m = s.iter().sum::<f64>() / s.len() as f64;
         stds.push((s.iter().map(|x| (x - m).powi(2)).sum::<f64>() / s.len() as f64).sqrt());
     }
-    d.judge_samples_agree = if multi > 0 {
-        agree as f64 / multi as f64
-    } else {
-        0.0
-    };
-    d.judge_sample_std = summarize(&stds).mean;
+    d.judge_samples_agree = (multi > 0).then(|| agree as f64 / multi as f64);
+    d.judge_sample_std = (!stds.is_empty()).then(|| summarize(&stds).mean);
     let (mut lens, mut scores) = (Vec::new(), Vec::new());
     let all_lens: Vec<f64> = candidates
         .iter()
@@ -222,11 +220,23 @@ mod tests {
         assert_eq!(d.parse_failure_rate, 0.125);
         assert_eq!(d.score_histogram["3"], 3);
         // p/0 and q/1 agree; p/1 does not; q/0 has one parsed sample.
-        assert!((d.judge_samples_agree - 2.0 / 3.0).abs() < 1e-12);
+        assert!((d.judge_samples_agree.unwrap() - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(d.pair_margins.mean, 2.5);
         assert_eq!(d.chosen_chars.mean, 20.0);
         // Longest answer scores highest, the shortest lowest: positive correlation.
         assert!(d.length_score_spearman.unwrap() > 0.5);
         assert_eq!(summarize(&[3.0, 1.0, 2.0, 10.0]).median, 2.5);
+    }
+
+    #[test]
+    fn one_sample_per_candidate_has_no_agreement_to_report() {
+        // judge.k = 1: the samples can neither agree nor disagree, so the figures are absent,
+        // not "0% agree, std 0".
+        let candidates = vec![cand("p", 0, "a"), cand("p", 1, "bb")];
+        let judgements = vec![judged("p/0", 0, Some(2.0)), judged("p/1", 0, Some(3.0))];
+        let (pairs, stats) = build_pairs(&candidates, &judgements, &PairOptions::default());
+        let d = diagnose(&candidates, &judgements, &pairs, &stats, ScoreMode::Sampled);
+        assert_eq!((d.judge_samples_agree, d.judge_sample_std), (None, None));
+        assert_eq!(d.pairs, 1);
     }
 }

@@ -93,20 +93,29 @@ pub fn iteration_flags(its: &[Diagnostics], th: &Thresholds) -> Vec<Flag> {
         if let Some((score, n)) = d.score_histogram.iter().max_by_key(|(_, n)| **n) {
             let share = *n as f64 / parsed.max(1) as f64;
             if parsed >= 10 && share >= th.collapse {
+                let fix = match d.score_mode {
+                    ScoreMode::Expected => "the judge writes one score for almost everything: the pairs rest on the small differences of its expected scores, so check it against human rankings (eval.judge_data) before trusting them, and train it on judge examples that span every score (seed_data.eft, eft.data)",
+                    ScoreMode::Sampled => "the judge has collapsed onto one score: train it on judge examples that span every score (seed_data.eft, eft.data), and read scores as judge.score = \"expected\" so near-ties still order the candidates",
+                };
                 flag(
                     FlagKind::Collapse,
                     format!("{:.0}% of the judgements score {score}", 100.0 * share),
-                    "the judge has collapsed onto one score: train it on judge examples that span every score (seed_data.eft, judge training data), and read scores as judge.score = \"expected\" so near-ties still order the candidates",
+                    fix,
                 );
             }
         }
-        if d.judge_samples_agree < th.agreement && d.judge_sample_std > th.sample_std {
+        let disagree = match (d.judge_samples_agree, d.judge_sample_std) {
+            (Some(agree), Some(std)) if agree < th.agreement && std > th.sample_std => {
+                Some((agree, std))
+            }
+            _ => None,
+        };
+        if let Some((agree, std)) = disagree {
             flag(
                 FlagKind::SamplesDisagree,
                 format!(
-                    "a candidate's samples agree {:.0}% of the time, std {:.2}",
-                    100.0 * d.judge_samples_agree,
-                    d.judge_sample_std
+                    "a candidate's samples agree {:.0}% of the time, std {std:.2}",
+                    100.0 * agree
                 ),
                 "the judge's samples are noise around its verdict: judge.score = \"expected\" with k = 1 at a low judge.temperature, or a larger judge.k",
             );
@@ -205,8 +214,8 @@ mod tests {
             judgements: hist.iter().map(|h| h.1).sum(),
             pairs: 8,
             score_histogram: hist.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
-            judge_samples_agree: agree,
-            judge_sample_std: std,
+            judge_samples_agree: Some(agree),
+            judge_sample_std: Some(std),
             length_score_spearman: rho,
             chosen_chars: Summary {
                 mean: lens.0,
@@ -234,6 +243,24 @@ mod tests {
             (300.0, 290.0),
         );
         assert!(iteration_flags(&[d.clone(), d], &Thresholds::default()).is_empty());
+    }
+
+    #[test]
+    fn one_judgement_per_candidate_is_not_disagreement_and_collapse_advice_fits_the_reading() {
+        let mut d = diag(&[("2", 97), ("3", 3)], 0.0, 0.0, Some(0.0), (300.0, 300.0));
+        (d.judge_samples_agree, d.judge_sample_std) = (None, None);
+        let sampled = iteration_flags(&[d.clone()], &Thresholds::default());
+        assert_eq!(kinds(&sampled), vec![(FlagKind::Collapse, 1)]);
+        assert!(sampled[0].fix.contains("judge.score = \"expected\""));
+        d.score_mode = ScoreMode::Expected;
+        let expected = iteration_flags(&[d], &Thresholds::default());
+        assert_eq!(kinds(&expected), vec![(FlagKind::Collapse, 1)]);
+        // The run already reads the expected score: the advice must not ask for it again.
+        assert!(
+            !expected[0].fix.contains("judge.score"),
+            "{}",
+            expected[0].fix
+        );
     }
 
     #[test]

@@ -302,6 +302,12 @@ fn f(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into())
 }
 
+/// A share as a whole percentage, "-" when there is none.
+fn percent(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.0}%", 100.0 * x))
+        .unwrap_or_else(|| "-".into())
+}
+
 pub fn run(a: ReportArgs) -> Result<()> {
     let path = write_report(&a.run, a.out.as_deref())?;
     println!("{}", path.display());
@@ -354,7 +360,7 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         .map_err(plot_err)?;
         writeln!(md, "## Judging and pairs, per iteration\n")?;
         writeln!(md, "![scores](scores.png)\n\n![lengths](lengths.png)\n")?;
-        writeln!(md, "| iteration | prompts | candidates | judgements | parse failures | verdicts asked | mean score | k samples agree | sample std | tied prompts | unscored prompts | pairs | mean margin | mean length | chosen length | rejected length | length-score Spearman |")?;
+        writeln!(md, "| iteration | prompts | candidates | judgements | parse failures | verdicts asked | mean score | k samples agree (k > 1) | sample std | tied prompts | unscored prompts | pairs | mean margin | mean length | chosen length | rejected length | length-score Spearman |")?;
         writeln!(
             md,
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -363,9 +369,9 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             let d = &it.diagnostics;
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {} ({:.0}%) | {} | {:.2} | {:.0}% | {:.2} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
+                "| {} | {} | {} | {} | {} ({:.0}%) | {} | {:.2} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
                 it.t, d.prompts, d.candidates, d.judgements, d.parse_failures, 100.0 * d.parse_failure_rate,
-                d.forced_verdicts, d.candidate_scores.mean, 100.0 * d.judge_samples_agree, d.judge_sample_std, d.prompts_tied,
+                d.forced_verdicts, d.candidate_scores.mean, percent(d.judge_samples_agree), f(d.judge_sample_std), d.prompts_tied,
                 d.prompts_unscored, d.pairs, d.pair_margins.mean, d.response_chars.mean, d.chosen_chars.mean,
                 d.rejected_chars.mean, f(d.length_score_spearman)
             )?;
