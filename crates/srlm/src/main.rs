@@ -10,6 +10,7 @@ mod pipeline;
 mod report;
 mod serve;
 mod train_settings;
+mod view;
 
 use commands::{chat, contrast, eft, eval, export, generate, prompts, run, stages, train};
 
@@ -37,6 +38,9 @@ pub(crate) enum Command {
     Run(run::RunArgs),
     /// report.md with PNG plots for a run directory: diagnostics, judge metrics, win rates.
     Report(report::ReportArgs),
+    /// The run browser: a local web page with every prompt's candidates, judgements and pair,
+    /// the run's charts and its progress while it goes (`srlm report` writes it as files too).
+    View(view::ViewArgs),
     /// Chat with a model in the terminal; tokens stream as they come.
     Chat(chat::ChatArgs),
     /// Generate completions for a JSONL file of prompts (resumable).
@@ -95,6 +99,7 @@ pub(crate) fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(a) => run::run(a),
         Command::Report(a) => report::run(a),
+        Command::View(a) => view::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Prompts(a) => prompts::run(a),

@@ -1,8 +1,10 @@
 //! `srlm bench`: throughput and memory, measured the way llama.cpp's llama-bench reports them
 //! (prefill of a long prompt; decode of new tokens at batch 1 and across many sequences).
 
+pub mod browser;
 pub mod inputs;
 pub mod serve;
+pub mod view;
 
 use crate::model_args::ModelArgs;
 use anyhow::Result;
@@ -29,6 +31,9 @@ pub enum BenchCommand {
     /// How long a run takes to check a large input it has hashed before (fingerprint) against
     /// hashing it in full.
     Inputs(crate::bench::inputs::BenchInputsArgs),
+    /// The run browser on a generated run (10,000 prompts by default): reading it, building
+    /// the page, and, with Chromium installed, opening it in a headless browser.
+    View(crate::bench::view::BenchViewArgs),
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +118,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Judge(a) => bench_judge(a),
         BenchCommand::Serve(a) => crate::bench::serve::run(a),
         BenchCommand::Inputs(a) => crate::bench::inputs::run(a),
+        BenchCommand::View(a) => crate::bench::view::run(a),
     }
 }
 

@@ -84,6 +84,13 @@ pub fn run(a: RunArgs) -> Result<()> {
         true => eprintln!("resuming the run in {}", dir.display()),
         false => write_atomic(&cfg_path, cfg_text.as_bytes())?,
     }
+    let plan_file = crate::pipeline::layout::PlanFile {
+        stages: stages.iter().map(|s| s.name.clone()).collect(),
+    };
+    write_atomic(
+        &layout.plan(),
+        srlm_core::summaries::to_pretty_json(&plan_file)?.as_bytes(),
+    )?;
     let mut run = Run::open(layout.clone())?;
     run.execute(stages)?;
     let report = crate::report::write_report(dir, None)?;

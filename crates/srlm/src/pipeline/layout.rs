@@ -3,6 +3,7 @@
 //! ```text
 //! RUN/config.toml        the resolved config (a rerun with a different one is refused)
 //! RUN/manifest.json      finished stages: command, inputs by hash, outputs, seconds
+//! RUN/plan.json          every stage's name, in order (what `srlm view` shows as to come)
 //! RUN/seed/              ift.jsonl, eft.jsonl, sft.jsonl (IFT + EFT as prompt/response)
 //! RUN/eft/               the judge bootstrap: data/ (the ranked trees), judgements.jsonl,
 //!                        eft.jsonl (kept judgements), sft.jsonl (them as prompt/response)
@@ -14,6 +15,13 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+
+/// `RUN/plan.json`: the stages a run will do, in order, so that a reader of the directory
+/// (`srlm view`) can tell what is still to come without the config's planner.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PlanFile {
+    pub stages: Vec<String>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -87,6 +95,11 @@ impl Layout {
 
     pub fn manifest(&self) -> PathBuf {
         self.dir.join("manifest.json")
+    }
+
+    /// The planned stages' names, written when the run starts ([`PlanFile`]).
+    pub fn plan(&self) -> PathBuf {
+        self.dir.join("plan.json")
     }
 
     pub fn seed(&self) -> SeedFiles {

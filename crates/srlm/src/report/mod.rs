@@ -614,6 +614,8 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
     writeln!(md, "Config:\n\n```toml\n{}```", cfg_text)?;
     let path = out.join("report.md");
     write_atomic(&path, md.as_bytes())?;
+    // The same run as a page to browse (report/index.html), prompt by prompt.
+    crate::view::write_static(run, &out)?;
     Ok(path)
 }
 
