@@ -40,24 +40,13 @@ pub struct ViewArgs {
 fn fingerprint(dirs: &[PathBuf]) -> (usize, Option<SystemTime>, u64) {
     let (mut n, mut newest, mut size) = (0, None, 0);
     for dir in dirs {
-        let mut stack = vec![dir.clone()];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let Ok(m) = e.metadata() else { continue };
-                if m.is_dir() {
-                    stack.push(e.path());
-                    continue;
-                }
-                n += 1;
-                size += m.len();
-                if let Ok(t) = m.modified() {
-                    newest = Some(newest.map_or(t, |x: SystemTime| x.max(t)));
-                }
+        snapshot::for_each_file(dir, |m| {
+            n += 1;
+            size += m.len();
+            if let Ok(t) = m.modified() {
+                newest = Some(newest.map_or(t, |x: SystemTime| x.max(t)));
             }
-        }
+        });
     }
     (n, newest, size)
 }

@@ -26,7 +26,11 @@ pub fn read_lenient<T: DeserializeOwned>(path: &Path, warnings: &mut Vec<String>
     let Ok(bytes) = std::fs::read(path) else {
         return Vec::new();
     };
-    let text = String::from_utf8_lossy(&bytes);
+    // Checked as UTF-8 in one pass; a file with invalid bytes is read with them replaced.
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(&bytes),
+    };
     let mut out = Vec::new();
     let lines: Vec<&str> = text.split('\n').collect();
     for (i, line) in lines.iter().enumerate() {
@@ -65,9 +69,8 @@ fn age_s(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The newest modification time of any file under `dir`.
-fn newest_write(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
+/// Calls `f` with the metadata of every file under `dir` (unreadable entries skipped).
+pub fn for_each_file(dir: &Path, mut f: impl FnMut(&std::fs::Metadata)) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -77,11 +80,21 @@ fn newest_write(dir: &Path) -> Option<SystemTime> {
             let Ok(meta) = e.metadata() else { continue };
             if meta.is_dir() {
                 stack.push(e.path());
-            } else if let Ok(t) = meta.modified() {
-                newest = Some(newest.map_or(t, |n: SystemTime| n.max(t)));
+            } else {
+                f(&meta);
             }
         }
     }
+}
+
+/// The newest modification time of any file under `dir`.
+fn newest_write(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for_each_file(dir, |meta| {
+        if let Ok(t) = meta.modified() {
+            newest = Some(newest.map_or(t, |n: SystemTime| n.max(t)));
+        }
+    });
     newest
 }
 
@@ -319,8 +332,8 @@ impl Snapshot {
                 &kept,
                 attempts.len(),
                 dropped,
-                &candidates,
-                &judgements,
+                candidates,
+                judgements,
                 &pairs,
                 diagnostics,
                 score_mode,
@@ -385,53 +398,58 @@ fn iteration(
     kept: &[PromptRecord],
     attempts: usize,
     dropped: BTreeMap<String, usize>,
-    candidates: &[CandidateRecord],
-    judgements: &[JudgementRecord],
+    candidates: Vec<CandidateRecord>,
+    judgements: Vec<JudgementRecord>,
     pairs: &[PairRecord],
     diagnostics: Option<Diagnostics>,
     mode: ScoreMode,
 ) -> (IterationView, Vec<PromptRow>, Vec<PromptDetail>) {
-    let mut by_candidate: HashMap<&str, Vec<&JudgementRecord>> = HashMap::new();
+    // The records are taken apart into the page's views: their texts move, not copied.
+    let (n_candidates, n_judgements) = (candidates.len(), judgements.len());
+    let mut by_candidate: HashMap<String, Vec<JudgementRecord>> = HashMap::new();
     let mut written_scores = BTreeMap::new();
     for j in judgements {
-        by_candidate.entry(&j.candidate_id).or_default().push(j);
         if let Some(s) = j.judgement.score {
             *written_scores.entry(format!("{s}")).or_insert(0) += 1;
         }
+        by_candidate
+            .entry(j.candidate_id.clone())
+            .or_default()
+            .push(j);
     }
-    let mut by_prompt: BTreeMap<&str, Vec<&CandidateRecord>> = BTreeMap::new();
+    let mut by_prompt: HashMap<String, Vec<CandidateRecord>> = HashMap::new();
     for c in candidates {
-        by_prompt.entry(&c.prompt_id).or_default().push(c);
+        by_prompt.entry(c.prompt_id.clone()).or_default().push(c);
     }
     let pair_of: HashMap<&str, &PairRecord> =
         pairs.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
     // Every prompt kept, and any prompt a candidate names (a file edited by hand).
-    let mut ids: Vec<(&str, &str)> = kept
+    let mut ids: Vec<(String, String)> = kept
         .iter()
-        .map(|p| (p.id.as_str(), p.prompt.as_str()))
+        .map(|p| (p.id.clone(), p.prompt.clone()))
         .collect();
     let kept_ids: HashSet<&str> = kept.iter().map(|p| p.id.as_str()).collect();
     for (id, cs) in &by_prompt {
-        if !kept_ids.contains(id) {
-            ids.push((id, &cs[0].prompt));
+        if !kept_ids.contains(id.as_str()) {
+            ids.push((id.clone(), cs[0].prompt.clone()));
         }
     }
-    ids.sort_by(|a, b| id_order(a.0, b.0));
+    ids.sort_by(|a, b| id_order(&a.0, &b.0));
 
     let mut candidate_scores = Vec::new();
     let mut rows = Vec::new();
     let mut details = Vec::new();
     for (id, prompt) in ids {
-        let mut cs = by_prompt.get(id).cloned().unwrap_or_default();
+        let mut cs = by_prompt.remove(&id).unwrap_or_default();
         cs.sort_by_key(|c| c.candidate);
-        let pair = pair_of.get(id).copied();
+        let pair = pair_of.get(id.as_str()).copied();
         let (mut n_judged, mut failures) = (0, 0);
         let mut views = Vec::new();
         let mut means = Vec::new();
         // The pair names its answers by text; the first candidate with that text is the one.
         let (mut chosen_taken, mut rejected_taken) = (false, false);
         for c in cs {
-            let mut js = by_candidate.get(c.id.as_str()).cloned().unwrap_or_default();
+            let mut js = by_candidate.remove(&c.id).unwrap_or_default();
             js.sort_by_key(|j| j.sample);
             n_judged += js.len();
             failures += js.iter().filter(|j| j.judgement.score.is_none()).count();
@@ -454,21 +472,21 @@ fn iteration(
                 _ => "",
             };
             views.push(CandidateView {
-                id: c.id.clone(),
+                id: c.id,
                 index: c.candidate,
-                response: c.response.clone(),
-                finish_reason: c.finish_reason.clone(),
+                response: c.response,
+                finish_reason: c.finish_reason,
                 mean,
                 role: role.into(),
                 judgements: js
-                    .iter()
+                    .into_iter()
                     .map(|j| JudgementView {
-                        id: j.id.clone(),
+                        id: j.id,
                         sample: j.sample,
-                        raw: j.judgement.raw.clone(),
+                        raw: j.judgement.raw,
                         score: j.judgement.score,
                         expected: j.judgement.distribution.as_ref().map(|d| d.expected),
-                        forced_verdict: j.judgement.forced_verdict.clone(),
+                        forced_verdict: j.judgement.forced_verdict,
                         failure: j
                             .judgement
                             .failure
@@ -483,7 +501,7 @@ fn iteration(
                 - means.iter().cloned().fold(f64::MAX, f64::min)
         });
         rows.push(PromptRow {
-            id: id.to_string(),
+            id: id.clone(),
             t,
             prompt: prompt.chars().take(300).collect(),
             candidates: views.len(),
@@ -496,9 +514,9 @@ fn iteration(
             paired: pair.is_some(),
         });
         details.push(PromptDetail {
-            id: id.to_string(),
+            id,
             t,
-            prompt: prompt.to_string(),
+            prompt,
             candidates: views,
             pair: pair.cloned(),
         });
@@ -508,8 +526,8 @@ fn iteration(
         prompts_kept: kept.len(),
         attempts,
         dropped,
-        candidates: candidates.len(),
-        judgements: judgements.len(),
+        candidates: n_candidates,
+        judgements: n_judgements,
         written_scores,
         candidate_scores,
         margins: pairs
@@ -669,6 +687,10 @@ fn stage_rank(name: &str) -> (usize, usize, usize, String) {
 }
 
 /// What an unfinished stage has written so far.
+fn judgements(n: usize) -> String {
+    format!("{n} judgement{} written", if n == 1 { "" } else { "s" })
+}
+
 fn progress(layout: &Layout, cfg: Option<&RunConfig>, stage: &str) -> Option<String> {
     let words: Vec<&str> = stage.split_whitespace().collect();
     let t = |s: &str| s.parse::<usize>().ok();
@@ -699,14 +721,10 @@ fn progress(layout: &Layout, cfg: Option<&RunConfig>, stage: &str) -> Option<Str
                 total.unwrap_or("?".into())
             ))
         }
-        ["eft", "judge"] => Some(format!(
-            "{} judgements",
-            lines(layout.bootstrap().judgements)
-        )),
-        ["eval", "judge", m] => Some(format!(
-            "{} judgements",
-            lines(layout.dir.join("eval").join(format!("judge_{m}.jsonl")))
-        )),
+        ["eft", "judge"] => Some(judgements(lines(layout.bootstrap().judgements))),
+        ["eval", "judge", m] => Some(judgements(lines(
+            layout.dir.join("eval").join(format!("judge_{m}.jsonl")),
+        ))),
         ["sft" | "dpo", m] => {
             let steps = lines(layout.models().join(m).join("metrics.jsonl"));
             Some(format!("step {steps}"))

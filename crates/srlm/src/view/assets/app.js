@@ -67,21 +67,33 @@ function chartBox(title, svg, legend) {
   return `<div class="chart"><div class="title">${esc(title)}</div>${leg}${svg}</div>`;
 }
 function emptyChart(title, why) { return chartBox(title, `<p class="empty">${esc(why)}</p>`); }
-function axisTicks(lo, hi, n = 4) {
+// About n ticks spanning lo..hi at a round step (1, 2, 2.5 or 5 times a power of ten; at least 1
+// where the axis counts things), with the decimals that step needs. An axis runs from its first
+// tick to its last.
+function axisTicks(lo, hi, n = 4, integer = false) {
   if (hi === lo) hi = lo + 1;
-  const step = (hi - lo) / n;
-  return Array.from({ length: n + 1 }, (_, i) => lo + i * step);
+  const raw = (hi - lo) / n, p = Math.pow(10, Math.floor(Math.log10(raw)));
+  let step = [1, 2, 2.5, 5, 10].map(m => m * p).find(s => s >= raw);
+  if (integer) step = Math.max(1, Math.round(step));
+  let digits = 0;
+  while (digits < 8 && Math.abs(step * 10 ** digits - Math.round(step * 10 ** digits)) > 1e-6) digits++;
+  const ticks = [];
+  // From the step at or below lo to the one at or above hi: the axis spans its ticks.
+  const first = Math.floor(lo / step + 1e-9), last = Math.ceil(hi / step - 1e-9);
+  for (let i = first; i <= last; i++) ticks.push(i * step);
+  return ticks.map(t => ({ t, label: num(t, digits) }));
 }
 // Grouped bars: labels along x, one bar per series at each label.
 function bars(title, labels, series, opts = {}) {
   const all = series.flatMap(s => s.values).filter(v => v != null);
   if (!all.length) return emptyChart(title, opts.empty || "no data yet");
   const W = 420, H = opts.rotate ? 280 : 220, L = 44, B = opts.rotate ? 90 : 34, T = 8, R = 8;
-  const lo = Math.min(0, ...all), hi = Math.max(opts.max || 0, ...all);
+  const ticks = axisTicks(Math.min(0, ...all), Math.max(opts.max || 0, ...all), 4, opts.yDigits === 0);
+  const lo = ticks[0].t, hi = ticks[ticks.length - 1].t;
   const y = v => T + (H - T - B) * (1 - (v - lo) / ((hi - lo) || 1));
   const gw = (W - L - R) / labels.length, bw = Math.max(2, (gw * 0.8) / series.length);
   let g = "";
-  for (const t of axisTicks(lo, hi)) g += `<line x1="${L}" x2="${W - R}" y1="${y(t)}" y2="${y(t)}" stroke="#eee"/><text x="${L - 4}" y="${y(t) + 4}" font-size="10" text-anchor="end">${num(t, opts.yDigits ?? 2)}</text>`;
+  for (const { t, label } of ticks) g += `<line x1="${L}" x2="${W - R}" y1="${y(t)}" y2="${y(t)}" stroke="#eee"/><text x="${L - 4}" y="${y(t) + 4}" font-size="10" text-anchor="end">${label}</text>`;
   labels.forEach((lab, i) => {
     series.forEach((s, k) => {
       const v = s.values[i];
@@ -104,12 +116,13 @@ function lines(title, series, opts = {}) {
   if (!pts.length) return emptyChart(title, opts.empty || "no data yet");
   const W = 420, H = 220, L = 44, B = 34, T = 8, R = 8;
   const xs = pts.map(p => p[0]), ys = pts.map(p => p[1]);
-  const xlo = Math.min(...xs), xhi = Math.max(...xs), ylo = Math.min(...ys), yhi = Math.max(...ys);
+  const xt = axisTicks(Math.min(...xs), Math.max(...xs), 5, true), yt = axisTicks(Math.min(...ys), Math.max(...ys));
+  const xlo = xt[0].t, xhi = xt[xt.length - 1].t, ylo = yt[0].t, yhi = yt[yt.length - 1].t;
   const x = v => L + (W - L - R) * ((v - xlo) / ((xhi - xlo) || 1));
   const y = v => T + (H - T - B) * (1 - (v - ylo) / ((yhi - ylo) || 1));
   let g = "";
-  for (const t of axisTicks(ylo, yhi)) g += `<line x1="${L}" x2="${W - R}" y1="${y(t)}" y2="${y(t)}" stroke="#eee"/><text x="${L - 4}" y="${y(t) + 4}" font-size="10" text-anchor="end">${num(t, 2)}</text>`;
-  for (const t of axisTicks(xlo, xhi)) g += `<text x="${x(t)}" y="${H - B + 14}" font-size="10" text-anchor="middle">${num(t, 0)}</text>`;
+  for (const { t, label } of yt) g += `<line x1="${L}" x2="${W - R}" y1="${y(t)}" y2="${y(t)}" stroke="#eee"/><text x="${L - 4}" y="${y(t) + 4}" font-size="10" text-anchor="end">${label}</text>`;
+  for (const { t, label } of xt) g += `<text x="${x(t)}" y="${H - B + 14}" font-size="10" text-anchor="middle">${label}</text>`;
   series.forEach((s, k) => {
     const c = COLORS[k % COLORS.length];
     g += `<polyline fill="none" stroke="${c}" stroke-width="1.5" points="${s.points.map(p => `${x(p[0])},${y(p[1])}`).join(" ")}"/>`;
