@@ -37,7 +37,7 @@ pub struct ViewArgs {
 
 /// What the files under the runs look like now: their count, newest time and total size.
 /// The page is rebuilt when it changes.
-fn fingerprint(dirs: &[PathBuf]) -> (usize, Option<SystemTime>, u64) {
+fn fingerprint(dirs: &[PathBuf]) -> Fingerprint {
     let (mut n, mut newest, mut size) = (0, None, 0);
     for dir in dirs {
         snapshot::for_each_file(dir, |m| {
@@ -53,29 +53,51 @@ fn fingerprint(dirs: &[PathBuf]) -> (usize, Option<SystemTime>, u64) {
 
 type Fingerprint = (usize, Option<SystemTime>, u64);
 
-struct Served {
-    dirs: Vec<PathBuf>,
-    site: Mutex<(Fingerprint, Arc<Site>, Instant)>,
+/// The page as last built: from which state of the files, when, and how long building took.
+struct Built {
+    fingerprint: Fingerprint,
+    site: Arc<Site>,
+    checked: Instant,
+    build_s: f64,
 }
 
+struct Served {
+    dirs: Vec<PathBuf>,
+    built: Mutex<Built>,
+}
+
+/// While a run writes, its files change at every record: the page is rebuilt no sooner than this
+/// many times its last build's duration after it, so that reading a large run takes at most a
+/// tenth of a core from the run itself.
+const REBUILD_EVERY_BUILDS: f64 = 10.0;
+
 impl Served {
-    fn build(dirs: &[PathBuf]) -> Site {
+    fn build(dirs: &[PathBuf]) -> Built {
+        let t = Instant::now();
+        let fingerprint = fingerprint(dirs);
         let snaps: Vec<Snapshot> = dirs.iter().map(|d| Snapshot::read(d)).collect();
-        site::build(&snaps, "server")
+        let site = Arc::new(site::build(&snaps, "server"));
+        Built {
+            fingerprint,
+            site,
+            checked: Instant::now(),
+            build_s: t.elapsed().as_secs_f64(),
+        }
     }
 
-    /// The page's files, rebuilt when the runs changed (looked at most once a second).
+    /// The page's files, rebuilt when the runs changed (looked at most once a second, and no
+    /// sooner than [`REBUILD_EVERY_BUILDS`] builds' time after the last).
     fn site(&self, fresh: bool) -> Arc<Site> {
-        let mut guard = self.site.lock().unwrap_or_else(|e| e.into_inner());
-        if fresh && guard.2.elapsed().as_secs_f64() >= 1.0 {
-            let now = fingerprint(&self.dirs);
-            if now != guard.0 {
-                *guard = (now, Arc::new(Self::build(&self.dirs)), Instant::now());
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = (REBUILD_EVERY_BUILDS * built.build_s).max(1.0);
+        if fresh && built.checked.elapsed().as_secs_f64() >= wait {
+            if fingerprint(&self.dirs) != built.fingerprint {
+                *built = Self::build(&self.dirs);
             } else {
-                guard.2 = Instant::now();
+                built.checked = Instant::now();
             }
         }
-        guard.1.clone()
+        built.site.clone()
     }
 }
 
@@ -123,11 +145,7 @@ pub fn run(a: ViewArgs) -> Result<()> {
     }
     let dirs = a.runs.clone();
     let served = Arc::new(Served {
-        site: Mutex::new((
-            fingerprint(&dirs),
-            Arc::new(Served::build(&dirs)),
-            Instant::now(),
-        )),
+        built: Mutex::new(Served::build(&dirs)),
         dirs,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()

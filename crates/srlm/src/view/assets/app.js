@@ -359,7 +359,6 @@ function renderEvalPrompt(r, m, id) {
 // ---------- routing and live refresh ----------
 function route() {
   if (!DATA) return;
-  const h = decodeURI(location.hash.slice(1));
   const parts = location.hash.slice(1).split("/");
   const tab = parts[0] === "prompt" || parts[0] === "compare" ? "prompts" : parts[0] === "evalprompt" ? "eval" : (parts[0] || "overview");
   document.querySelectorAll("#tabs a").forEach(a => a.classList.toggle("active", a.dataset.tab === tab));
