@@ -113,6 +113,13 @@ pub struct PairSequences {
     pub ref_logps: Option<(f64, f64)>,
 }
 
+impl PairSequences {
+    /// The length a batch holding both replies pads to.
+    pub fn padded_len(&self) -> usize {
+        self.chosen.ids.len().max(self.rejected.ids.len())
+    }
+}
+
 fn pair_sequences(
     engine: &Engine,
     pair: &PreferencePair,

@@ -5,7 +5,7 @@
 use crate::data::{Batch, PairSequences, Sequence};
 use crate::error::{Result, TrainError};
 use crate::loss::{dpo_loss, dpo_metrics, per_sequence_sum, DpoConfig, DpoLossType, PairLogps};
-use crate::trainer::{MicroOutput, Normalizers, Objective};
+use crate::trainer::{micro_batches, MicroOutput, Normalizers, Objective};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use srlm_core::jsonl::recover_jsonl;
@@ -68,7 +68,8 @@ pub fn reference_logps(
     if !todo.is_empty() {
         let mut writer = JsonlWriter::append(cache)?;
         let mut done = pairs.len() - todo.len();
-        for chunk in todo.chunks(micro_batch.max(1)) {
+        for chunk in micro_batches(&todo, micro_batch, |i| pairs[i].padded_len()) {
+            let chunk = &chunk[..];
             let mut seqs: Vec<&Sequence> = chunk.iter().map(|&i| &pairs[i].chosen).collect();
             seqs.extend(chunk.iter().map(|&i| &pairs[i].rejected));
             let (sums, _, _) = sequence_logps(model, &seqs, pad_id)?;
@@ -144,6 +145,10 @@ impl Objective for Dpo {
             .iter()
             .map(|&i| self.pairs[i].chosen.ids.len() + self.pairs[i].rejected.ids.len())
             .sum()
+    }
+
+    fn padded_len(&self, example: usize) -> usize {
+        self.pairs[example].padded_len()
     }
 }
 

@@ -54,4 +54,8 @@ impl Objective for Sft {
     fn tokens(&self, examples: &[usize]) -> usize {
         examples.iter().map(|&i| self.sequences[i].ids.len()).sum()
     }
+
+    fn padded_len(&self, example: usize) -> usize {
+        self.sequences[example].ids.len()
+    }
 }

@@ -176,6 +176,44 @@ fn gradients_equal_finite_differences() {
     assert_eq!(checked, vars.len());
 }
 
+/// A step's micro-batches are its examples grouped by length (`trainer::micro_batches`), not
+/// in the shuffled order; the step's gradient is the one of the whole step in one batch.
+#[test]
+fn length_grouped_micro_batches_give_the_whole_batch_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut trainer, sft) = load(cfg(1e-3, 1), dir.path());
+    let examples: Vec<usize> = vec![4, 0, 7, 2, 5, 1, 6, 3];
+    let lens: Vec<usize> = examples.iter().map(|&i| sft.padded_len(i)).collect();
+    let grouped = srlm_train::trainer::micro_batches(&examples, 2, |i| sft.padded_len(i));
+    let padded = |batches: &[Vec<usize>]| -> usize {
+        batches
+            .iter()
+            .map(|b| b.len() * b.iter().map(|&i| sft.padded_len(i)).max().unwrap())
+            .sum()
+    };
+    let in_order: Vec<Vec<usize>> = examples.chunks(2).map(|c| c.to_vec()).collect();
+    assert!(
+        padded(&grouped) < padded(&in_order),
+        "the fixture's lengths {lens:?} leave nothing to group"
+    );
+    let (loss_2, _, g_2) = trainer.accumulate(&sft, &examples, 0).unwrap();
+    trainer.cfg.micro_batch = 8;
+    let (loss_8, _, g_8) = trainer.accumulate(&sft, &examples, 0).unwrap();
+    assert!(
+        (loss_2 - loss_8).abs() < 1e-5 * loss_8.abs(),
+        "{loss_2} vs {loss_8}"
+    );
+    for (a, b) in g_2.iter().zip(&g_8) {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap();
+        let (d, m) = (d.to_scalar::<f32>().unwrap(), m.to_scalar::<f32>().unwrap());
+        assert!(
+            d <= 1e-4 * m.max(1e-3),
+            "gradients differ by {d} (largest {m})"
+        );
+    }
+}
+
 #[test]
 fn micro_batch_1x8_equals_8x1() {
     let run_with = |micro: usize, accum: usize| {
