@@ -2,8 +2,8 @@
 //! srlm's own seed set (`data/seed/`, Apache-2.0, written for srlm), a part of Open
 //! Assistant's human-ranked trees (`data/oasst/`, Apache-2.0, LAION-AI/Open-Assistant; see
 //! its LICENSE and `scripts/make_oasst_split.py`), split by tree into a held-out evaluation
-//! part and a training part, and the Vicuna-80 questions for head-to-head evaluation
-//! (`data/vicuna/`, Apache-2.0, lm-sys/FastChat).
+//! part and a training part, and the Vicuna-80 and MT-Bench questions for head-to-head
+//! evaluation (`data/vicuna/`, `data/mt-bench/`, Apache-2.0, lm-sys/FastChat).
 //!
 //! Commands name them as `builtin:NAME` wherever they take a data file; the text is written
 //! once to `SRLM_HOME/builtin/` so that errors and the run manifest can name a real file.
@@ -24,13 +24,21 @@ pub const OASST_EVAL: &str = include_str!("../data/oasst/eval.jsonl");
 pub const OASST_TRAIN: &str = include_str!("../data/oasst/train.jsonl");
 /// Vicuna's 80 questions: the held-out prompts of head-to-head evaluation.
 pub const VICUNA: &str = include_str!("../data/vicuna/question.jsonl");
+/// MT-Bench's 80 questions (ids 81-160; head-to-head reads each one's first turn).
+pub const MT_BENCH: &str = include_str!("../data/mt-bench/question.jsonl");
+/// Both: 160 first turns, for a head-to-head whose 95% interval is about 0.7x as wide as on
+/// one of them (±0.077 around 0.5 rather than ±0.11).
+pub const VICUNA_MT_BENCH: &str = concat!(
+    include_str!("../data/vicuna/question.jsonl"),
+    include_str!("../data/mt-bench/question.jsonl")
+);
 
 /// What srlm may train on, and what it holds out: no text of the second appears in the first
 /// (the test `the_held_out_split_is_disjoint_from_every_training_file`).
 #[cfg(test)]
 pub const TRAINING: &[&str] = &[SEED_IFT, SEED_EFT, OASST_TRAIN];
 #[cfg(test)]
-pub const HELD_OUT: &[&str] = &[OASST_EVAL, VICUNA];
+pub const HELD_OUT: &[&str] = &[OASST_EVAL, VICUNA, MT_BENCH];
 
 /// Every shipped file by name.
 pub const ALL: &[(&str, &str)] = &[
@@ -39,6 +47,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("oasst-eval", OASST_EVAL),
     ("oasst-train", OASST_TRAIN),
     ("vicuna", VICUNA),
+    ("mt-bench", MT_BENCH),
+    ("vicuna-mt-bench", VICUNA_MT_BENCH),
 ];
 
 const PREFIX: &str = "builtin:";
@@ -227,5 +237,27 @@ mod tests {
             eval.len(),
             train.len()
         );
+    }
+
+    /// The question sets are upstream's files as `../shared/data` holds them, and the pooled
+    /// set is the two one after the other: 160 prompts, every id once (Vicuna 1-80, MT-Bench
+    /// 81-160), each MT-Bench question read by its first turn.
+    #[test]
+    fn the_question_sets_are_the_shared_files_and_pool_without_clashes() {
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+        for (name, shipped) in [("vicuna", VICUNA), ("mt-bench", MT_BENCH)] {
+            let file = shared.join(name).join("question.jsonl");
+            let upstream = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert_eq!(shipped, upstream, "{name}");
+        }
+        let pooled = resolve(Path::new("builtin:vicuna-mt-bench")).unwrap();
+        let prompts = crate::commands::eval_vs::load_prompts(&pooled).unwrap();
+        assert_eq!(prompts.len(), 160);
+        let ids: Vec<u32> = prompts.iter().map(|(id, _)| id.parse().unwrap()).collect();
+        assert_eq!(ids, (1..=160).collect::<Vec<u32>>());
+        assert!(prompts[80]
+            .1
+            .starts_with("Compose an engaging travel blog post"));
     }
 }

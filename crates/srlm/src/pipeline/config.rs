@@ -103,8 +103,9 @@ pub struct EvalSection {
     pub judge_limit: usize,
     /// Judgements per reply.
     pub judge_k: usize,
-    /// Prompts for head-to-head (`srlm eval vs`) of every later model against M1;
-    /// "builtin:vicuna" is Vicuna's 80 questions.
+    /// Prompts for head-to-head (`srlm eval vs`) of every later model against M1:
+    /// "builtin:vicuna-mt-bench" is Vicuna's 80 questions and MT-Bench's 80 first turns
+    /// ("builtin:vicuna", "builtin:mt-bench" either alone).
     pub prompts: String,
     pub prompts_limit: usize,
     /// The fixed judge of head-to-head: "m1" (the same judge for every comparison), "base"
@@ -124,7 +125,7 @@ impl Default for EvalSection {
             judge_data: "builtin:oasst-eval".into(),
             judge_limit: 0,
             judge_k: 1,
-            prompts: "builtin:vicuna".into(),
+            prompts: "builtin:vicuna-mt-bench".into(),
             prompts_limit: 0,
             vs_judge: "m1".into(),
             vs_mode: "scores".into(),
