@@ -298,6 +298,8 @@ fn eft_keeps_judgements_that_agree_with_the_human_ranking() {
     )
     .unwrap();
     let out = dir.path().join("eft.jsonl");
+    let sft = dir.path().join("sft.jsonl");
+    let model = tiny_model(dir.path());
     let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
         .args([
             "eft",
@@ -308,6 +310,13 @@ fn eft_keeps_judgements_that_agree_with_the_human_ranking() {
             "--out",
             &out.display().to_string(),
             "--no-balance",
+            "--sft-out",
+            &sft.display().to_string(),
+            "--tokenizer",
+            &model.display().to_string(),
+            // The tiny model's tokenizer has a small vocabulary: the rubric alone is over 1,024 of its tokens.
+            "--max-len",
+            "4096",
         ])
         .output()
         .unwrap();
@@ -330,6 +339,17 @@ fn eft_keeps_judgements_that_agree_with_the_human_ranking() {
     );
     // The EFT file is what `srlm run`'s [seed_data] eft takes.
     assert!(eft[1]["judgement"].as_str().unwrap().ends_with("Score: 2"));
+    // And `--sft-out` writes the same examples as `srlm sft` reads them: the judge prompt
+    // of the instruction and reply, answered by the judgement.
+    let records = lines(&sft);
+    assert_eq!(records.len(), 2);
+    for (r, e) in records.iter().zip(&eft) {
+        let prompt = r["prompt"].as_str().unwrap();
+        assert!(
+            prompt.contains("Question t1?") && prompt.contains(e["response"].as_str().unwrap())
+        );
+        assert_eq!(r["response"], e["judgement"]);
+    }
 }
 
 #[test]

@@ -57,6 +57,17 @@ pub struct EftArgs {
     /// Keep machine-written (synthetic) prompts and replies.
     #[arg(long)]
     pub keep_synthetic: bool,
+    /// Also write the kept examples as SFT records for `srlm sft` ({"prompt": judge prompt,
+    /// "response": judgement}), each judge prompt shortened to fit `--max-len` tokens of
+    /// `--tokenizer`'s model with its verdict.
+    #[arg(long, requires = "tokenizer")]
+    pub sft_out: Option<PathBuf>,
+    /// The model to train: its folder (with tokenizer.json) or a tokenizer.json file.
+    #[arg(long, requires = "sft_out")]
+    pub tokenizer: Option<PathBuf>,
+    /// Longest SFT sequence in tokens, as `srlm sft --max-len` [1024].
+    #[arg(long, requires = "sft_out")]
+    pub max_len: Option<usize>,
 }
 
 /// A stored judgement as EFT reads it. A verdict srlm had to ask for counts as no score: an
@@ -183,7 +194,40 @@ pub fn run(a: EftArgs) -> Result<()> {
     let (examples, stats) = build_eft(&prompts, &opts);
     write_jsonl_atomic(&a.out, &examples)?;
     println!("{}", serde_json::to_string(&stats)?);
+    if let (Some(sft), Some(tokenizer)) = (&a.sft_out, &a.tokenizer) {
+        let mut inputs = inputs;
+        inputs.push(&a.out);
+        srlm_core::jsonl::refuse_input_as_output(sft, &inputs)?;
+        let written = write_sft(&examples, tokenizer, a.max_len.unwrap_or(1024), sft)?;
+        if written < examples.len() {
+            eprintln!(
+                "srlm: {} of {} examples left out of {}: the judgement alone does not fit --max-len",
+                examples.len() - written,
+                examples.len(),
+                sft.display()
+            );
+        }
+    }
     Ok(())
+}
+
+/// Writes `examples` as SFT records (`as_sft`) for the model whose tokenizer is `tokenizer`
+/// (a model folder or its tokenizer.json); returns how many were written.
+pub fn write_sft(
+    examples: &[EftExample],
+    tokenizer: &Path,
+    max_len: usize,
+    out: &Path,
+) -> Result<usize> {
+    let file = if tokenizer.is_dir() {
+        tokenizer.join("tokenizer.json")
+    } else {
+        tokenizer.to_path_buf()
+    };
+    let tokenizer = srlm_engine::tokenizer::tokenizer_from_file(&file)?;
+    let records = as_sft(examples, &tokenizer, max_len);
+    write_jsonl_atomic(out, &records)?;
+    Ok(records.len())
 }
 
 /// Tokens the chat template adds around a prompt and its reply (SmolLM2's default system

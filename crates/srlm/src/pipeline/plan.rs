@@ -19,8 +19,8 @@ use crate::train_settings::{TrainFlags, TrainSettings};
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use serde_json::json;
+use srlm_core::jsonl::read_jsonl;
 use srlm_core::jsonl::write_atomic;
-use srlm_core::jsonl::{read_jsonl, write_jsonl_atomic};
 use srlm_core::judge::Justification;
 use srlm_core::summaries::{read_summary, JudgeEvalSummary, VsSummary};
 use std::path::{Path, PathBuf};
@@ -85,14 +85,10 @@ pub enum Then {
     JudgeAccuracy {
         metrics: PathBuf,
     },
-    /// The kept EFT examples become SFT records whose judge prompts fit `max_len` tokens of
-    /// `tokenizer`'s model.
+    /// `srlm eft` kept at least one example (written as SFT records to `sft`).
     EftAsSft {
-        eft: PathBuf,
-        judgements: PathBuf,
-        tokenizer: PathBuf,
         sft: PathBuf,
-        max_len: usize,
+        judgements: PathBuf,
     },
     /// Model A's win rate from `srlm eval vs`'s summary, recorded.
     WinRate {
@@ -142,21 +138,12 @@ impl Then {
             }
             Then::JudgeAccuracy { metrics } => Ok(read_summary::<JudgeEvalSummary>(&metrics)
                 .map(|m| json!(m.agreement.pairwise_accuracy))),
-            Then::EftAsSft {
-                eft,
-                judgements,
-                tokenizer,
-                sft,
-                max_len,
-            } => {
-                let examples = srlm_core::seed::load_eft(&eft)?;
-                if examples.is_empty() {
+            Then::EftAsSft { sft, judgements } => {
+                let records = read_jsonl::<serde_json::Value>(&sft, "")?.len();
+                if records == 0 {
                     bail!("no judgement of {} follows the human ranking, so there is nothing to train the judge on\n  hint: more samples per reply ([eft] k), or [eft] data = \"\" to skip the bootstrap", judgements.display());
                 }
-                let tokenizer = srlm_engine::tokenizer::tokenizer_from_file(&tokenizer)?;
-                let records = crate::commands::eft::as_sft(&examples, &tokenizer, max_len);
-                write_jsonl_atomic(&sft, &records)?;
-                Ok(Some(json!({"examples": records.len()})))
+                Ok(Some(json!({"examples": records})))
             }
             Then::WinRate { summary } => Ok(read_summary::<VsSummary>(&summary)
                 .map(|v| serde_json::to_value(v.a_win_rate))
@@ -453,13 +440,13 @@ fn plan_bootstrap(
                 select: e.select,
                 seed: cfg.seed,
                 keep_synthetic: false,
+                sft_out: Some(b.sft.clone()),
+                tokenizer: Some(seed_model.to_path_buf()),
+                max_len: Some(cfg.sft.train.max_len),
             }),
             Then::EftAsSft {
-                eft: b.eft.clone(),
-                judgements: b.judgements.clone(),
-                tokenizer: seed_model.join("tokenizer.json"),
                 sft: b.sft.clone(),
-                max_len: cfg.sft.train.max_len,
+                judgements: b.judgements.clone(),
             },
         ),
         inputs: vec![data, b.judgements.clone()],
