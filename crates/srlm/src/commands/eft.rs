@@ -9,6 +9,7 @@
 //!   them (`--candidates`), and judgements that score 0 above 1 are kept.
 
 use crate::commands::eval::RankedReplyJudgement as EvalJudgement;
+use crate::train_settings::TrainSettings;
 use anyhow::{bail, Result};
 use clap::Args;
 use srlm_core::eft::{build_eft, EftOptions, JudgedPrompt, Select};
@@ -62,10 +63,10 @@ pub struct EftArgs {
     /// `--tokenizer`'s model with its verdict.
     #[arg(long, requires = "tokenizer")]
     pub sft_out: Option<PathBuf>,
-    /// The model to train: its folder (with tokenizer.json) or a tokenizer.json file.
+    /// The model to train: a Hugging Face folder (its tokenizer.json) or a tokenizer.json file.
     #[arg(long, requires = "sft_out")]
     pub tokenizer: Option<PathBuf>,
-    /// Longest SFT sequence in tokens, as `srlm sft --max-len` [1024].
+    /// Longest SFT sequence in tokens, as `srlm sft --max-len` [its default].
     #[arg(long, requires = "sft_out")]
     pub max_len: Option<usize>,
 }
@@ -198,7 +199,12 @@ pub fn run(a: EftArgs) -> Result<()> {
         let mut inputs = inputs;
         inputs.push(&a.out);
         srlm_core::jsonl::refuse_input_as_output(sft, &inputs)?;
-        let written = write_sft(&examples, tokenizer, a.max_len.unwrap_or(1024), sft)?;
+        let written = write_sft(
+            &examples,
+            tokenizer,
+            a.max_len.unwrap_or(TrainSettings::sft().max_len),
+            sft,
+        )?;
         if written < examples.len() {
             eprintln!(
                 "srlm: {} of {} examples left out of {}: the judgement alone does not fit --max-len",

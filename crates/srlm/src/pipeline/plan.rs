@@ -19,8 +19,7 @@ use crate::train_settings::{TrainFlags, TrainSettings};
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use serde_json::json;
-use srlm_core::jsonl::read_jsonl;
-use srlm_core::jsonl::write_atomic;
+use srlm_core::jsonl::{read_jsonl, write_atomic};
 use srlm_core::judge::Justification;
 use srlm_core::summaries::{read_summary, JudgeEvalSummary, VsSummary};
 use std::path::{Path, PathBuf};
@@ -86,7 +85,7 @@ pub enum Then {
         metrics: PathBuf,
     },
     /// `srlm eft` kept at least one example (written as SFT records to `sft`).
-    EftAsSft {
+    EftKept {
         sft: PathBuf,
         judgements: PathBuf,
     },
@@ -138,7 +137,7 @@ impl Then {
             }
             Then::JudgeAccuracy { metrics } => Ok(read_summary::<JudgeEvalSummary>(&metrics)
                 .map(|m| json!(m.agreement.pairwise_accuracy))),
-            Then::EftAsSft { sft, judgements } => {
+            Then::EftKept { sft, judgements } => {
                 let records = read_jsonl::<serde_json::Value>(&sft, "")?.len();
                 if records == 0 {
                     bail!("no judgement of {} follows the human ranking, so there is nothing to train the judge on\n  hint: more samples per reply ([eft] k), or [eft] data = \"\" to skip the bootstrap", judgements.display());
@@ -444,7 +443,7 @@ fn plan_bootstrap(
                 tokenizer: Some(seed_model.to_path_buf()),
                 max_len: Some(cfg.sft.train.max_len),
             }),
-            Then::EftAsSft {
+            Then::EftKept {
                 sft: b.sft.clone(),
                 judgements: b.judgements.clone(),
             },
