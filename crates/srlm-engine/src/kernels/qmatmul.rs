@@ -10,6 +10,11 @@
 //!   in the low nibble, element j + 16 in the high one), so dot = d_w d_x sum(q_w q_x) + m_w s_x.
 //! - Q8_0: f16 scale d and 32 signed bytes, so dot = d_w d_x sum(q_w q_x); AVX2 multiplies
 //!   unsigned by signed bytes, so |q_w| meets q_x with q_w's sign (ggml's trick).
+//!
+//! The kernel is chosen at run time (`QKernel::chosen`), never by how the binary was compiled:
+//! AVX-512 with VNNI where the CPU and OS allow it (two blocks a register, `vpdpbusd`), else
+//! AVX2, else portable code. Every one is tested against the dequantized product on the
+//! machines that run it.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
@@ -47,33 +52,118 @@ struct SendPtr(*mut f32);
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
-/// One quantized activation block.
-#[derive(Clone, Copy)]
-struct XBlock {
-    d: f32,
-    s: f32,
-    q: [i8; BLOCK],
+/// The instruction sets a quantized matmul may run on, best last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum QKernel {
+    /// Scalar code, any CPU.
+    Portable,
+    /// AVX2 with FMA and F16C: 32 codes a block, `vpmaddubsw` then `vpmaddwd`.
+    Avx2,
+    /// AVX-512 (F, BW, VL) with VNNI: two blocks a register, `vpdpbusd` (u8 x s8 into i32).
+    Avx512Vnni,
 }
 
-fn quantize_row(x: &[f32]) -> Vec<XBlock> {
-    x.chunks_exact(BLOCK)
-        .map(|c| {
-            let amax = c.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut q = [0i8; BLOCK];
-            let mut sum = 0i32;
-            for (qi, &v) in q.iter_mut().zip(c) {
-                *qi = (v * inv).round() as i8;
-                sum += *qi as i32;
-            }
-            XBlock {
-                d,
-                s: d * sum as f32,
-                q,
+impl QKernel {
+    /// The best kernel this CPU and OS allow (detected once).
+    pub fn best() -> QKernel {
+        let f = crate::cpu::CpuFeatures::get();
+        if f.avx512_vnni && f.avx2 {
+            QKernel::Avx512Vnni
+        } else if f.avx2 {
+            QKernel::Avx2
+        } else {
+            QKernel::Portable
+        }
+    }
+
+    /// The kernel the matmuls use: `best()`, or a slower one named by the environment variable
+    /// `SRLM_QKERNEL` (portable, avx2, avx512-vnni) to compare kernels in one binary or to step
+    /// around a suspect one; a name this CPU cannot run, or no such name, leaves `best()`.
+    pub fn chosen() -> QKernel {
+        static CHOSEN: std::sync::OnceLock<QKernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = QKernel::best();
+            let Ok(name) = std::env::var("SRLM_QKERNEL") else {
+                return best;
+            };
+            match QKernel::available().into_iter().find(|k| k.name() == name) {
+                Some(k) => k,
+                None => {
+                    tracing::warn!(
+                        "SRLM_QKERNEL={name}: not a kernel this CPU runs ({}); using {}",
+                        QKernel::available()
+                            .iter()
+                            .map(|k| k.name())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        best.name()
+                    );
+                    best
+                }
             }
         })
-        .collect()
+    }
+
+    /// Every kernel this machine can run, for tests that check each against the portable one.
+    pub fn available() -> Vec<QKernel> {
+        [QKernel::Portable, QKernel::Avx2, QKernel::Avx512Vnni]
+            .into_iter()
+            .filter(|k| *k <= QKernel::best())
+            .collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QKernel::Portable => "portable",
+            QKernel::Avx2 => "avx2",
+            QKernel::Avx512Vnni => "avx512-vnni",
+        }
+    }
+}
+
+/// One activation row quantized per block of 32 to 8 bits (ggml's Q8_1 activations): codes q,
+/// scale d and s = d * sum(q) per block.
+struct XRow {
+    /// (k,) codes.
+    q: Vec<i8>,
+    /// (k/32,) scales.
+    d: Vec<f32>,
+    /// (k/32,) d * sum(q) of each block.
+    s: Vec<f32>,
+    /// For the AVX-512 kernel (empty otherwise): (k,) codes + 128 as unsigned bytes (Q8_0's
+    /// weights are the signed operand of `vpdpbusd`), and (k/4,) d of each block repeated over
+    /// its 8 lanes of i32 sums.
+    u: Vec<u8>,
+    d_lanes: Vec<f32>,
+}
+
+fn quantize_row(x: &[f32], kernel: QKernel) -> XRow {
+    let blocks = x.len() / BLOCK;
+    let mut r = XRow {
+        q: Vec::with_capacity(x.len()),
+        d: Vec::with_capacity(blocks),
+        s: Vec::with_capacity(blocks),
+        u: Vec::new(),
+        d_lanes: Vec::new(),
+    };
+    for c in x.chunks_exact(BLOCK) {
+        let amax = c.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for &v in c {
+            let q = (v * inv).round() as i8;
+            r.q.push(q);
+            sum += q as i32;
+        }
+        r.d.push(d);
+        r.s.push(d * sum as f32);
+    }
+    if kernel == QKernel::Avx512Vnni {
+        r.u = r.q.iter().map(|&q| (q as u8) ^ 0x80).collect();
+        r.d_lanes = r.d.iter().flat_map(|&d| [d; 8]).collect();
+    }
+    r
 }
 
 fn f16_at(b: &[u8]) -> f32 {
@@ -81,30 +171,34 @@ fn f16_at(b: &[u8]) -> f32 {
 }
 
 /// The portable dot product of one Q8_0 weight row with one quantized activation row.
-fn dot_scalar_q8_0(row: &[u8], x: &[XBlock]) -> f32 {
+fn dot_scalar_q8_0(row: &[u8], x: &XRow) -> f32 {
     let mut acc = 0f32;
-    for (b, xb) in row.chunks_exact(34).zip(x) {
+    for ((b, q), &d) in row.chunks_exact(34).zip(x.q.chunks_exact(BLOCK)).zip(&x.d) {
         let isum: i32 = b[2..]
             .iter()
-            .zip(&xb.q)
+            .zip(q)
             .map(|(&w, &q)| w as i8 as i32 * q as i32)
             .sum();
-        acc += f16_at(b) * xb.d * isum as f32;
+        acc += f16_at(b) * d * isum as f32;
     }
     acc
 }
 
 /// The portable dot product of one Q4_1 weight row with one quantized activation row.
-fn dot_scalar_q4_1(row: &[u8], x: &[XBlock]) -> f32 {
+fn dot_scalar_q4_1(row: &[u8], x: &XRow) -> f32 {
     let mut acc = 0f32;
-    for (b, xb) in row.chunks_exact(20).zip(x) {
+    for (bi, (b, q)) in row
+        .chunks_exact(20)
+        .zip(x.q.chunks_exact(BLOCK))
+        .enumerate()
+    {
         let (d, m) = (f16_at(b), f16_at(&b[2..]));
         let mut isum = 0i32;
         for j in 0..16 {
-            isum += (b[4 + j] & 0x0F) as i32 * xb.q[j] as i32;
-            isum += (b[4 + j] >> 4) as i32 * xb.q[j + 16] as i32;
+            isum += (b[4 + j] & 0x0F) as i32 * q[j] as i32;
+            isum += (b[4 + j] >> 4) as i32 * q[j + 16] as i32;
         }
-        acc += d * xb.d * isum as f32 + m * xb.s;
+        acc += d * x.d[bi] * isum as f32 + m * x.s[bi];
     }
     acc
 }
@@ -141,11 +235,10 @@ unsafe fn hsum(a: std::arch::x86_64::__m256) -> f32 {
 /// of one sequence).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_q4_1_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out: &mut [f32]) {
+unsafe fn dot_rows_q4_1_avx2<const N: usize>(row: &[u8], xs: &[XRow], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let mask = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    let m = N;
     debug_assert!(xs.len() == N && out.len() == N);
     let mut acc = [_mm256_setzero_ps(); N];
     let mut mins = [0f32; N];
@@ -156,16 +249,20 @@ unsafe fn dot_rows_q4_1_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out
         let lo = _mm_and_si128(codes, mask);
         let hi = _mm_and_si128(_mm_srli_epi16(codes, 4), mask);
         let w = _mm256_set_m128i(hi, lo);
-        for i in 0..m {
-            let xb = xs.get_unchecked(i).get_unchecked(bi);
-            let xq = _mm256_loadu_si256(xb.q.as_ptr() as *const __m256i);
+        for i in 0..N {
+            let x = xs.get_unchecked(i);
+            let xq = _mm256_loadu_si256(x.q.as_ptr().add(bi * BLOCK) as *const __m256i);
             let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
             let a = acc.get_unchecked_mut(i);
-            *a = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p32), *a);
-            *mins.get_unchecked_mut(i) += mn * xb.s;
+            *a = _mm256_fmadd_ps(
+                _mm256_set1_ps(d * *x.d.get_unchecked(bi)),
+                _mm256_cvtepi32_ps(p32),
+                *a,
+            );
+            *mins.get_unchecked_mut(i) += mn * *x.s.get_unchecked(bi);
         }
     }
-    for i in 0..m {
+    for i in 0..N {
         out[i] = hsum(acc[i]) + mins[i];
     }
 }
@@ -174,7 +271,7 @@ unsafe fn dot_rows_q4_1_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out
 /// block for all of them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_q8_0_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out: &mut [f32]) {
+unsafe fn dot_rows_q8_0_avx2<const N: usize>(row: &[u8], xs: &[XRow], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
     debug_assert!(xs.len() == N && out.len() == N);
@@ -184,14 +281,18 @@ unsafe fn dot_rows_q8_0_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out
         let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
         let abs_w = _mm256_sign_epi8(w, w);
         for i in 0..N {
-            let xb = xs.get_unchecked(i).get_unchecked(bi);
-            let xq = _mm256_loadu_si256(xb.q.as_ptr() as *const __m256i);
+            let x = xs.get_unchecked(i);
+            let xq = _mm256_loadu_si256(x.q.as_ptr().add(bi * BLOCK) as *const __m256i);
             // |w| (unsigned, at most 128) times x with w's sign: pairs sum to at most
             // 2 * 128 * 127, within i16.
             let p16 = _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(xq, w));
             let p32 = _mm256_madd_epi16(p16, ones);
             let a = acc.get_unchecked_mut(i);
-            *a = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p32), *a);
+            *a = _mm256_fmadd_ps(
+                _mm256_set1_ps(d * *x.d.get_unchecked(bi)),
+                _mm256_cvtepi32_ps(p32),
+                *a,
+            );
         }
     }
     for i in 0..N {
@@ -199,35 +300,184 @@ unsafe fn dot_rows_q8_0_avx2<const N: usize>(row: &[u8], xs: &[Vec<XBlock>], out
     }
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
+/// One Q4_1 weight row against `N` activation rows, two blocks a 512-bit register: the codes
+/// (0..15, the unsigned operand) meet x's signed codes in `vpdpbusd`, each i32 lane summing 4
+/// products, 8 lanes a block, scaled by d_w d_x. The minimums' term, sum over blocks of
+/// m_w s_x, is a dot product of its own: m_w of 16 blocks gathered, then one FMA per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_rows_q4_1_vnni<const N: usize>(row: &[u8], xs: &[XRow], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(xs.len() == N && out.len() == N);
+    let mask = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut acc_min = [_mm512_setzero_ps(); N];
+    let blocks = row.len() / 20;
+    // m_w of the blocks from `group` on, flushed into `acc_min` every 16 blocks.
+    let mut mins = [0f32; 16];
+    let mut group = 0;
+    let flush = |mins: &mut [f32; 16], group: usize, upto: usize, acc_min: &mut [__m512; N]| {
+        let lanes: __mmask16 = ((1u32 << (upto - group)) - 1) as __mmask16;
+        let mw = _mm512_loadu_ps(mins.as_ptr());
+        for (i, am) in acc_min.iter_mut().enumerate() {
+            let sx = _mm512_maskz_loadu_ps(lanes, xs.get_unchecked(i).s.as_ptr().add(group));
+            *am = _mm512_fmadd_ps(mw, sx, *am);
+        }
+        *mins = [0f32; 16];
+    };
+    let mut bi = 0;
+    while bi + 2 <= blocks {
+        let b0 = row.as_ptr().add(bi * 20);
+        let b1 = b0.add(20);
+        // (block 0's codes | block 1's codes) -> (lo 0 | lo 1), (hi 0 | hi 1) -> lo 0, hi 0, lo 1, hi 1
+        let codes = _mm256_set_m128i(
+            _mm_loadu_si128(b1.add(4) as *const __m128i),
+            _mm_loadu_si128(b0.add(4) as *const __m128i),
+        );
+        let lo = _mm256_and_si256(codes, mask);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), mask);
+        let w = _mm512_shuffle_i64x2(
+            _mm512_castsi256_si512(lo),
+            _mm512_castsi256_si512(hi),
+            0b01_00_01_00,
+        ); // (lo 0, lo 1, hi 0, hi 1)
+        let w = _mm512_shuffle_i64x2(w, w, 0b11_01_10_00); // (lo 0, hi 0, lo 1, hi 1)
+        let dw = _mm512_mask_blend_ps(
+            0xFF00,
+            _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b0, 2))),
+            _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b1, 2))),
+        );
+        mins[bi - group] = f16_at_f16c(std::slice::from_raw_parts(b0.add(2), 2));
+        mins[bi + 1 - group] = f16_at_f16c(std::slice::from_raw_parts(b1.add(2), 2));
+        for i in 0..N {
+            let x = xs.get_unchecked(i);
+            let xq = _mm512_loadu_si512(x.q.as_ptr().add(bi * BLOCK) as *const _);
+            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xq);
+            let dx = _mm512_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
+            let a = acc.get_unchecked_mut(i);
+            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *a);
+        }
+        bi += 2;
+        if bi - group == 16 {
+            flush(&mut mins, group, bi, &mut acc_min);
+            group = bi;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    let mut tail = [0f32; N];
+    if bi < blocks {
+        // An odd last block, 256 bits wide, the same arithmetic per lane.
+        let b = row.as_ptr().add(bi * 20);
+        let codes = _mm_loadu_si128(b.add(4) as *const __m128i);
+        let mask = _mm256_castsi256_si128(mask);
+        let lo = _mm_and_si128(codes, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(codes, 4), mask);
+        let w = _mm256_set_m128i(hi, lo);
+        let dw = _mm256_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b, 2)));
+        mins[bi - group] = f16_at_f16c(std::slice::from_raw_parts(b.add(2), 2));
+        for (i, t) in tail.iter_mut().enumerate() {
+            let x = xs.get_unchecked(i);
+            let xq = _mm256_loadu_si256(x.q.as_ptr().add(bi * BLOCK) as *const __m256i);
+            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xq);
+            let dx = _mm256_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
+            *t = hsum(_mm256_mul_ps(
+                _mm256_cvtepi32_ps(dot),
+                _mm256_mul_ps(dw, dx),
+            ));
+        }
+        bi += 1;
+    }
+    if bi > group {
+        flush(&mut mins, group, bi, &mut acc_min);
+    }
+    for i in 0..N {
+        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], acc_min[i])) + tail[i];
     }
 }
 
-/// Dot products of one weight row with every activation row, into `out` (m,).
-fn dot_rows(format: BlockFormat, row: &[u8], xs: &[Vec<XBlock>], out: &mut [f32], simd: bool) {
+/// One Q8_0 weight row against `N` activation rows, two blocks a 512-bit register. `vpdpbusd`
+/// multiplies unsigned by signed bytes, so x enters as x + 128 (`XRow::u`) and each lane starts
+/// from -128 sum(w) of its 4 weights, computed once per block pair for all rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_rows_q8_0_vnni<const N: usize>(row: &[u8], xs: &[XRow], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(xs.len() == N && out.len() == N);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let blocks = row.len() / 34;
+    let mut bi = 0;
+    while bi + 2 <= blocks {
+        let b0 = row.as_ptr().add(bi * 34);
+        let b1 = b0.add(34);
+        let w = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(2) as *const __m256i)),
+            _mm256_loadu_si256(b1.add(2) as *const __m256i),
+            1,
+        );
+        let start = _mm512_sub_epi32(
+            _mm512_setzero_si512(),
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w),
+        );
+        let dw = _mm512_mask_blend_ps(
+            0xFF00,
+            _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b0, 2))),
+            _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b1, 2))),
+        );
+        for i in 0..N {
+            let x = xs.get_unchecked(i);
+            let xu = _mm512_loadu_si512(x.u.as_ptr().add(bi * BLOCK) as *const _);
+            let dot = _mm512_dpbusd_epi32(start, xu, w);
+            let dx = _mm512_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
+            let a = acc.get_unchecked_mut(i);
+            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *a);
+        }
+        bi += 2;
+    }
+    let mut tail = [0f32; N];
+    if bi < blocks {
+        let b = row.as_ptr().add(bi * 34);
+        let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+        let start = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), w),
+        );
+        let dw = _mm256_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b, 2)));
+        for i in 0..N {
+            let x = xs.get_unchecked(i);
+            let xu = _mm256_loadu_si256(x.u.as_ptr().add(bi * BLOCK) as *const __m256i);
+            let dot = _mm256_dpbusd_epi32(start, xu, w);
+            let dx = _mm256_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
+            tail[i] = hsum(_mm256_mul_ps(
+                _mm256_cvtepi32_ps(dot),
+                _mm256_mul_ps(dw, dx),
+            ));
+        }
+    }
+    for i in 0..N {
+        out[i] = _mm512_reduce_add_ps(acc[i]) + tail[i];
+    }
+}
+
+/// Dot products of one weight row with every activation row, into `out` (m,), on `kernel`
+/// (which the caller has checked this CPU runs).
+fn dot_rows(format: BlockFormat, row: &[u8], xs: &[XRow], out: &mut [f32], kernel: QKernel) {
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY (every call): `simd` is true only when the CPU reports avx2, fma and f16c;
-        // every activation row has as many blocks as the weight row; slice lengths equal N.
-        let pass = |x: &[Vec<XBlock>], o: &mut [f32]| unsafe {
-            match (format, x.len()) {
-                (BlockFormat::Q4_1, ROWS_PER_PASS) => {
-                    dot_rows_q4_1_avx2::<ROWS_PER_PASS>(row, x, o)
-                }
-                (BlockFormat::Q4_1, _) => dot_rows_q4_1_avx2::<1>(row, x, o),
-                (BlockFormat::Q8_0, ROWS_PER_PASS) => {
-                    dot_rows_q8_0_avx2::<ROWS_PER_PASS>(row, x, o)
-                }
-                (BlockFormat::Q8_0, _) => dot_rows_q8_0_avx2::<1>(row, x, o),
+    if kernel != QKernel::Portable {
+        // SAFETY (every call): `kernel` is one of `QKernel::available()`, which `best()` bounds: on this CPU and OS;
+        // every activation row has as many blocks as the weight row (and, for the AVX-512
+        // kernel, its lanes); slice lengths equal N.
+        let pass = |x: &[XRow], o: &mut [f32]| unsafe {
+            use BlockFormat::*;
+            use QKernel::*;
+            const P: usize = ROWS_PER_PASS;
+            match (kernel, format, x.len()) {
+                (Avx512Vnni, Q4_1, P) => dot_rows_q4_1_vnni::<P>(row, x, o),
+                (Avx512Vnni, Q4_1, _) => dot_rows_q4_1_vnni::<1>(row, x, o),
+                (Avx512Vnni, Q8_0, P) => dot_rows_q8_0_vnni::<P>(row, x, o),
+                (Avx512Vnni, Q8_0, _) => dot_rows_q8_0_vnni::<1>(row, x, o),
+                (_, Q4_1, P) => dot_rows_q4_1_avx2::<P>(row, x, o),
+                (_, Q4_1, _) => dot_rows_q4_1_avx2::<1>(row, x, o),
+                (_, Q8_0, P) => dot_rows_q8_0_avx2::<P>(row, x, o),
+                (_, Q8_0, _) => dot_rows_q8_0_avx2::<1>(row, x, o),
             }
         };
         let full = xs.len() / ROWS_PER_PASS * ROWS_PER_PASS;
@@ -242,7 +492,6 @@ fn dot_rows(format: BlockFormat, row: &[u8], xs: &[Vec<XBlock>], out: &mut [f32]
         }
         return;
     }
-    let _ = simd;
     let dot = match format {
         BlockFormat::Q4_1 => dot_scalar_q4_1,
         BlockFormat::Q8_0 => dot_scalar_q8_0,
@@ -290,9 +539,12 @@ impl QuantMatrix {
         x.contiguous()?.apply_op1_no_bwd(self)
     }
 
-    fn compute(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
+    fn compute(&self, x: &[f32], m: usize, kernel: QKernel) -> Vec<f32> {
         let row_bytes = self.k / BLOCK * self.format.block_bytes();
-        let xq: Vec<Vec<XBlock>> = x.chunks_exact(self.k).map(quantize_row).collect();
+        let xq: Vec<XRow> = x
+            .chunks_exact(self.k)
+            .map(|r| quantize_row(r, kernel))
+            .collect();
         let mut out_t = vec![0f32; self.n * m]; // (n, m): each range of weight rows is one task's
         let out_ptr = SendPtr(out_t.as_mut_ptr());
         // candle's own worker pool, so our kernel and candle's never compete for the cores.
@@ -303,7 +555,7 @@ impl QuantMatrix {
                 // SAFETY: ranges of rows are disjoint across tasks, so each (row, ..) slice of
                 // `out_t` is written by exactly one thread; `out_t` outlives the call.
                 let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * m), m) };
-                dot_rows(self.format, w, &xq, out, simd);
+                dot_rows(self.format, w, &xq, out, kernel);
             }
         });
         // (n, m) -> (m, n)
@@ -339,7 +591,7 @@ impl CustomOp1 for QuantMatrix {
             _ => candle_core::bail!("{} takes f32 input", self.name()),
         };
         Ok((
-            CpuStorage::F32(self.compute(x, m, has_avx2())),
+            CpuStorage::F32(self.compute(x, m, QKernel::chosen())),
             Shape::from((m, self.n)),
         ))
     }
@@ -354,44 +606,63 @@ mod tests {
     /// Deterministic pseudo-random values in [-1, 1).
     use crate::kernels::check::lcg_values as values;
 
-    /// Both formats, SIMD and portable, for one row and for a full pass of 8 plus 3, against
-    /// candle's dequantized weights times the activations as the kernel quantizes them (q * d),
-    /// in f64; what remains is f32 rounding.
-    #[test]
-    fn simd_and_scalar_equal_the_dequantized_product() {
-        let dev = Device::Cpu;
-        let (n, k, m) = (40, 96, 11);
-        let w = Tensor::from_vec(values(n * k, 1), (n, k), &dev).unwrap();
-        let xs = values(m * k, 2);
-        let xq: Vec<f64> = xs
-            .chunks_exact(k)
-            .flat_map(|row| {
-                quantize_row(row)
-                    .into_iter()
-                    .flat_map(|b| b.q.map(|v| v as f64 * b.d as f64))
-            })
-            .collect();
-        for (dtype, format) in [
-            (GgmlDType::Q4_1, BlockFormat::Q4_1),
-            (GgmlDType::Q8_0, BlockFormat::Q8_0),
-        ] {
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let wd = q.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
-            let mat = QuantMatrix::new(format, q.data().unwrap().into_owned(), n, k).unwrap();
-            if !has_avx2() {
-                eprintln!("skipped the AVX2 kernel: this CPU lacks avx2, fma or f16c");
+    /// Every kernel this machine runs, saying which it cannot.
+    fn kernels() -> Vec<QKernel> {
+        let have = QKernel::available();
+        for k in [QKernel::Avx2, QKernel::Avx512Vnni] {
+            if !have.contains(&k) {
+                eprintln!(
+                    "skipped the {} kernel: this CPU or OS lacks it ({})",
+                    k.name(),
+                    crate::cpu::CpuFeatures::get().describe()
+                );
             }
-            for simd in [false, has_avx2()] {
-                for rows in [1, m] {
-                    let got = mat.compute(&xs[..rows * k], rows, simd);
-                    for i in 0..rows {
-                        for j in 0..n {
-                            let want: f64 = (0..k).map(|c| wd[j][c] as f64 * xq[i * k + c]).sum();
-                            let g = got[i * n + j] as f64;
-                            assert!(
-                                (g - want).abs() < 1e-4 * (1.0 + want.abs()),
-                                "{format:?} simd={simd} rows={rows} ({i},{j}): {g} vs {want}"
-                            );
+        }
+        have
+    }
+
+    /// Both formats, every kernel, for one row and for a full pass of 8 plus 3, on an odd and
+    /// an even number of blocks (the AVX-512 kernel takes blocks in pairs, and Q4_1's minimums
+    /// 16 blocks at a time: 35 blocks is two groups and a last odd block), against candle's
+    /// dequantized weights times the activations as the kernel quantizes them (q * d), in
+    /// f64; what remains is f32 rounding.
+    #[test]
+    fn every_kernel_equals_the_dequantized_product() {
+        let dev = Device::Cpu;
+        let (n, m) = (40, 11);
+        for k in [96, 128, 35 * BLOCK] {
+            let w = Tensor::from_vec(values(n * k, 1), (n, k), &dev).unwrap();
+            let xs = values(m * k, 2);
+            let xq: Vec<f64> = xs
+                .chunks_exact(k)
+                .flat_map(|row| {
+                    let r = quantize_row(row, QKernel::Portable);
+                    (0..k)
+                        .map(|c| r.q[c] as f64 * r.d[c / BLOCK] as f64)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for (dtype, format) in [
+                (GgmlDType::Q4_1, BlockFormat::Q4_1),
+                (GgmlDType::Q8_0, BlockFormat::Q8_0),
+            ] {
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let wd = q.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
+                let mat = QuantMatrix::new(format, q.data().unwrap().into_owned(), n, k).unwrap();
+                for kernel in kernels() {
+                    for rows in [1, m] {
+                        let got = mat.compute(&xs[..rows * k], rows, kernel);
+                        for i in 0..rows {
+                            for j in 0..n {
+                                let want: f64 =
+                                    (0..k).map(|c| wd[j][c] as f64 * xq[i * k + c]).sum();
+                                let g = got[i * n + j] as f64;
+                                assert!(
+                                    (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                    "{format:?} {} k={k} rows={rows} ({i},{j}): {g} vs {want}",
+                                    kernel.name()
+                                );
+                            }
                         }
                     }
                 }
@@ -404,46 +675,52 @@ mod tests {
     #[test]
     fn a_row_gives_the_same_bits_in_any_batch() {
         let dev = Device::Cpu;
-        let (n, k, m) = (24, 64, 11);
-        let w = Tensor::from_vec(values(n * k, 3), (n, k), &dev).unwrap();
-        let xs = values(m * k, 4);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let mat = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
-            for simd in [false, has_avx2()] {
-                let all = mat.compute(&xs, m, simd);
-                for i in 0..m {
-                    let one = mat.compute(&xs[i * k..(i + 1) * k], 1, simd);
-                    assert_eq!(
-                        one,
-                        all[i * n..(i + 1) * n],
-                        "{dtype:?} simd={simd} row {i}"
-                    );
+        let (n, m) = (24, 11);
+        for k in [64, 96, 35 * BLOCK] {
+            let w = Tensor::from_vec(values(n * k, 3), (n, k), &dev).unwrap();
+            let xs = values(m * k, 4);
+            for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let mat = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+                for kernel in kernels() {
+                    let all = mat.compute(&xs, m, kernel);
+                    for i in 0..m {
+                        let one = mat.compute(&xs[i * k..(i + 1) * k], 1, kernel);
+                        assert_eq!(
+                            one,
+                            all[i * n..(i + 1) * n],
+                            "{dtype:?} {} k={k} row {i}",
+                            kernel.name()
+                        );
+                    }
                 }
             }
         }
     }
 
     /// A weight of -128 (|w| = 128 as an unsigned byte) against activations of ±127: the
-    /// largest products the Q8_0 kernel's i16 pair sums meet.
+    /// largest products the Q8_0 kernels meet (the AVX2 kernel's i16 pair sums, the AVX-512
+    /// one's x + 128 = 255 and 255; and an odd last block).
     #[test]
     fn q8_0_extremes_do_not_saturate() {
-        let k = 64;
-        let mut data = Vec::new();
-        for _ in 0..k / BLOCK {
-            data.extend_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
-            data.extend(std::iter::repeat_n(0x80u8, BLOCK)); // -128
-        }
-        let mat = QuantMatrix::new(BlockFormat::Q8_0, data, 1, k).unwrap();
-        for sign in [1.0f32, -1.0] {
-            let x = vec![sign; k]; // quantizes to ±127 with d = 1/127
-            let want = -128.0 * sign * k as f32;
-            for simd in [false, has_avx2()] {
-                let got = mat.compute(&x, 1, simd)[0];
-                assert!(
-                    (got - want).abs() < 1e-3 * want.abs(),
-                    "simd={simd}: {got} vs {want}"
-                );
+        for k in [64, 96] {
+            let mut data = Vec::new();
+            for _ in 0..k / BLOCK {
+                data.extend_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+                data.extend(std::iter::repeat_n(0x80u8, BLOCK)); // -128
+            }
+            let mat = QuantMatrix::new(BlockFormat::Q8_0, data, 1, k).unwrap();
+            for sign in [1.0f32, -1.0] {
+                let x = vec![sign; k]; // quantizes to ±127 with d = 1/127
+                let want = -128.0 * sign * k as f32;
+                for kernel in kernels() {
+                    let got = mat.compute(&x, 1, kernel)[0];
+                    assert!(
+                        (got - want).abs() < 1e-3 * want.abs(),
+                        "{} k={k}: {got} vs {want}",
+                        kernel.name()
+                    );
+                }
             }
         }
     }

@@ -200,10 +200,12 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     let decode_1 = decode(1)?;
     let decode_n = decode(a.sequences)?;
     let peak = peak_rss_mib().unwrap_or(f64::NAN);
+    let qkernel = srlm_engine::qmatmul::QKernel::chosen().name();
 
     println!("cpu          {}", cpu_line());
     println!("model        {}", engine.path.display());
     println!("weights      {:?}, {threads} threads", a.model.weights);
+    println!("kernels      quantized matmul {}", qkernel);
     println!(
         "prefill      {prefill:8.1} tok/s  ({} tokens)",
         a.prompt_tokens
@@ -219,7 +221,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     println!("peak memory  {peak:8.1} MiB");
     let json = serde_json::json!({
         "bench": "generate", "cpu": cpu_line(), "model": engine.path.display().to_string(), "weights": format!("{:?}", a.model.weights),
-        "threads": threads, "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens, "sequences": a.sequences,
+        "quantized_matmul": qkernel, "threads": threads, "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens, "sequences": a.sequences,
         "prefill_tok_s": prefill, "decode_b1_tok_s": decode_1, "decode_total_tok_s": decode_n, "peak_rss_mib": peak,
     });
     println!("{json}");
