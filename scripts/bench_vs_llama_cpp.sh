@@ -40,7 +40,7 @@ lscpu | grep "Model name"
 for weights in mixed mixed-bf16; do
     echo "== srlm bench generate --threads $threads --weights $weights (best of 3)"
     target/release/srlm bench generate --threads "$threads" --weights "$weights" |
-        grep -E "^(cpu|prefill|decode|peak)"
+        grep -E "^(cpu|kernels|prefill|decode|peak)"
 done
 for file in "$model" "$q8"; do
     echo "== $(basename "$file"): llama-bench -p 512 -n 128"

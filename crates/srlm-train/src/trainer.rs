@@ -48,13 +48,13 @@ impl Precision {
         }
     }
 
-    /// Whether this CPU trains in bf16 under this setting: `auto` and `bf16` wherever a SIMD
-    /// bf16 kernel exists (AMX or AVX512-BF16: both faster than f32 there, `srlm bench gemm`),
-    /// `bf16` refused elsewhere.
+    /// Whether this CPU trains in bf16 under this setting: `auto` where its bf16 kernel is
+    /// faster than the f32 GEMM (`gemm_bf16::beats_f32`), `bf16` wherever a SIMD bf16 kernel
+    /// exists (AMX or AVX512-BF16) and refused elsewhere.
     pub fn bf16_here(self) -> Result<bool> {
-        use srlm_engine::gemm_bf16::has_simd_kernel;
+        use srlm_engine::gemm_bf16::{beats_f32, has_simd_kernel};
         match self {
-            Precision::Auto => Ok(has_simd_kernel()),
+            Precision::Auto => Ok(beats_f32()),
             Precision::F32 => Ok(false),
             Precision::Bf16 if has_simd_kernel() => Ok(true),
             Precision::Bf16 => Err(TrainError::Config(format!(
@@ -642,11 +642,16 @@ mod tests {
         );
     }
 
-    /// `auto` and `bf16` train in bf16 wherever a SIMD bf16 kernel exists; elsewhere `auto`
-    /// is f32 and `bf16` is refused with the CPU's features named; `f32` never.
+    /// `auto` trains in bf16 only where a SIMD bf16 kernel exists and beats f32; `bf16`
+    /// wherever one exists, elsewhere refused with the CPU's features named; `f32` never.
     #[test]
     fn precision_resolves_by_what_the_cpu_has() {
-        assert_eq!(Precision::Auto.bf16_here().unwrap(), has_simd_kernel());
+        let auto = Precision::Auto.bf16_here().unwrap();
+        assert_eq!(auto, srlm_engine::gemm_bf16::beats_f32());
+        assert!(
+            !auto || has_simd_kernel(),
+            "auto chose bf16 without a bf16 kernel"
+        );
         assert!(!Precision::F32.bf16_here().unwrap());
         match Precision::Bf16.bf16_here() {
             Ok(on) => assert!(on && has_simd_kernel()),

@@ -25,6 +25,9 @@ pub struct CpuFeatures {
     /// AMX tiles (with AMX-BF16) listed, their state enabled in XCR0 by the OS, and this
     /// process granted them (Linux's `arch_prctl` permission).
     pub amx_enabled: bool,
+    /// An AMD processor (cpuid vendor "AuthenticAMD"): where a kernel's speed depends on the
+    /// microarchitecture rather than the instruction set alone (see `gemm_bf16::beats_f32`).
+    pub amd: bool,
 }
 
 impl CpuFeatures {
@@ -66,7 +69,10 @@ fn detect() -> CpuFeatures {
     let avx2 = has!("avx2") && has!("fma") && has!("f16c");
     let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
     let (amx_listed, amx_enabled) = amx();
+    let vendor = std::arch::x86_64::__cpuid(0);
+    let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163); // "AuthenticAMD"
     CpuFeatures {
+        amd,
         avx2,
         avx512,
         avx512_bf16: avx512 && has!("avx512bf16"),

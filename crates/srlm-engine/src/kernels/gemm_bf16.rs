@@ -138,12 +138,24 @@ impl Kernel {
     }
 }
 
-/// Whether this CPU has any SIMD bf16 kernel (AMX or AVX512-BF16): what `autocast` needs, and
-/// where training's `precision = "auto"` picks bf16. Both are faster than candle's f32 GEMM on
-/// the CPUs measured (`srlm bench gemm`): AMX 2.8-3.7x on Sapphire Rapids, AVX512-BF16
-/// 1.4-2.2x on AMD Zen 4.
+/// Whether this CPU has any SIMD bf16 kernel (AMX or AVX512-BF16): what `autocast` needs.
 pub fn has_simd_kernel() -> bool {
     Kernel::best() != Kernel::Portable
+}
+
+/// Whether this CPU's bf16 kernel is faster than candle's f32 GEMM, where training's
+/// `precision = "auto"` picks bf16. Measured (`srlm bench gemm`, `srlm bench train`): AMX
+/// 2.8-3.7x the f32 GEMM on Sapphire Rapids; AVX512-BF16 1.4-2.2x on AMD Zen 4, whose 512-bit
+/// f32 FMAs run at the rate of its 256-bit ones; but on an Intel Xeon without usable AMX,
+/// where the f32 GEMM has AVX-512 FMAs at full width, an f32 training step is 1.6x a bf16 one
+/// (2026-12-05), so f32 there.
+pub fn beats_f32() -> bool {
+    let f = crate::kernels::cpu::CpuFeatures::get();
+    match Kernel::best() {
+        Kernel::Amx => true,
+        Kernel::Avx512Bf16 => f.amd,
+        Kernel::Portable => false,
+    }
 }
 
 /// `c` (m, n, row-major) = `a` (m, k) · `b` (k, n) with the best kernel this CPU has.
