@@ -52,8 +52,9 @@ pub struct TrainSettings {
     pub lora_dropout: f32,
     /// Modules that get adapters, comma-separated, or "all-linear".
     pub lora_targets: String,
-    /// The matmuls' arithmetic: "auto" (bf16 with f32 accumulation where the CPU has AMX,
-    /// as PyTorch's autocast; f32 elsewhere), "f32", "bf16".
+    /// The matmuls' arithmetic: "auto" (bf16 with f32 accumulation, as PyTorch's autocast,
+    /// where the CPU's bf16 kernel beats its f32 GEMM: AMX, or AVX512-BF16 on AMD; f32
+    /// elsewhere), "f32", "bf16".
     #[serde(default)]
     pub precision: Precision,
 }
@@ -208,7 +209,7 @@ pub struct TrainFlags {
     /// Modules that get adapters, comma-separated, or all-linear [all-linear].
     #[arg(long)]
     pub lora_targets: Option<String>,
-    /// The matmuls' arithmetic: auto (bf16 where the CPU has AMX), f32 or bf16 [auto].
+    /// The matmuls' arithmetic: auto (bf16 where its kernel beats f32 here: AMX, or AVX512-BF16 on AMD), f32 or bf16 [auto].
     #[arg(long)]
     pub precision: Option<Precision>,
 }

@@ -86,8 +86,8 @@ pub struct BenchTrainArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// The training matmuls' arithmetic: `auto` (bf16 where the CPU has AVX512-BF16), `f32`,
-    /// `bf16`.
+    /// The training matmuls' arithmetic: `auto` (bf16 where its kernel beats the f32 GEMM on
+    /// this CPU: AMX, or AVX512-BF16 on AMD), `f32`, `bf16`.
     #[arg(long, default_value = "auto")]
     pub precision: srlm_train::trainer::Precision,
 }
