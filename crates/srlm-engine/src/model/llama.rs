@@ -57,7 +57,6 @@ fn attend(
     k: &Tensor,
     v: &Tensor,
     n_kv_heads: usize,
-    ops: Ops,
     dropout: Option<&Dropout>,
 ) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
@@ -68,31 +67,9 @@ fn attend(
     let q = q.reshape((b, n_kv_heads, rep * t, d))?; // (b, kvh, rep*t, d)
     let scale = 1.0 / (d as f64).sqrt();
     let scores = q.matmul(&k.transpose(2, 3)?)?; // (b, kvh, rep*t, T)
-    if ops == Ops::Differentiable {
-        // Scale, causal mask and softmax as one node: the training path keeps one buffer of
-        // attention probabilities per layer instead of four.
-        let p = crate::autograd::causal_softmax(&scores, scale, t, past)?;
-        let p = match dropout {
-            Some(d) => d.forward(&p)?,
-            None => p,
-        };
-        return p.matmul(&v.contiguous()?)?.reshape((b, h, t, d));
-    }
-    let att = (scores * scale)?;
-    let att = if t > 1 {
-        // Query row (r, i) sits at position past + i and sees keys 0..=past + i.
-        let mask: Vec<f32> = (0..rep * t)
-            .flat_map(|row| {
-                let i = row % t;
-                (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (rep * t, total), q.device())?;
-        att.broadcast_add(&mask)?
-    } else {
-        att
-    };
-    let p = candle_nn::ops::softmax_last_dim(&att.contiguous()?)?;
+                                                 // Scale, causal mask and softmax in one pass over the scores, on both paths: sampling's
+                                                 // prefill used to build a (rep*t, T) mask a layer and go over the scores four times.
+    let p = crate::autograd::causal_softmax(&scores, scale, t, past)?; // (b, kvh, rep*t, T)
     let p = match dropout {
         Some(d) => d.forward(&p)?,
         None => p,
@@ -188,7 +165,6 @@ impl Attention {
             &k.contiguous()?,
             &v,
             self.n_kv_heads,
-            ops,
             dropout,
         )?; // (b, h, t, d)
         let y = y
@@ -232,7 +208,6 @@ impl Attention {
                 &k.unsqueeze(0)?,
                 &v.unsqueeze(0)?,
                 self.n_kv_heads,
-                ops,
                 None,
             )?; // (1, h, t, d)
             outs[si] = Some(
