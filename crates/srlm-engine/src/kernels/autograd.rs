@@ -1,6 +1,6 @@
 //! Fused CPU kernels that carry their own backward pass, for the training path: RMSNorm, the
 //! causal softmax of scaled attention scores, causal self-attention, linear layers, rope and
-//! SwiGLU.
+//! SwiGLU. The causal softmax serves sampling's prefill as well (`llama::attend`).
 //!
 //! candle's fused `rms_norm` and `softmax_last_dim` have no backward (gradients silently vanish);
 //! composing them from primitive ops is correct but slow, because candle's backprop allocates a
@@ -160,7 +160,7 @@ impl CausalSoftmax {
 
 impl CustomOp1 for CausalSoftmax {
     fn name(&self) -> &'static str {
-        "causal-softmax-train"
+        "causal-softmax"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {

@@ -5,7 +5,8 @@
 //!
 //! One architecture, two weight paths: dense f32 tensors (differentiable: training uses
 //! `Ops::Differentiable`, whose every op has a backward) and quantized GGUF blocks through
-//! `QMatMul` for fast sampling (`Ops::Fused`, candle's fused softmax/rms_norm/rope kernels).
+//! `QMatMul` for fast sampling (`Ops::Fused`, candle's fused rms_norm/rope kernels; attention's
+//! causal softmax is srlm's own on both paths).
 //!
 //! `forward` returns logits for every position, `(b, t, vocab)`. `forward_segments` is the
 //! generation path: any number of sequences, each with its own KV cache and any number of new
@@ -60,15 +61,14 @@ fn attend(
     dropout: Option<&Dropout>,
 ) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
-    let total = k.dim(2)?;
-    let past = total - t;
+    let past = k.dim(2)? - t; // cached positions before the t queries
     let rep = h / n_kv_heads;
     // Fold each group of `rep` query heads onto its kv head instead of copying K and V `rep` times.
     let q = q.reshape((b, n_kv_heads, rep * t, d))?; // (b, kvh, rep*t, d)
     let scale = 1.0 / (d as f64).sqrt();
     let scores = q.matmul(&k.transpose(2, 3)?)?; // (b, kvh, rep*t, T)
-                                                 // Scale, causal mask and softmax in one pass over the scores, on both paths: sampling's
-                                                 // prefill used to build a (rep*t, T) mask a layer and go over the scores four times.
+                                                 // Scale, causal mask and softmax in one pass over the scores, with a backward for training;
+                                                 // sampling's prefill takes it too (no mask tensor, one pass instead of four).
     let p = crate::autograd::causal_softmax(&scores, scale, t, past)?; // (b, kvh, rep*t, T)
     let p = match dropout {
         Some(d) => d.forward(&p)?,
