@@ -353,7 +353,9 @@ fn serve_returns_log_probabilities_in_openais_shape() {
     let plain = post_json(&chat_url, &chat("tiny", "Name a colour.", json!({})));
     assert!(plain["choices"][0].get("logprobs").is_none(), "{plain}");
 
-    // Streamed: the last chunk of the choice carries the whole list.
+    // Streamed: the last chunk of the choice carries the whole list. Same tokens; the numbers
+    // agree to rounding only, since this request reuses the first one's cached prompt (all but
+    // its last token, which is decoded rather than prefilled).
     let (status, sse) = post(
         &chat_url,
         &chat(
@@ -372,7 +374,27 @@ fn serve_returns_log_probabilities_in_openais_shape() {
         .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
         .flatten()
         .collect();
-    assert_eq!(&streamed, content);
+    assert_eq!(streamed.len(), content.len());
+    for (s, w) in streamed.iter().zip(content) {
+        assert_eq!((&s["token"], &s["bytes"]), (&w["token"], &w["bytes"]));
+        let logprobs = |t: &Value| -> Vec<f64> {
+            std::iter::once(t["logprob"].as_f64().unwrap())
+                .chain(
+                    t["top_logprobs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a["logprob"].as_f64().unwrap()),
+                )
+                .collect()
+        };
+        let (ls, lw) = (logprobs(s), logprobs(w));
+        assert_eq!(ls.len(), 4);
+        assert!(
+            ls.iter().zip(&lw).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{s} {w}"
+        );
+    }
 
     // Completions: `logprobs: N` and the parallel lists.
     let text = post_json(
