@@ -281,3 +281,29 @@ fn chat_answers_each_line_and_survives_reset() {
     assert_eq!(first, second, "{out:?}");
     assert!(first.ends_with('\n'), "{out:?}");
 }
+
+#[test]
+fn bench_generate_takes_more_sequences_than_prompt_tokens() {
+    // Each decoding sequence gets a 16-token prompt of its own, whatever --prompt-tokens says.
+    let model = tiny();
+    let o = srlm(&[
+        "bench",
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-tokens",
+        "8",
+        "--decode-tokens",
+        "2",
+        "--sequences",
+        "12",
+        "--repeat",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap();
+    assert_eq!(json["sequences"], 12);
+    assert!(json["decode_total_tok_s"].as_f64().unwrap() > 0.0, "{json}");
+}

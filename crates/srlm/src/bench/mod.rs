@@ -181,7 +181,16 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
         let mut best = f64::INFINITY;
         for _ in 0..a.repeat.max(1) {
             let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::new()).collect();
-            let prompts: Vec<Vec<u32>> = (0..n).map(|i| prompt[i..i + 16].to_vec()).collect();
+            let prompts: Vec<Vec<u32>> = (0..n)
+                .map(|i| {
+                    base.iter()
+                        .cycle()
+                        .skip(i)
+                        .take(16)
+                        .map(|t| t % vocab)
+                        .collect()
+                })
+                .collect();
             let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
             let mut cache_refs: Vec<&mut KvCache> = caches.iter_mut().collect();
             let mut logits = model.forward_segments(&refs, &mut cache_refs)?;
