@@ -510,6 +510,86 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
 }
 
+/// LoRA's `x Wᵀ + scale · (x Aᵀ) Bᵀ` (`w`: (out, in) frozen, `a`: (r, in), `b`: (out, r)) as
+/// one node. Composed of candle ops, the sum keeps three (n, out) activations a layer beside
+/// the output (the base's, the delta and the scaled delta) and backpropagates through each;
+/// here the forward runs on detached operands and only the output stays. With u = x Aᵀ and
+/// gb = g B (both (n, r), recomputed):
+///   dx = g W + scale · gb A   dA = scale · gbᵀ x   dB = scale · gᵀ u
+struct LoraLinear {
+    w: Tensor,
+    scale: f64,
+    /// The output (n, out), handed over by the forward.
+    y: std::sync::Mutex<Option<(Vec<f32>, Shape)>>,
+}
+
+impl candle_core::CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    /// The output was computed before the op; it passes through.
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+        _s3: &CpuStorage,
+        _l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let Some((y, shape)) = self.y.lock().expect("lora output").take() else {
+            candle_core::bail!("lora-linear: the forward runs once");
+        };
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use crate::gemm_bf16::mm;
+        let (xd, ad, bd) = (x.detach(), a.detach(), b.detach());
+        let gb = mm(g, &bd)?; // (n, out)(out, r) -> (n, r)
+        let dx = match x.track_op() {
+            true => Some((mm(g, &self.w)? + (mm(&gb, &ad)? * self.scale)?)?), // (n, in)
+            false => None,
+        };
+        let da = match a.track_op() {
+            true => Some((mm(&gb.t()?, &xd)? * self.scale)?), // (r, n)(n, in) -> (r, in)
+            false => None,
+        };
+        let db = match b.track_op() {
+            true => {
+                let u = linear(&xd, &ad)?; // (n, r)
+                Some((mm(&g.t()?, &u)? * self.scale)?) // (out, n)(n, r) -> (out, r)
+            }
+            false => None,
+        };
+        Ok((dx, da, db))
+    }
+}
+
+/// LoRA's `x Wᵀ + scale · (x Aᵀ) Bᵀ` with `w` frozen, as one node (see [`LoraLinear`]).
+/// `x`: (n, in) -> (n, out).
+pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    let (xd, wd) = (x.detach(), w.detach());
+    let y = linear(&xd, &wd)?; // (n, out)
+    let delta = linear(&linear(&xd, &a.detach())?, &b.detach())?; // (n, r) -> (n, out)
+    let y = (y + (delta * scale)?)?;
+    let op = LoraLinear {
+        w: wd.contiguous()?,
+        scale,
+        y: std::sync::Mutex::new(Some((with_f32(&y, |y| y.to_vec())?, y.shape().clone()))),
+    };
+    x.contiguous()?
+        .apply_op3(&a.contiguous()?, &b.contiguous()?, op)
+}
+
 struct SwiGlu;
 
 use crate::kernels::exp::sigmoid;
@@ -742,6 +822,30 @@ mod tests {
             gf.get(&w).is_none(),
             "no gradient buffer for the frozen weight"
         );
+    }
+
+    #[test]
+    fn lora_linear_matches_its_composed_form() {
+        let dev = Device::Cpu;
+        let (n, inp, out, r) = (7, 12, 10, 3);
+        let x = Var::randn(0f32, 1.0, (n, inp), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (out, inp), &dev).unwrap(); // frozen
+        let a = Var::randn(0f32, 1.0, (r, inp), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, (out, r), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (n, out), &dev).unwrap();
+        let scale = 2.0;
+        let fused = lora_linear(x.as_tensor(), &w, a.as_tensor(), b.as_tensor(), scale).unwrap();
+        let xa = x.as_tensor().matmul(&a.as_tensor().t().unwrap()).unwrap();
+        let delta = xa.matmul(&b.as_tensor().t().unwrap()).unwrap();
+        let slow =
+            (x.as_tensor().matmul(&w.t().unwrap()).unwrap() + (delta * scale).unwrap()).unwrap();
+        close(&fused, &slow, 1e-5);
+        let gf = grads_of_dot(&fused, &up);
+        let gs = grads_of_dot(&slow, &up);
+        for v in [&x, &a, &b] {
+            close(gf.get(v).unwrap(), gs.get(v).unwrap(), 1e-5);
+        }
+        assert!(gf.get(&w).is_none(), "the frozen base gets no gradient");
     }
 
     #[test]

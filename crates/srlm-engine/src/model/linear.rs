@@ -188,6 +188,13 @@ impl Linear {
             dropout,
         } = self
         {
+            // Training without active dropout: one node that keeps only its output.
+            let dropping = dropout.as_ref().is_some_and(|d| d.is_active());
+            if let (Linear::Dense { w, b: None }, false) = (base.as_ref(), dropping) {
+                if x.track_op() || a.track_op() || b.track_op() {
+                    return crate::autograd::lora_linear(x, w, a, b, *scale);
+                }
+            }
             let y = base.forward(x)?;
             let h = match dropout {
                 Some(d) => d.forward(x)?,
