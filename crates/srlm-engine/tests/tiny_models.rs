@@ -201,7 +201,11 @@ fn prefix_reuse_gives_the_same_completions() {
     let with = completions(&engine, reqs.clone(), 4, true);
     let without = completions(&engine, reqs, 4, false);
     assert_eq!(with.len(), 15);
-    for ((id, lp_with, ids_with), (_, lp_without, ids_without)) in with.iter().zip(&without) {
+    assert_eq!(without.len(), 15);
+    for ((id, lp_with, ids_with), (id_without, lp_without, ids_without)) in
+        with.iter().zip(&without)
+    {
+        assert_eq!(id, id_without);
         assert_eq!(ids_with, ids_without, "{id}");
         let (lp_with, lp_without) = (lp_with.as_ref().unwrap(), lp_without.as_ref().unwrap());
         assert_eq!(lp_with.len(), 8, "{id}");

@@ -250,6 +250,28 @@ impl AttentionDims {
     }
 }
 
+/// An op's output computed before the op (from detached operands, so that no intermediate
+/// joins the graph), held until candle runs the op's `cpu_fwd`, which passes it through.
+struct HandedOver(std::sync::Mutex<Option<(Vec<f32>, Shape)>>);
+
+impl HandedOver {
+    fn new(y: &Tensor) -> Result<Self> {
+        let values = with_f32(y, |y| y.to_vec())?;
+        Ok(Self(std::sync::Mutex::new(Some((
+            values,
+            y.shape().clone(),
+        )))))
+    }
+
+    /// The output, once: what `cpu_fwd` returns.
+    fn take(&self, op: &str) -> Result<(CpuStorage, Shape)> {
+        match self.0.lock().expect("handed-over output").take() {
+            Some((y, shape)) => Ok((CpuStorage::F32(y), shape)),
+            None => candle_core::bail!("{op}: the forward runs once"),
+        }
+    }
+}
+
 /// Causal self-attention from the projections to the output projection's input, as one node:
 /// rope on q and k, the head layout, the scores, the causal softmax and `p v`. candle's backprop
 /// would otherwise zero-fill and add a buffer for each of the dozen reshapes, transposes and
@@ -268,7 +290,7 @@ struct SelfAttention {
     k: Tensor, // (b, kvh, t, d), roped
     v: Tensor, // (b, kvh, t, d)
     /// The output (b·t, heads·d), handed over by the forward.
-    y: std::sync::Mutex<Option<Vec<f32>>>,
+    y: HandedOver,
 }
 
 impl candle_core::CustomOp3 for SelfAttention {
@@ -286,17 +308,7 @@ impl candle_core::CustomOp3 for SelfAttention {
         _s3: &CpuStorage,
         _l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let Some(y) = self.y.lock().expect("attention output").take() else {
-            candle_core::bail!("causal-self-attention: the forward runs once");
-        };
-        let AttentionDims {
-            b,
-            t,
-            heads,
-            head_dim,
-            ..
-        } = self.dims;
-        Ok((CpuStorage::F32(y), Shape::from((b * t, heads * head_dim))))
+        self.y.take(self.name())
     }
 
     fn bwd(
@@ -370,7 +382,7 @@ pub fn causal_self_attention(
         q: q_g,
         k: k_g,
         v: v_g,
-        y: std::sync::Mutex::new(Some(with_f32(&y, |y| y.to_vec())?)),
+        y: HandedOver::new(&y)?,
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -520,7 +532,7 @@ struct LoraLinear {
     w: Tensor,
     scale: f64,
     /// The output (n, out), handed over by the forward.
-    y: std::sync::Mutex<Option<(Vec<f32>, Shape)>>,
+    y: HandedOver,
 }
 
 impl candle_core::CustomOp3 for LoraLinear {
@@ -538,10 +550,7 @@ impl candle_core::CustomOp3 for LoraLinear {
         _s3: &CpuStorage,
         _l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let Some((y, shape)) = self.y.lock().expect("lora output").take() else {
-            candle_core::bail!("lora-linear: the forward runs once");
-        };
-        Ok((CpuStorage::F32(y), shape))
+        self.y.take(self.name())
     }
 
     fn bwd(
@@ -584,7 +593,7 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -
     let op = LoraLinear {
         w: wd.contiguous()?,
         scale,
-        y: std::sync::Mutex::new(Some((with_f32(&y, |y| y.to_vec())?, y.shape().clone()))),
+        y: HandedOver::new(&y)?,
     };
     x.contiguous()?
         .apply_op3(&a.contiguous()?, &b.contiguous()?, op)

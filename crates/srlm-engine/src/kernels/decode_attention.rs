@@ -58,7 +58,7 @@ pub fn decode_attention(
     let out_ptr = SendPtr(out.as_mut_ptr());
     candle_core::utils::barrier_pool().execute_chunked(n * kv_heads, |items| {
         let out_ptr = &out_ptr;
-        let (mut scores, mut probs): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
+        let mut scores: Vec<f32> = Vec::new();
         for item in items {
             let (i, g) = (item / kv_heads, item % kv_heads);
             let c = &caches[i];
@@ -67,28 +67,26 @@ pub fn decode_attention(
             // Scores of the group's rep query heads: (rep, len).
             scores.clear();
             scores.resize(rep * c.len, 0.0);
-            probs.clear();
-            probs.resize(rep * c.len, 0.0);
             for r in 0..rep {
                 let h = g * rep + r;
                 let qh = &q[(i * heads + h) * d..(i * heads + h + 1) * d];
                 let row = &mut scores[r * c.len..(r + 1) * c.len];
                 for (s, k) in row.iter_mut().zip(keys.chunks_exact(d)) {
-                    *s = dot(qh, k);
+                    *s = dot(qh, k) * scale;
                 }
-                // The softmax of the prefill's `causal_softmax`, operation for operation, so a
-                // prompt's last token gets the same probabilities whether it is prefilled with
-                // the rest or decoded after a cached prefix.
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
-                let p = &mut probs[r * c.len..(r + 1) * c.len];
-                let sum = crate::kernels::exp::exp_into(p, row, scale, max);
+                // The prefill's `causal_softmax` rounds alike: its `exp(x · scale − max · scale)`
+                // rounds x · scale first too, and the max of the rounded products is the
+                // rounded max (rounding is monotone). So a prompt's last token gets the same
+                // probabilities whether it is prefilled with the rest or decoded after them.
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum = crate::kernels::exp::exp_in_place(row, max);
                 let inv = 1.0 / sum;
                 // SAFETY: item (i, g) alone writes heads g*rep..(g+1)*rep of row i; `out`
                 // outlives the call.
                 let y = unsafe {
                     std::slice::from_raw_parts_mut(out_ptr.0.add((i * heads + h) * d), d)
                 };
-                for (p, v) in p.iter().zip(values.chunks_exact(d)) {
+                for (p, v) in row.iter().zip(values.chunks_exact(d)) {
                     let w = p * inv;
                     for (yl, vl) in y.iter_mut().zip(v) {
                         *yl += w * vl;
