@@ -1,6 +1,7 @@
 //! A loaded model: weights, tokenizer and chat template, from a GGUF file or a Hugging Face
 //! folder, ready to render prompts and generate.
 
+use crate::adapter::LoraAdapter;
 use crate::chat::ChatTemplate;
 use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
@@ -100,9 +101,42 @@ impl Engine {
         Self::load_with(path, opts, &mut build)
     }
 
-    /// Loads tokenizer and template as `load` does, and the model through `build`.
+    /// Loads `base` with the LoRA adapter `adapter` merged into its weights (see
+    /// [`crate::adapter`]); the engine's `path` stays the base's.
+    pub fn load_adapted(base: &Path, adapter: &LoraAdapter, opts: &LoadOptions) -> Result<Self> {
+        let device = Device::Cpu;
+        let mut build = |src: &dyn WeightSource, cfg: &LlamaConfig| {
+            Llama::load(src, cfg, opts.ops, opts.context_length, &device)
+        };
+        Self::load_adapted_with(base, adapter, opts, &mut build)
+    }
+
+    /// `load_adapted` with the model built through `build`.
+    pub fn load_adapted_with(
+        base: &Path,
+        adapter: &LoraAdapter,
+        opts: &LoadOptions,
+        build: &mut BuildModel,
+    ) -> Result<Self> {
+        let mut over = |src: &dyn WeightSource, cfg: &LlamaConfig| {
+            let merged = adapter.over(src, opts.format);
+            let model = build(&merged, cfg)?;
+            merged.check_all_used()?;
+            Ok(model)
+        };
+        Self::load_with(base, opts, &mut over)
+    }
+
+    /// Loads tokenizer and template as `load` does, and the model through `build`. A PEFT
+    /// adapter folder loads as its base (`base_model_name_or_path`, a local folder) with the
+    /// adapter merged.
     pub fn load_with(path: &Path, opts: &LoadOptions, build: &mut BuildModel) -> Result<Self> {
         let device = Device::Cpu;
+        if path.is_dir() && LoraAdapter::is_adapter_dir(path) {
+            let adapter = LoraAdapter::read(path)?;
+            let base = adapter.local_base()?;
+            return Self::load_adapted_with(&base, &adapter, opts, build);
+        }
         if path.is_dir() {
             Self::load_hf(path, opts, &device, build)
         } else if path.exists() {

@@ -249,28 +249,32 @@ impl WeightSource for HfModel {
     }
 
     fn linear(&self, name: &str) -> Result<Linear> {
-        let w = self.dense(name)?;
-        match self.format {
-            WeightFormat::Dense | WeightFormat::Native => Ok(Linear::Dense { w, b: None }),
-            WeightFormat::Q8_0 if w.dim(1)? % 32 == 0 => Ok(Linear::Quant {
-                w: q8_0(&w)?,
-                b: None,
-            }),
-            WeightFormat::Mixed | WeightFormat::MixedBf16 if w.dim(1)? % 32 == 0 => {
-                Ok(Linear::Mixed {
-                    q: q8_0(&w)?,
-                    dense: crate::model::linear::dense_weight(w, self.format)?,
-                    b: None,
-                })
-            }
-            WeightFormat::Q8_0 | WeightFormat::Mixed | WeightFormat::MixedBf16 => {
-                Ok(Linear::Dense { w, b: None })
-            }
-        }
+        linear_from_dense(self.dense(name)?, self.format)
     }
 
     fn contains(&self, name: &str) -> bool {
         self.weights.get(name).is_ok()
+    }
+}
+
+/// A projection's dense f32 weight laid out as `format` serves it: as it is (`dense`,
+/// `native`), requantized to Q8_0, or Q8_0 beside a dense prefill copy (`mixed`); a weight whose
+/// rows are not whole Q8_0 blocks stays dense.
+pub fn linear_from_dense(w: Tensor, format: WeightFormat) -> Result<Linear> {
+    match format {
+        WeightFormat::Dense | WeightFormat::Native => Ok(Linear::Dense { w, b: None }),
+        WeightFormat::Q8_0 if w.dim(1)? % 32 == 0 => Ok(Linear::Quant {
+            w: q8_0(&w)?,
+            b: None,
+        }),
+        WeightFormat::Mixed | WeightFormat::MixedBf16 if w.dim(1)? % 32 == 0 => Ok(Linear::Mixed {
+            q: q8_0(&w)?,
+            dense: crate::model::linear::dense_weight(w, format)?,
+            b: None,
+        }),
+        WeightFormat::Q8_0 | WeightFormat::Mixed | WeightFormat::MixedBf16 => {
+            Ok(Linear::Dense { w, b: None })
+        }
     }
 }
 

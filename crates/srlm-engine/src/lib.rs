@@ -1,6 +1,7 @@
 //! srlm's model engine: Llama-family models from GGUF files or Hugging Face folders, their
 //! tokenizers and chat templates, sampling, and batched generation.
 
+pub mod adapter;
 pub mod chat;
 pub mod config;
 pub mod engine;

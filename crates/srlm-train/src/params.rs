@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use srlm_core::hash::fnv1a;
+use srlm_engine::adapter::LoraAdapter;
 use srlm_engine::llama::{Dropout, Linear, WeightSource};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -32,6 +33,10 @@ pub struct LoraConfig {
     pub dropout: f32,
     /// Module names (`q_proj`, ...) that get adapters.
     pub target_modules: Vec<String>,
+    /// A PEFT adapter folder to start from instead of PEFT's initialization (its factors, on
+    /// the modules it adapts): training continues that adapter over the same base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<std::path::PathBuf>,
 }
 
 impl LoraConfig {
@@ -87,6 +92,8 @@ pub struct ParamStore {
     base: RefCell<BTreeMap<String, Tensor>>,
     adapters: RefCell<Vec<Adapter>>,
     lora_dropout: Option<Arc<Dropout>>,
+    /// The adapter training starts from (`LoraConfig::init`), read once.
+    init: Option<LoraAdapter>,
 }
 
 impl ParamStore {
@@ -98,6 +105,12 @@ impl ParamStore {
             }
             Method::Full => None,
         };
+        let init = match &method {
+            Method::Lora(LoraConfig {
+                init: Some(dir), ..
+            }) => Some(LoraAdapter::read(dir)?),
+            _ => None,
+        };
         Ok(Self {
             method,
             seed,
@@ -105,6 +118,7 @@ impl ParamStore {
             base: RefCell::default(),
             adapters: RefCell::default(),
             lora_dropout,
+            init,
         })
     }
 
@@ -133,6 +147,26 @@ impl ParamStore {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Fails if the adapter training started from modifies a weight the model did not load
+    /// as an adapted projection (another architecture, or modules outside `target_modules`).
+    pub fn check_init_used(&self) -> Result<()> {
+        let Some(init) = &self.init else {
+            return Ok(());
+        };
+        let adapters = self.adapters.borrow();
+        match init
+            .factors
+            .keys()
+            .find(|k| !adapters.iter().any(|a| &a.weight == *k))
+        {
+            None => Ok(()),
+            Some(name) => Err(TrainError::Config(format!(
+                "{}: the adapter modifies `{name}`, which this model has no adapted projection for\n  hint: continue an adapter over the base it was trained on",
+                init.dir.display()
+            ))),
+        }
     }
 
     pub fn trainable_count(&self) -> usize {
@@ -204,14 +238,37 @@ impl ParamStore {
             return Ok(Linear::Dense { w, b: None });
         }
         let (out_f, in_f) = w.dims2()?;
-        // PEFT's init: A ~ kaiming_uniform(a=√5), i.e. U(-1/√in, 1/√in); B = 0.
-        let mut rng = StdRng::seed_from_u64(self.seed ^ fnv1a(name.as_bytes()));
-        let bound = 1.0 / (in_f as f32).sqrt();
-        let a: Vec<f32> = (0..cfg.rank * in_f)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
-        let a = Var::from_vec(a, (cfg.rank, in_f), w.device())?;
-        let b = Var::zeros((out_f, cfg.rank), DType::F32, w.device())?;
+        let (a, b) = match &self.init {
+            Some(init) => {
+                let Some((a, b)) = init.factors.get(name) else {
+                    // Continuing an adapter: only the modules it adapts get factors.
+                    return Ok(Linear::Dense { w, b: None });
+                };
+                if a.dims() != [cfg.rank, in_f] || b.dims() != [out_f, cfg.rank] {
+                    return Err(srlm_engine::EngineError::model(
+                        &init.dir,
+                        format!(
+                            "`{name}`: factors {:?} and {:?} do not fit the base weight {:?}",
+                            a.dims(),
+                            b.dims(),
+                            w.dims()
+                        ),
+                        "continue an adapter over the base it was trained on",
+                    ));
+                }
+                (Var::from_tensor(a)?, Var::from_tensor(b)?)
+            }
+            None => {
+                // PEFT's init: A ~ kaiming_uniform(a=√5), i.e. U(-1/√in, 1/√in); B = 0.
+                let mut rng = StdRng::seed_from_u64(self.seed ^ fnv1a(name.as_bytes()));
+                let bound = 1.0 / (in_f as f32).sqrt();
+                let a: Vec<f32> = (0..cfg.rank * in_f)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
+                let a = Var::from_vec(a, (cfg.rank, in_f), w.device())?;
+                (a, Var::zeros((out_f, cfg.rank), DType::F32, w.device())?)
+            }
+        };
         let module_path = name.trim_end_matches(".weight");
         let mut vars = self.vars.borrow_mut();
         vars.push((

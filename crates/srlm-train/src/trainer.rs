@@ -287,6 +287,7 @@ impl Trainer {
             Llama::load(&wrapped, mcfg, Ops::Differentiable, cfg.max_len, &device)
         };
         let mut engine = Engine::load_with(model, &opts, &mut build)?;
+        store.check_init_used()?;
         let attention_dropout = (cfg.attention_dropout > 0.0)
             .then(|| Dropout::new(cfg.attention_dropout, cfg.seed ^ 0xa77e));
         engine

@@ -275,6 +275,7 @@ fn lora_trains_only_adapters_and_merges_exactly() {
         alpha: 8.0,
         dropout: 0.0,
         target_modules: ALL_LINEAR.iter().map(|s| s.to_string()).collect(),
+        init: None,
     };
     let c = TrainConfig {
         method: Method::Lora(lora),

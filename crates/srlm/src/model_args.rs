@@ -37,7 +37,13 @@ impl ModelArgs {
             Some(p) => p.clone(),
             None => srlm_engine::fetch::default_model()?,
         };
-        let opts = LoadOptions {
+        Engine::load(&path, &self.load_options())
+            .with_context(|| format!("loading model {}", path.display()))
+    }
+
+    /// How these flags hold a model's weights.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
             format: self.weights,
             ops: if self.weights == WeightFormat::Dense {
                 Ops::Differentiable
@@ -45,8 +51,7 @@ impl ModelArgs {
                 Ops::Fused
             },
             context_length: self.context_length,
-        };
-        Engine::load(&path, &opts).with_context(|| format!("loading model {}", path.display()))
+        }
     }
 }
 

@@ -114,6 +114,7 @@ impl TrainSettings {
                     "all-linear" => ALL_LINEAR.iter().map(|s| s.to_string()).collect(),
                     list => list.split(',').map(|s| s.trim().to_string()).collect(),
                 },
+                init: None,
             }),
         };
         TrainConfig {

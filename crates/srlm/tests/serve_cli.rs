@@ -599,3 +599,136 @@ fn a_served_model_with_a_key_refuses_requests_without_it() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("SRLM_TEST_NO_SUCH_VARIABLE"));
 }
+
+/// The tiny LoRA checkpoint srlm's trainer wrote (train goldens): its adapter, and the same
+/// model merged.
+fn tiny_lora() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../srlm-train/tests/goldens/tiny-lora")
+}
+
+#[test]
+fn a_lora_adapter_loaded_at_run_time_answers_as_its_merged_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let adapter = tiny_lora().join("adapter");
+    let adapter_body = json!({"lora_name": "m2", "lora_path": adapter}).to_string();
+
+    // Without --enable-lora, loading is refused and says how to enable it.
+    let plain = serve(&["--model", model.to_str().unwrap(), "--name", "tiny"]);
+    let (status, text) = post(&format!("{}/load_lora_adapter", plain.url), &adapter_body);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("--enable-lora"), "{text}");
+    drop(plain);
+
+    let s = serve(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--name",
+        "tiny",
+        "--enable-lora",
+    ]);
+    let merged = serve(&["--model", tiny_lora().to_str().unwrap(), "--name", "merged"]);
+    let (status, text) = post(&format!("{}/load_lora_adapter", s.url), &adapter_body);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("'m2'"), "{text}");
+    let (status, text) = post(&format!("{}/load_lora_adapter", s.url), &adapter_body);
+    assert_eq!(status, 400, "loading a name twice: {text}");
+    assert!(text.contains("already been loaded"), "{text}");
+
+    // Listed after the base, with its folder and its base, as vLLM lists adapters.
+    let models: Value = serde_json::from_str(
+        &agent()
+            .get(format!("{}/models", s.url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny", "m2"]);
+    assert_eq!(models["data"][1]["parent"], "tiny");
+    assert_eq!(models["data"][1]["root"], adapter.display().to_string());
+
+    // The adapter answers as the merged checkpoint does, and not as the base does.
+    let ask = |url: &str, name: &str| {
+        post_json(
+            &format!("{url}/chat/completions"),
+            &chat(
+                name,
+                "Name a colour.",
+                json!({"max_tokens": 12, "logprobs": true, "top_logprobs": 2}),
+            ),
+        )
+    };
+    let lp = |v: &Value| -> Vec<f64> {
+        v["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap())
+            .collect()
+    };
+    let via_adapter = ask(&s.url, "m2");
+    let via_merged = ask(&merged.url, "merged");
+    let via_base = ask(&s.url, "tiny");
+    assert_eq!(via_adapter["model"], "m2");
+    assert_eq!(
+        via_adapter["choices"][0]["message"]["content"],
+        via_merged["choices"][0]["message"]["content"]
+    );
+    for (a, m) in lp(&via_adapter).iter().zip(lp(&via_merged)) {
+        assert!((a - m).abs() < 1e-4, "adapter {a} vs merged {m}");
+    }
+    assert_ne!(
+        lp(&via_adapter),
+        lp(&via_base),
+        "the adapter changed nothing"
+    );
+
+    // Unloaded: gone from the list and refused by name; the base cannot be unloaded.
+    let (status, text) = post(
+        &format!("{}/unload_lora_adapter", s.url),
+        &json!({"lora_name": "tiny"}).to_string(),
+    );
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = post(
+        &format!("{}/unload_lora_adapter", s.url),
+        &json!({"lora_name": "m2"}).to_string(),
+    );
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = post(
+        &format!("{}/chat/completions", s.url),
+        &chat("m2", "Name a colour.", json!({})).to_string(),
+    );
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("`tiny`"), "{text}");
+
+    // An adapter that does not fit the base is refused with the reason; nothing else changes.
+    let wrong = dir.path().join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    let cfg = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
+    std::fs::write(
+        wrong.join("adapter_config.json"),
+        cfg.replace("\"r\": 4", "\"r\": 8"),
+    )
+    .unwrap();
+    std::fs::copy(
+        adapter.join("adapter_model.safetensors"),
+        wrong.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let (status, text) = post(
+        &format!("{}/load_lora_adapter", s.url),
+        &json!({"lora_name": "w", "lora_path": wrong}).to_string(),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("r = 8"), "{text}");
+    ask(&s.url, "tiny");
+}

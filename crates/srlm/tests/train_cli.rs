@@ -301,3 +301,216 @@ fn dpo_runs_and_logs_trl_metrics() {
     );
     assert!(out.join("config.json").exists());
 }
+
+/// The committed adapter of `tiny-lora` (written by `srlm sft --lora-rank 4`), in a folder of
+/// its own whose adapter_config.json names `base` as its base model.
+fn adapter_copy(dir: &Path, base: &str) -> PathBuf {
+    let src = train_dir().join("goldens/tiny-lora/adapter");
+    let dst = dir.join("adapter");
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        dst.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap())
+            .unwrap();
+    cfg["base_model_name_or_path"] = base.into();
+    std::fs::write(dst.join("adapter_config.json"), cfg.to_string()).unwrap();
+    dst
+}
+
+#[test]
+fn a_peft_adapter_over_its_base_computes_what_peft_does() {
+    let goldens = train_dir().join("goldens");
+    let g: CheckpointGolden =
+        serde_json::from_str(&std::fs::read_to_string(goldens.join("checkpoints.json")).unwrap())
+            .unwrap();
+    let want: HashMap<String, Tensor> =
+        candle_core::safetensors::load(goldens.join("checkpoints.safetensors"), &Device::Cpu)
+            .unwrap();
+    let w = &want["tiny-lora/peft"];
+    let scale = w
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let ids = Tensor::from_vec(g.ids.clone(), (1, g.ids.len()), &Device::Cpu).unwrap();
+    let logits = |e: &Engine| e.model.forward(&ids).unwrap().squeeze(0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // The base and the adapter given apart, as srlm serve loads one.
+    let adapter =
+        srlm_engine::adapter::LoraAdapter::read(&goldens.join("tiny-lora/adapter")).unwrap();
+    assert_eq!(
+        (adapter.rank, adapter.alpha, adapter.factors.len()),
+        (4, 8.0, 14)
+    );
+    let engine = Engine::load_adapted(&tiny(), &adapter, &LoadOptions::dense()).unwrap();
+    let err = max_abs_diff(&logits(&engine), w) / scale;
+    assert!(err < 1e-4, "relative error {err} against PEFT");
+
+    // The adapter folder as --model: its base is the folder adapter_config.json names.
+    let folder = adapter_copy(dir.path(), &tiny().display().to_string());
+    let engine = Engine::load(&folder, &LoadOptions::dense()).unwrap();
+    let err = max_abs_diff(&logits(&engine), w) / scale;
+    assert!(err < 1e-4, "relative error {err} against PEFT");
+
+    // A base that is not here, and an adapter of modules the base does not have: refused.
+    let lost = tempfile::tempdir().unwrap();
+    let folder = adapter_copy(lost.path(), "/nowhere/base");
+    let e = Engine::load(&folder, &LoadOptions::dense())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("not a local model folder") && e.contains("hint:"),
+        "{e}"
+    );
+    let st = candle_core::safetensors::load(folder.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
+    let moved: HashMap<String, Tensor> = st
+        .into_iter()
+        .map(|(k, v)| (k.replace("layers.1.", "layers.5."), v))
+        .collect();
+    candle_core::safetensors::save(&moved, folder.join("adapter_model.safetensors")).unwrap();
+    let adapter = srlm_engine::adapter::LoraAdapter::read(&folder).unwrap();
+    let e = Engine::load_adapted(&tiny(), &adapter, &LoadOptions::dense())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.layers.5.") && e.contains("does not have"),
+        "{e}"
+    );
+}
+
+#[test]
+fn training_continues_an_adapter_over_the_same_base() {
+    let goldens = train_dir().join("goldens");
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = goldens.join("tiny-lora/adapter").display().to_string();
+    let pairs = train_dir()
+        .join("fixtures/tiny_pairs.jsonl")
+        .display()
+        .to_string();
+    let dpo = |out: &Path, model: &Path, extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "dpo",
+            "--model",
+            &model.display().to_string(),
+            "--pairs",
+            &pairs,
+            "--out",
+            &out.display().to_string(),
+            "--lr",
+            "1e-3",
+            "--max-steps",
+            "2",
+            "--micro-batch",
+            "2",
+            "--grad-accum",
+            "1",
+            "--precision",
+            "f32",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        srlm(&a)
+    };
+    let refs = |out: &Path| -> Vec<(f64, f64)> {
+        let mut v: Vec<(u64, f64, f64)> =
+            std::fs::read_to_string(out.join("reference_logps.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let j: serde_json::Value = serde_json::from_str(l).unwrap();
+                    (
+                        j["index"].as_u64().unwrap(),
+                        j["ref_chosen_logps"].as_f64().unwrap(),
+                        j["ref_rejected_logps"].as_f64().unwrap(),
+                    )
+                })
+                .collect();
+        v.sort_by_key(|x| x.0);
+        v.into_iter().map(|(_, c, r)| (c, r)).collect()
+    };
+
+    // DPO from the base with the adapter: its reference is the adapted model (the merged
+    // checkpoint's log-probabilities), and it trains the same adapter further.
+    let cont = dir.path().join("cont");
+    let o = dpo(&cont, &tiny(), &["--adapter", &adapter]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let merged = dir.path().join("merged");
+    let o = dpo(&merged, &goldens.join("tiny-lora"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let base = dir.path().join("base");
+    let o = dpo(&base, &tiny(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for ((c, m), b) in refs(&cont).iter().zip(refs(&merged)).zip(refs(&base)) {
+        assert!(
+            (c.0 - m.0).abs() < 1e-3 && (c.1 - m.1).abs() < 1e-3,
+            "{c:?} vs merged {m:?}"
+        );
+        assert!(
+            (c.0 - b.0).abs() > 1e-3,
+            "the reference ignored the adapter: {c:?} vs {b:?}"
+        );
+    }
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cont.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(written["r"], 4);
+    assert_eq!(
+        written["base_model_name_or_path"],
+        tiny().display().to_string()
+    );
+    let before = candle_core::safetensors::load(
+        goldens.join("tiny-lora/adapter/adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let after = candle_core::safetensors::load(
+        cont.join("adapter/adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(before.len(), after.len());
+    let moved = before
+        .iter()
+        .filter(|(k, t)| max_abs_diff(t, &after[*k]) > 0.0)
+        .count();
+    assert!(moved > 0, "no factor moved");
+    // The merged folder and the new adapter over the base are the same model.
+    let a = srlm_engine::adapter::LoraAdapter::read(&cont.join("adapter")).unwrap();
+    let ids = Tensor::new(&[[5u32, 17, 33, 60, 2, 90, 11, 40]], &Device::Cpu).unwrap();
+    let over = Engine::load_adapted(&tiny(), &a, &LoadOptions::dense()).unwrap();
+    let whole = Engine::load(&cont, &LoadOptions::dense()).unwrap();
+    let d = max_abs_diff(
+        &over.model.forward(&ids).unwrap(),
+        &whole.model.forward(&ids).unwrap(),
+    );
+    assert!(
+        d < 1e-4,
+        "adapter over base and merged folder differ by {d}"
+    );
+
+    // Another rank than the adapter's is refused before anything trains.
+    let o = dpo(
+        &dir.path().join("r8"),
+        &tiny(),
+        &["--adapter", &adapter, "--lora-rank", "8"],
+    );
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("rank 4") && e.contains("--lora-rank is 8"),
+        "{e}"
+    );
+}

@@ -85,6 +85,7 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
                 batch_size: a.batch_size,
                 default_max_tokens: a.max_tokens,
                 api_key: None,
+                adapters: None,
             };
             let (server, _http) = crate::serve::start(engine, "127.0.0.1:0", opts)?;
             (format!("http://{}/v1", server.addr), server.name)

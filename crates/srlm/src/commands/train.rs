@@ -1,11 +1,12 @@
 //! `srlm sft` and `srlm dpo`: train a model on a JSONL file and write a Hugging Face folder.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use srlm_train::data::{load_pairs, load_sft};
 use srlm_train::dpo::{reference_logps, Dpo};
 use srlm_train::loss::{DpoConfig, DpoLossType};
+use srlm_train::params::{LoraConfig, Method};
 use srlm_train::sft::Sft;
 use srlm_train::trainer::{fingerprint, Objective, Progress, RunSummary, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,11 @@ pub struct TrainArgs {
     /// files are replaced; nothing else in it is removed).
     #[arg(long)]
     pub overwrite: bool,
+    /// Start from this PEFT LoRA adapter over --model and keep training it (with its rank,
+    /// alpha and modules; --lora-rank, if given, must be its rank): the new adapter is again one
+    /// over --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[command(flatten)]
     pub settings: TrainFlags,
     #[arg(long, default_value_t = 42)]
@@ -69,9 +75,37 @@ pub struct DpoArgs {
 }
 
 impl TrainArgs {
-    /// The trainer's configuration: these flags over `defaults`, the stage's.
-    pub fn config(&self, defaults: TrainSettings) -> TrainConfig {
-        self.settings.resolve(defaults).config(self.seed)
+    /// The trainer's configuration: these flags over `defaults`, the stage's; with
+    /// `--adapter`, LoRA of that adapter's shape, starting from it.
+    pub fn config(&self, defaults: TrainSettings) -> Result<TrainConfig> {
+        let settings = self.settings.resolve(defaults);
+        let mut cfg = settings.config(self.seed);
+        let Some(dir) = &self.adapter else {
+            return Ok(cfg);
+        };
+        let adapter = srlm_engine::adapter::LoraAdapter::read(dir)?;
+        if settings.lora_rank != 0 && settings.lora_rank != adapter.rank {
+            bail!(
+                "--adapter {} is of rank {}, but --lora-rank is {}\n  hint: leave out --lora-rank to continue the adapter at its own rank",
+                dir.display(),
+                adapter.rank,
+                settings.lora_rank
+            );
+        }
+        if adapter.rslora {
+            bail!(
+                "--adapter {}: an rsLoRA adapter (use_rslora); srlm's trainer scales adapters by alpha / r\n  hint: continue it with PEFT, or start a new adapter",
+                dir.display()
+            );
+        }
+        cfg.method = Method::Lora(LoraConfig {
+            rank: adapter.rank,
+            alpha: adapter.alpha,
+            dropout: settings.lora_dropout,
+            target_modules: adapter.target_modules(),
+            init: Some(dir.clone()),
+        });
+        Ok(cfg)
     }
 
     pub fn load(&self, cfg: TrainConfig) -> Result<Trainer> {
@@ -144,7 +178,7 @@ fn report(summary: &RunSummary, trainer: &Trainer) {
 }
 
 pub fn run_sft(a: SftArgs) -> Result<()> {
-    let cfg = a.train.config(TrainSettings::sft());
+    let cfg = a.train.config(TrainSettings::sft())?;
     let mut trainer = a.train.load(cfg.clone())?;
     let pad = pad_id(&trainer);
     let data = load_sft(&trainer.engine, &a.data, cfg.max_len)?;
@@ -176,7 +210,7 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
 }
 
 pub fn run_dpo(a: DpoArgs) -> Result<()> {
-    let cfg = a.train.config(TrainSettings::dpo());
+    let cfg = a.train.config(TrainSettings::dpo())?;
     let dpo_cfg = DpoConfig {
         beta: a.beta,
         loss_type: a.loss,

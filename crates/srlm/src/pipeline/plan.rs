@@ -713,6 +713,7 @@ fn train_args(cfg: &RunConfig, settings: &TrainSettings, model: &Path, out: &Pat
         out: out.to_path_buf(),
         eval_data: None,
         overwrite: false,
+        adapter: None,
         settings: TrainFlags::from(settings.clone()),
         seed: cfg.seed,
         threads: (cfg.model.threads > 0).then_some(cfg.model.threads),

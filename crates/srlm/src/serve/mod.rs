@@ -2,13 +2,19 @@
 //! judge for other tools (and for srlm's own remote backend).
 //!
 //! ```text
-//! GET  /v1/models            the one model served
-//! POST /v1/chat/completions  messages -> chat template; n, stream (SSE), stop, seed,
-//!                            continue_final_message (vLLM's: continue a begun assistant turn),
-//!                            logprobs + top_logprobs, ...
-//! POST /v1/completions       raw prompt text; the same options (`logprobs: N`)
+//! GET  /v1/models               the model served, and the adapters loaded over it
+//! POST /v1/chat/completions     messages -> chat template; n, stream (SSE), stop, seed,
+//!                               continue_final_message (vLLM's: continue a begun assistant
+//!                               turn), logprobs + top_logprobs, ...
+//! POST /v1/completions          raw prompt text; the same options (`logprobs: N`)
+//! POST /v1/load_lora_adapter    {"lora_name", "lora_path"}: vLLM's runtime adapter loading
+//! POST /v1/unload_lora_adapter  {"lora_name"}                      (both with --enable-lora)
 //! GET  /health
 //! ```
+//!
+//! A LoRA adapter (a PEFT folder) is merged into a copy of the base model's weights when it
+//! loads and gets an engine thread of its own: requests name it as their `model`, as vLLM's
+//! clients do; it costs a model's memory rather than the adapter's.
 //!
 //! HTTP is handled on a small tokio runtime; one engine thread owns the generator. Requests
 //! that arrive while others decode join the running batch (continuous batching, with prefix
@@ -34,13 +40,14 @@ use srlm_core::openai::{
 };
 use srlm_engine::generate::{Completion, Event, Generator, Next, Request};
 use srlm_engine::sampling::SamplingParams;
-use srlm_engine::Engine;
+use srlm_engine::{Engine, LoadOptions};
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use tokio::sync::mpsc as tmpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -66,6 +73,10 @@ pub struct ServeArgs {
     /// environment variable (never from the command line, where `ps` would show it).
     #[arg(long)]
     pub api_key_env: Option<String>,
+    /// Accept POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's API): a client
+    /// may then have the server read any adapter folder it can reach.
+    #[arg(long)]
+    pub enable_lora: bool,
 }
 
 /// How `start` serves.
@@ -75,6 +86,8 @@ pub struct ServeOptions {
     pub default_max_tokens: usize,
     /// Required bearer token, if any.
     pub api_key: Option<String>,
+    /// How LoRA adapters load over the base (`--enable-lora`); None refuses to load any.
+    pub adapters: Option<LoadOptions>,
 }
 
 /// Most choices one request may ask for.
@@ -94,13 +107,48 @@ struct Job {
     events: tmpsc::UnboundedSender<ChoiceEvent>,
 }
 
-struct AppState {
+/// One model the server answers for: the base, or an adapter loaded over it. Its engine
+/// thread ends once the model is unloaded and its last request has finished.
+struct Served {
     engine: Arc<Engine>,
-    name: String,
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// The adapter folder, for a model loaded by /v1/load_lora_adapter.
+    adapter: Option<PathBuf>,
+}
+
+impl Served {
+    /// `engine` with an engine thread decoding up to `batch_size` sequences together.
+    fn start(engine: Engine, batch_size: usize, adapter: Option<PathBuf>) -> Result<Self> {
+        let engine = Arc::new(engine);
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let thread_engine = engine.clone();
+        std::thread::Builder::new()
+            .name("srlm-engine".into())
+            .spawn(move || engine_loop(&thread_engine, jobs_rx, batch_size))?;
+        Ok(Self {
+            engine,
+            jobs: Mutex::new(jobs_tx),
+            adapter,
+        })
+    }
+}
+
+struct AppState {
+    /// The base model's name.
+    name: String,
+    /// Every model served, by name: the base, then adapters.
+    models: RwLock<BTreeMap<String, Arc<Served>>>,
+    adapters: Option<LoadOptions>,
+    batch_size: usize,
     default_max_tokens: usize,
     api_key: Option<String>,
     next_id: AtomicU64,
+}
+
+impl AppState {
+    fn served(&self, name: &str) -> Option<Arc<Served>> {
+        self.models.read().ok()?.get(name).cloned()
+    }
 }
 
 /// A running server: where it listens.
@@ -125,6 +173,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         batch_size: a.batch_size,
         default_max_tokens: a.default_max_tokens,
         api_key,
+        adapters: a.enable_lora.then(|| a.model.load_options()),
     };
     let (server, http) = start(engine, &format!("{}:{}", a.host, a.port), opts)?;
     eprintln!(
@@ -162,22 +211,17 @@ pub fn start(
         batch_size,
         default_max_tokens,
         api_key,
+        adapters,
     } = opts;
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let engine = Arc::new(engine);
-    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-    {
-        let engine = engine.clone();
-        std::thread::Builder::new()
-            .name("srlm-engine".into())
-            .spawn(move || engine_loop(&engine, jobs_rx, batch_size))?;
-    }
+    let base = Served::start(engine, batch_size, None)?;
     let state = Arc::new(AppState {
-        engine,
         name: name.clone(),
-        jobs: Mutex::new(jobs_tx),
+        models: RwLock::new(BTreeMap::from([(name.clone(), Arc::new(base))])),
+        adapters,
+        batch_size,
         default_max_tokens,
         api_key,
         next_id: AtomicU64::new(0),
@@ -186,6 +230,8 @@ pub fn start(
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/load_lora_adapter", post(load_lora_adapter))
+        .route("/v1/unload_lora_adapter", post(unload_lora_adapter))
         .route("/health", get(|| async { "ok" }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
@@ -342,16 +388,159 @@ async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     if let Some(r) = refuse_unauthorized(&s, &headers) {
         return r;
     }
-    Json(ModelList {
-        object: "list".into(),
-        data: vec![ModelCard {
-            id: s.name.clone(),
+    let models = match s.models.read() {
+        Ok(m) => m,
+        Err(_) => return engine_stopped(),
+    };
+    // The base first, then the adapters by name, each naming its base as vLLM does.
+    let mut data = Vec::with_capacity(models.len());
+    for (name, served) in models.iter() {
+        let card = ModelCard {
+            id: name.clone(),
             object: "model".into(),
             created: 0,
             owned_by: "srlm".into(),
-        }],
+            root: Some(match &served.adapter {
+                Some(dir) => dir.display().to_string(),
+                None => served.engine.path.display().to_string(),
+            }),
+            parent: served.adapter.as_ref().map(|_| s.name.clone()),
+        };
+        match served.adapter {
+            None => data.insert(0, card),
+            Some(_) => data.push(card),
+        }
+    }
+    Json(ModelList {
+        object: "list".into(),
+        data,
     })
     .into_response()
+}
+
+fn engine_stopped() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "the engine has stopped".into(),
+    )
+}
+
+/// vLLM's body of /v1/load_lora_adapter and /v1/unload_lora_adapter.
+#[derive(serde::Deserialize)]
+struct AdapterRequest {
+    lora_name: String,
+    #[serde(default)]
+    lora_path: Option<String>,
+}
+
+/// An adapter request's body once its key is checked, with the server's adapter options; or
+/// the response to send (401, 400: unreadable, or adapters not enabled, saying how).
+fn adapter_request(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Result<String, StringRejection>,
+) -> std::result::Result<(AdapterRequest, LoadOptions), Response> {
+    let req: AdapterRequest = authorized_request(s, headers, body, "adapter request")?;
+    let opts = s.adapters.clone().ok_or_else(|| {
+        bad_request(
+            "this server does not load LoRA adapters\n  hint: start srlm serve with --enable-lora"
+                .into(),
+        )
+    })?;
+    Ok((req, opts))
+}
+
+/// Loads a PEFT adapter over the base model and serves it as `lora_name` (vLLM's API: 200
+/// with a line of text; 400 for a name already served or an adapter that does not load).
+async fn load_lora_adapter(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<String, StringRejection>,
+) -> Response {
+    let (req, opts) = match adapter_request(&s, &headers, body) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let Some(path) = req.lora_path.filter(|p| !p.is_empty()) else {
+        return bad_request_param("`lora_path` is required".into(), "lora_path");
+    };
+    if req.lora_name.is_empty() {
+        return bad_request_param("`lora_name` is required".into(), "lora_name");
+    }
+    if s.served(&req.lora_name).is_some() {
+        return bad_request(format!(
+            "the lora adapter '{}' has already been loaded\n  hint: unload it first (POST /v1/unload_lora_adapter) to load another under this name",
+            req.lora_name
+        ));
+    }
+    let Some(base) = s.served(&s.name) else {
+        return engine_stopped();
+    };
+    let dir = PathBuf::from(&path);
+    let state = s.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<Served> {
+        let adapter = srlm_engine::adapter::LoraAdapter::read(&dir)?;
+        let engine = Engine::load_adapted(&base.engine.path, &adapter, &opts)?;
+        Served::start(engine, state.batch_size, Some(dir))
+    })
+    .await;
+    let served = match loaded {
+        Ok(Ok(served)) => served,
+        Ok(Err(e)) => return bad_request(format!("cannot load the adapter at {path}: {e:#}")),
+        Err(e) => return bad_request(format!("cannot load the adapter at {path}: {e}")),
+    };
+    let Ok(mut models) = s.models.write() else {
+        return engine_stopped();
+    };
+    if models.contains_key(&req.lora_name) {
+        return bad_request(format!(
+            "the lora adapter '{}' has already been loaded",
+            req.lora_name
+        ));
+    }
+    models.insert(req.lora_name.clone(), Arc::new(served));
+    eprintln!("srlm: serving adapter `{}` from {path}", req.lora_name);
+    format!(
+        "Success: LoRA adapter '{}' added successfully.",
+        req.lora_name
+    )
+    .into_response()
+}
+
+/// Stops serving the adapter `lora_name` (its requests in flight finish first).
+async fn unload_lora_adapter(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<String, StringRejection>,
+) -> Response {
+    let req = match adapter_request(&s, &headers, body) {
+        Ok((r, _)) => r,
+        Err(response) => return response,
+    };
+    let Ok(mut models) = s.models.write() else {
+        return engine_stopped();
+    };
+    match models.get(&req.lora_name) {
+        Some(served) if served.adapter.is_some() => {
+            models.remove(&req.lora_name);
+            eprintln!("srlm: stopped serving adapter `{}`", req.lora_name);
+            format!(
+                "Success: LoRA adapter '{}' removed successfully.",
+                req.lora_name
+            )
+            .into_response()
+        }
+        Some(_) => bad_request(format!(
+            "`{}` is the base model, not an adapter",
+            req.lora_name
+        )),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("the lora adapter '{}' is not loaded", req.lora_name),
+        ),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -488,16 +677,21 @@ async fn respond(
     f: SamplingFields,
     endpoint: Endpoint,
 ) -> Response {
-    if model != s.name {
+    let Some(served) = s.served(model) else {
+        let names: Vec<String> = s
+            .models
+            .read()
+            .map(|m| m.keys().map(|k| format!("`{k}`")).collect())
+            .unwrap_or_default();
         return error(
             StatusCode::NOT_FOUND,
             "model_not_found",
             format!(
-                "model `{model}` is not served here; this server serves `{}`",
-                s.name
+                "model `{model}` is not served here; this server serves {}",
+                names.join(", ")
             ),
         );
-    }
+    };
     let n = f.n.unwrap_or(1);
     if n == 0 || n > MAX_N {
         return bad_request(format!("`n` must be 1 to {MAX_N}, not {n}"));
@@ -508,11 +702,11 @@ async fn respond(
             "`top_logprobs` must be 0 to {MAX_TOP_LOGPROBS}, not {top}"
         ));
     }
-    let prompt_ids = match s.engine.encode_prompt(&prompt) {
+    let prompt_ids = match served.engine.encode_prompt(&prompt) {
         Ok(ids) => ids,
         Err(e) => return bad_request(format!("cannot render the prompt: {e}")),
     };
-    let context = s.engine.model.max_positions();
+    let context = served.engine.model.max_positions();
     if prompt_ids.is_empty() || prompt_ids.len() >= context {
         return bad_request(format!(
             "the prompt is {} tokens; this server's context is {context}",
@@ -560,7 +754,7 @@ async fn respond(
         })
         .collect();
     let (tx, rx) = tmpsc::unbounded_channel();
-    let sent = s
+    let sent = served
         .jobs
         .lock()
         .map(|jobs| {
@@ -572,11 +766,7 @@ async fn respond(
         })
         .unwrap_or(false);
     if !sent {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "the engine has stopped".into(),
-        );
+        return engine_stopped();
     }
     let head = Head {
         id: match endpoint {
@@ -584,7 +774,7 @@ async fn respond(
             Endpoint::Text => format!("cmpl-{job}"),
         },
         created: unix_now(),
-        model: s.name.clone(),
+        model: model.to_string(),
         endpoint,
         n,
         prompt_tokens: prompt_ids.len(),
