@@ -11,7 +11,11 @@ the loss is on the completion's tokens only, as srlm's own SFT. Each logged step
 one JSON line and appended to OUT/metrics.jsonl; a run killed mid-way resumes from the last
 checkpoint in OUT when started again.
 
-Needs: pip install trl (checked with trl 1.16, transformers 5.24, torch 2.15).
+With --lora-rank, a LoRA adapter trains instead of every weight (PEFT): OUT then holds the merged
+model and OUT/adapter the adapter, as srlm's own trainer writes them.
+
+Needs: pip install trl (checked with trl 1.16, transformers 5.24, torch 2.15), and peft for
+LoRA (checked with peft 0.21).
 """
 import argparse
 import glob
@@ -35,6 +39,9 @@ ap.add_argument("--max-steps", type=int, default=-1)
 ap.add_argument("--batch-size", type=int, default=4)
 ap.add_argument("--save-steps", type=int, default=50)
 ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--lora-rank", type=int, default=0,
+                help="train a LoRA adapter of this rank on every linear layer; 0: every weight")
+ap.add_argument("--lora-alpha", type=float, default=None, help="LoRA's alpha (default: 2 x rank)")
 args = ap.parse_args()
 
 
@@ -51,9 +58,28 @@ class Metrics(TrainerCallback):
             f.write(line + "\n")
 
 
+def save(trainer):
+    """The model into OUT; with LoRA, merged there and its adapter in OUT/adapter, as srlm's own
+    trainer writes them (one process: under ZeRO-3 save the adapter and merge it afterwards)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not hasattr(model, "peft_config"):
+        trainer.save_model(args.out)
+        return
+    if "ref" in model.peft_config:  # TRL's frozen copy of a continued adapter
+        model.delete_adapter("ref")
+    model.save_pretrained(os.path.join(args.out, "adapter"))
+    model.merge_and_unload().save_pretrained(args.out)
+
+
 data = load_dataset("json", data_files=args.data, split="train")
 model = AutoModelForCausalLM.from_pretrained(args.model)
 tokenizer = AutoTokenizer.from_pretrained(args.model)
+peft_config = None
+if args.lora_rank:
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+                             lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 config = SFTConfig(
     output_dir=args.out,
     learning_rate=args.lr,
@@ -74,9 +100,10 @@ trainer = SFTTrainer(
     args=config,
     train_dataset=data,
     processing_class=tokenizer,
+    peft_config=peft_config,
     callbacks=[Metrics()],
 )
 checkpoints = glob.glob(os.path.join(args.out, "checkpoint-*"))
 trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
-trainer.save_model(args.out)
+save(trainer)
 tokenizer.save_pretrained(args.out)

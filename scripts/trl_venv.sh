@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes (once) the Python environment with TRL that `[dpo] trainer = "trl"` needs, under
+# Makes (once) the Python environment with TRL (and PEFT, for LoRA) that `[dpo] trainer = "trl"` needs, under
 # ${SRLM_TRL_VENV:-target/trl-venv}, from PyPI, and prints its bin/ folder (put it first on
 # PATH for `srlm run`). The external-trainer tests use it; so can you:
 #
@@ -10,9 +10,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${SRLM_TRL_VENV:-$here/../target/trl-venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import trl, torch" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import trl, torch, peft" 2>/dev/null; then
     python3 -m venv "$venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "trl==1.16.0" "torch==2.15.0" >&2
+        "trl==1.16.0" "torch==2.15.0" "peft==0.21.2" >&2
 fi
 cd "$venv/bin" && pwd

@@ -199,8 +199,17 @@ fn an_external_sft_trainer_trains_m1_from_the_trl_form_of_the_data() {
     );
 }
 
-#[test]
-fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
+/// `[backends.srv]`: `srlm serve FLAGS` launched by the run on each model it needs.
+fn served_by(flags: &str) -> String {
+    format!(
+        "[backends.srv]\nlaunch = \"{} serve {flags}--model {{model}} --port {{port}} --weights dense --context-length 4096\"\nstartup_timeout_s = 60\n",
+        env!("CARGO_BIN_EXE_srlm")
+    )
+}
+
+/// `srlm run` of the config `text` in `dir/run`, with the environment `scripts/trl_venv.sh`
+/// makes first on PATH; the run directory and stderr, after checking that it succeeded.
+fn run_with_trl(dir: &Path, text: &str) -> (PathBuf, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/trl_venv.sh");
     let o = Command::new("bash").arg(&script).output().unwrap();
     assert!(
@@ -209,29 +218,9 @@ fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
         String::from_utf8_lossy(&o.stderr)
     );
     let bin = String::from_utf8_lossy(&o.stdout).trim().to_string();
-
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let model = tiny_model(d);
-    let serve = format!(
-        "[backends.srv]\nlaunch = \"{} serve --model {{model}} --port {{port}} --weights dense --context-length 4096\"\nstartup_timeout_s = 60\n",
-        env!("CARGO_BIN_EXE_srlm")
-    );
-    let text = with_trainer(&model, "trl")
-        // TRL's rate decays to 0 where the fixture's stays at 0.003: three times the epochs
-        // teach the random tiny model the judge's format (at the fixture's 20, TRL's loss
-        // ends at 2.9 and its M1 writes no score; srlm's at 1.5). One SFT (no bootstrap):
-        // the bootstrap's own test is srlm's, in run_cli.rs.
-        .replace("[sft]\n", "[sft]\ntrainer = \"trl\"\n")
-        .replace("epochs = 20\n", "epochs = 60\n")
-        .replace("[eft]\n", "[eft]\ndata = \"\"\n")
-        .replace("[sample]\n", "[sample]\nbackend = \"srv\"\n")
-        .replace("[judge]\n", "[judge]\nbackend = \"srv\"\n")
-        .replace("[eval]\n", "[eval]\njudge_data = \"\"\n")
-        + &serve;
-    let cfg = d.join("run.toml");
+    let cfg = dir.join("run.toml");
     std::fs::write(&cfg, text).unwrap();
-    let out = d.join("run");
+    let out = dir.join("run");
     let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
         .args([
             "run",
@@ -247,6 +236,28 @@ fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
         .output()
         .unwrap();
     let stderr = ok(&o);
+    (out, stderr)
+}
+
+#[test]
+fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let serve = served_by("");
+    let text = with_trainer(&model, "trl")
+        // TRL's rate decays to 0 where the fixture's stays at 0.003: three times the epochs
+        // teach the random tiny model the judge's format (at the fixture's 20, TRL's loss
+        // ends at 2.9 and its M1 writes no score; srlm's at 1.5). One SFT (no bootstrap):
+        // the bootstrap's own test is srlm's, in run_cli.rs.
+        .replace("[sft]\n", "[sft]\ntrainer = \"trl\"\n")
+        .replace("epochs = 20\n", "epochs = 60\n")
+        .replace("[eft]\n", "[eft]\ndata = \"\"\n")
+        .replace("[sample]\n", "[sample]\nbackend = \"srv\"\n")
+        .replace("[judge]\n", "[judge]\nbackend = \"srv\"\n")
+        .replace("[eval]\n", "[eval]\njudge_data = \"\"\n")
+        + &serve;
+    let (out, stderr) = run_with_trl(d, &text);
     // TRL wrote M1, M2 and M3 (its training arguments and metrics beside the weights) ...
     for m in ["m1", "m2", "m3"] {
         let folder = out.join("models").join(m);
@@ -261,5 +272,81 @@ fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
     let log = std::fs::read_to_string(out.join("servers/srv.log")).unwrap();
     let served = served_models(&log);
     assert_eq!(served, ["m1", "m2"], "{log}");
+    assert!(stderr.contains("eval vs m3 m1"), "{stderr}");
+}
+
+#[test]
+fn trl_trains_lora_adapters_that_one_launched_server_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let serve = served_by("--enable-lora ") + "reload = \"lora\"\n";
+    // M1 by srlm's SFT (no bootstrap); M2 and M3 by TRL's DPO with LoRA, M3 continuing M2's
+    // adapter over M1; sampling and judging on one server of M1 that loads each adapter.
+    let text = with_trainer(&model, "trl")
+        .replace("[dpo]\n", "[dpo]\nlora_rank = 4\n")
+        .replace("[eft]\n", "[eft]\ndata = \"\"\n")
+        .replace("[sample]\n", "[sample]\nbackend = \"srv\"\n")
+        .replace("[judge]\n", "[judge]\nbackend = \"srv\"\n")
+        .replace("[eval]\n", "[eval]\njudge_data = \"\"\n")
+        + &serve;
+    let (out, stderr) = run_with_trl(d, &text);
+    let m1 = out.join("models/m1");
+    let command = |stage: &str| {
+        manifest(&out)["stages"][stage]["command"][1]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        command("dpo m2").contains("--lora-rank 4 --lora-alpha 8"),
+        "{}",
+        command("dpo m2")
+    );
+    assert!(
+        !command("dpo m2").contains("--adapter"),
+        "{}",
+        command("dpo m2")
+    );
+    let dpo3 = command("dpo m3");
+    assert!(
+        dpo3.contains(&format!("--model {} ", m1.display()))
+            && dpo3.ends_with(&format!(
+                "--adapter {}",
+                out.join("models/m2/adapter").display()
+            )),
+        "{dpo3}"
+    );
+    // Each adapter TRL wrote is over M1 and is the model TRL merged beside it.
+    let ids = candle_core::Tensor::new(
+        &[[5u32, 17, 33, 60, 2, 90, 11, 40]],
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let opts = srlm_engine::LoadOptions::dense();
+    for m in ["m2", "m3"] {
+        let folder = out.join("models").join(m);
+        let adapter = srlm_engine::adapter::LoraAdapter::read(&folder.join("adapter")).unwrap();
+        assert_eq!(
+            adapter.base_model.as_deref(),
+            Some(m1.to_str().unwrap()),
+            "{m}"
+        );
+        let over = srlm_engine::Engine::load_adapted(&m1, &adapter, &opts).unwrap();
+        let merged = srlm_engine::Engine::load(&folder, &opts).unwrap();
+        let diff = srlm_engine::kernels::check::max_abs_diff(
+            &over.model.forward(&ids).unwrap(),
+            &merged.model.forward(&ids).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            diff < 1e-3,
+            "{m}: adapter over M1 and TRL's merged model differ by {diff}"
+        );
+    }
+    // One server, of M1, for both iterations; M2 loaded into it as an adapter.
+    let log = std::fs::read_to_string(out.join("servers/srv.log")).unwrap();
+    assert_eq!(served_models(&log), ["m1"], "{log}");
+    assert_eq!(log.matches("serving adapter `m2`").count(), 1, "{log}");
     assert!(stderr.contains("eval vs m3 m1"), "{stderr}");
 }

@@ -127,6 +127,74 @@ fn a_run_serves_each_model_on_a_server_it_launches_and_leaves_none_behind() {
     assert_same_outcome(&a, &b);
 }
 
+#[test]
+fn with_reload_lora_one_server_of_m1_loads_each_later_model_as_its_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    // LoRA DPO: M2 and M3 are adapters over M1 (M3 continuing M2's).
+    let lora = |backend: &str| {
+        launched_config(&model, backend).replace("[dpo]\n", "[dpo]\nlora_rank = 4\n")
+    };
+    let lora_server = serve_backend().replace("serve --model", "serve --enable-lora --model")
+        + "\nreload = \"lora\"";
+
+    let a = dir.path().join("adapters");
+    let cfg = dir.path().join("adapters.toml");
+    std::fs::write(&cfg, lora(&lora_server)).unwrap();
+    let stderr = ok(&srlm_run(&cfg, &a, None));
+    let log = std::fs::read_to_string(a.join("servers/srv.log")).unwrap();
+    // The bootstrap's judge, then one server of M1 to the end: through both DPO stages, every
+    // later model's stages and the evaluation, each M_t after M1 loaded once as an adapter.
+    assert_eq!(served_models(&log), ["m1-seed", "m1"], "{log}");
+    for t in [2, 3] {
+        let line = format!(
+            "serving adapter `m{t}` from {}",
+            a.join(format!("models/m{t}/adapter")).display()
+        );
+        assert_eq!(log.matches(&line).count(), 1, "{log}");
+        assert_eq!(
+            stderr
+                .matches(&format!("loaded the adapter `m{t}`"))
+                .count(),
+            1,
+            "{stderr}"
+        );
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
+    let judge2 = manifest["stages"]["judge 2"]["command"].as_array().unwrap();
+    let at = judge2.iter().position(|a| a == "--api-model").unwrap();
+    assert_eq!(judge2[at + 1], "m2");
+    let dpo3 = manifest["stages"]["dpo m3"]["command"].as_array().unwrap();
+    let at = dpo3.iter().position(|a| a == "--adapter").unwrap();
+    assert!(
+        dpo3[at + 1]
+            .as_str()
+            .unwrap()
+            .ends_with("models/m2/adapter"),
+        "{dpo3:?}"
+    );
+    let at = dpo3.iter().position(|a| a == "--model").unwrap();
+    assert!(
+        dpo3[at + 1].as_str().unwrap().ends_with("models/m1"),
+        "{dpo3:?}"
+    );
+    assert!(marked(&a).is_empty());
+
+    // The same run with a server restarted on each merged model: the same records.
+    let b = dir.path().join("restarts");
+    let cfg = dir.path().join("restarts.toml");
+    std::fs::write(&cfg, lora(&serve_backend())).unwrap();
+    ok(&srlm_run(&cfg, &b, None));
+    let log = std::fs::read_to_string(b.join("servers/srv.log")).unwrap();
+    assert_eq!(
+        served_models(&log),
+        ["m1-seed", "m1", "m2", "m1", "m2", "m3", "m1"],
+        "{log}"
+    );
+    assert_same_outcome(&a, &b);
+}
+
 /// `srlm run` of `backend` as `[backends.srv]` (the bootstrap off); its stderr and run
 /// directory, after checking that it failed.
 fn failing_run(dir: &Path, name: &str, backend: &str) -> (String, PathBuf) {

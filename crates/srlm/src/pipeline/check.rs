@@ -4,7 +4,7 @@
 //! fails before its first.
 
 use crate::commands::eval_vs::VsMode;
-use crate::pipeline::config::RunConfig;
+use crate::pipeline::config::{Reload, RunConfig};
 use crate::pipeline::external_trainer::{trainer_command, Kind};
 use clap::ValueEnum;
 use srlm_engine::gguf::WeightFormat;
@@ -226,6 +226,22 @@ pub fn problems(cfg: &RunConfig) -> Vec<String> {
                 );
             }
         }
+        if b.reload == Reload::Lora {
+            if b.launch.is_empty() {
+                bad(
+                    &format!("backends.{name}.reload"),
+                    "is \"lora\", but srlm loads adapters only into a server it launches: add a `launch` command".into(),
+                );
+            }
+            let adapters_out = trainer_command(&cfg.dpo.trainer, Kind::Dpo)
+                .is_none_or(|command| command.contains("{lora}"));
+            if cfg.dpo.train.lora_rank == 0 || !adapters_out {
+                bad(
+                    &format!("backends.{name}.reload"),
+                    "is \"lora\", which needs every M_t to be an adapter over M1: set `[dpo] lora_rank` (e.g. 64), with srlm's trainer, \"trl\", or a trainer command that takes `{lora}`".into(),
+                );
+            }
+        }
         at_least(
             &mut bad,
             &format!("backends.{name}.concurrency"),
@@ -387,6 +403,28 @@ loss = "hinge"
     }
 
     #[test]
+    fn reloading_adapters_needs_a_launched_server_and_lora_dpo() {
+        let cfg: RunConfig = toml::from_str(
+            "[backends.a]\nbase_url = \"http://h:8000/v1\"\nreload = \"lora\"\n\
+             [backends.b]\nlaunch = \"vllm serve {model} --port {port} --enable-lora\"\nreload = \"lora\"\n",
+        )
+        .unwrap();
+        let got = problems(&cfg);
+        let launch = "`backends.a.reload` is \"lora\", but srlm loads adapters only into a server it launches: add a `launch` command";
+        let lora = |n: &str| {
+            format!("`backends.{n}.reload` is \"lora\", which needs every M_t to be an adapter over M1: set `[dpo] lora_rank` (e.g. 64), with srlm's trainer, \"trl\", or a trainer command that takes `{{lora}}`")
+        };
+        assert_eq!(got, [launch.to_string(), lora("a"), lora("b")], "{got:#?}");
+        let mut cfg = cfg;
+        cfg.dpo.train.lora_rank = 16;
+        assert_eq!(problems(&cfg), [launch]);
+        cfg.dpo.trainer = "trl".into();
+        assert_eq!(problems(&cfg), [launch]);
+        cfg.dpo.trainer = "deepspeed --module openrlhf.cli.train_dpo --pretrain {model} --dataset {pairs} --save_path {out}".into();
+        assert_eq!(problems(&cfg).len(), 3);
+    }
+
+    #[test]
     fn the_gpu_recipes_in_docs_are_valid_configs_but_for_their_model_folder() {
         for (name, text, model) in [
             (
@@ -398,6 +436,11 @@ loss = "hinge"
                 "llama3-1b-1gpu.toml",
                 include_str!("../../../../docs/recipes/llama3-1b-1gpu.toml"),
                 "/models/Llama-3.2-1B-Instruct",
+            ),
+            (
+                "llama3-8b-1gpu-lora.toml",
+                include_str!("../../../../docs/recipes/llama3-8b-1gpu-lora.toml"),
+                "/models/Llama-3.1-8B-Instruct",
             ),
         ] {
             let cfg: RunConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));

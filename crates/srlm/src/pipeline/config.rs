@@ -57,6 +57,23 @@ pub struct BackendSection {
     pub startup_timeout_s: f64,
     /// After SIGTERM, how long a launched server may take to exit before SIGKILL.
     pub stop_grace_s: f64,
+    /// How a launched server goes from one model to the next: "restart" (stopped, and started
+    /// again on the other model) or "lora". With "lora" and LoRA DPO (`[dpo] lora_rank`),
+    /// every M_t after M1 is one adapter over M1: the server started on M1 stays up, and each
+    /// M_t's adapter is loaded into it through vLLM's `POST /v1/load_lora_adapter`, the stage
+    /// asking for the model by that name (`m2`, `m3`, ...). The command must enable it: `vllm
+    /// serve {model} --enable-lora --max-lora-rank R` with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
+    /// in its environment, or `srlm serve --enable-lora`.
+    pub reload: Reload,
+}
+
+/// How a launched server changes model (`[backends.NAME] reload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reload {
+    #[default]
+    Restart,
+    Lora,
 }
 
 /// `base_url` of a launched server whose section names none.
@@ -75,6 +92,7 @@ impl Default for BackendSection {
             launch: String::new(),
             startup_timeout_s: 600.0,
             stop_grace_s: 10.0,
+            reload: Reload::Restart,
         }
     }
 }

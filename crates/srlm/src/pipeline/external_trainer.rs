@@ -10,7 +10,11 @@
 //!
 //! Placeholders: `{model}` (the model trained from; for DPO also the reference), `{out}`,
 //! `{lr}`, `{epochs}`, `{max_len}` (tokens an example is cut to), `{seed}`, `{script}` (the
-//! shipped TRL script, written into the run); for SFT `{data}`, for DPO `{pairs}` and `{beta}`.
+//! shipped TRL script, written into the run); for SFT `{data}`, for DPO `{pairs}` and `{beta}`;
+//! `{lora}`: with `lora_rank` set, the shipped scripts' LoRA flags (`--lora-rank R --lora-alpha
+//! A`, and `--adapter DIR` when DPO continues M_t's adapter over M1, then `{model}`), empty
+//! otherwise. A LoRA trainer must write the merged model into `{out}` and its adapter into
+//! `{out}/adapter`, as srlm's own does.
 
 use super::children::{log_end, log_line, log_tail, run_dir_key, Owned};
 use crate::commands::export::{self, ExportCommand, ExportPairsArgs, PairFormat};
@@ -58,8 +62,8 @@ pub const TRL_SFT_SCRIPT: &str = include_str!("../../../../scripts/train_sft_trl
 pub const TRL_DPO_SCRIPT: &str = include_str!("../../../../scripts/train_dpo_trl.py");
 
 /// The commands `trainer = "trl"` stands for: the `python3` on PATH (the environment with trl).
-pub const TRL_SFT_COMMAND: &str = "python3 {script} --model {model} --data {data} --out {out} --lr {lr} --epochs {epochs} --max-length {max_len} --seed {seed}";
-pub const TRL_DPO_COMMAND: &str = "python3 {script} --model {model} --pairs {pairs} --out {out} --beta {beta} --lr {lr} --epochs {epochs} --max-length {max_len} --seed {seed}";
+pub const TRL_SFT_COMMAND: &str = "python3 {script} --model {model} --data {data} --out {out} --lr {lr} --epochs {epochs} --max-length {max_len} --seed {seed} {lora}";
+pub const TRL_DPO_COMMAND: &str = "python3 {script} --model {model} --pairs {pairs} --out {out} --beta {beta} --lr {lr} --epochs {epochs} --max-length {max_len} --seed {seed} {lora}";
 
 /// The command a `trainer` value of `kind`'s section stands for, placeholders unfilled; None
 /// for srlm's own.
@@ -131,8 +135,30 @@ pub struct ExternalTrainer {
     pub epochs: usize,
     pub max_len: usize,
     pub seed: u64,
+    /// Low-rank adapters instead of every weight, if set.
+    pub lora: Option<ExternalLora>,
     pub run_dir: PathBuf,
     pub log: PathBuf,
+}
+
+/// LoRA for an external trainer (`{lora}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalLora {
+    pub rank: usize,
+    pub alpha: f64,
+    /// The adapter to continue (over `{model}`), if any.
+    pub adapter: Option<PathBuf>,
+}
+
+impl ExternalLora {
+    /// The shipped scripts' flags.
+    fn flags(&self) -> String {
+        let mut f = format!("--lora-rank {} --lora-alpha {}", self.rank, self.alpha);
+        if let Some(a) = &self.adapter {
+            f.push_str(&format!(" --adapter {}", a.display()));
+        }
+        f
+    }
 }
 
 impl ExternalTrainer {
@@ -154,6 +180,16 @@ impl ExternalTrainer {
             .replace("{max_len}", &self.max_len.to_string())
             .replace("{seed}", &self.seed.to_string())
             .replace("{script}", &self.script().display().to_string())
+            .replace(
+                "{lora}",
+                &self
+                    .lora
+                    .as_ref()
+                    .map(ExternalLora::flags)
+                    .unwrap_or_default(),
+            )
+            .trim_end()
+            .to_string()
     }
 
     /// Where the shipped script is written in the run.
@@ -206,7 +242,7 @@ impl ExternalTrainer {
                 self.objective.trl_file().display()
             );
         }
-        check_loads(&self.out).map_err(|e| {
+        check_loads(&self.out, self.lora.is_some()).map_err(|e| {
             anyhow::anyhow!(
                 "the trainer exited 0 but {} does not load as a model: {e:#}\n  command: {command}\n  last lines of {}:\n{}\n  hint: the command must save the model and its tokenizer into {{out}}",
                 self.out.display(),
@@ -223,14 +259,17 @@ impl ExternalTrainer {
 }
 
 /// A model folder the next stages can use: its config and weights open (headers only, nothing
-/// read whole) and it has a tokenizer.
-fn check_loads(dir: &Path) -> Result<()> {
+/// read whole) and it has a tokenizer; with LoRA, also the adapter in `dir/adapter`.
+fn check_loads(dir: &Path, lora: bool) -> Result<()> {
     srlm_engine::hf::HfModel::open(
         dir,
         srlm_engine::gguf::WeightFormat::Dense,
         &candle_core::Device::Cpu,
     )?;
     srlm_engine::tokenizer::tokenizer_from_file(&dir.join("tokenizer.json"))?;
+    if lora {
+        srlm_engine::adapter::LoraAdapter::read(&dir.join("adapter"))?;
+    }
     Ok(())
 }
 

@@ -120,6 +120,14 @@ impl Layout {
         self.models().join(format!("m{m}"))
     }
 
+    /// t, when `path` is a run's M_t (`.../models/mT`).
+    pub fn model_number(path: &Path) -> Option<usize> {
+        if path.parent()?.file_name()? != "models" {
+            return None;
+        }
+        path.file_name()?.to_str()?.strip_prefix('m')?.parse().ok()
+    }
+
     /// The seed SFT that the judge bootstrap starts from.
     pub fn seed_model(&self) -> PathBuf {
         self.models().join("m1-seed")

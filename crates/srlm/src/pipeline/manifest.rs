@@ -96,7 +96,8 @@ impl Run {
             );
         }
         // A launched server for this stage (kept from the last stage if it is the same one);
-        // any other server is stopped first, so a trainer gets the machine to itself.
+        // any other server is stopped first, so a trainer gets the machine to itself (unless
+        // it is kept up for the adapters of later models).
         let mut work = work;
         let mut server = None;
         match &mut work {
@@ -105,14 +106,14 @@ impl Run {
                 server: Some(launch),
                 ..
             } => {
-                let (url, command) = self
+                let endpoint = self
                     .servers
                     .ensure(launch)
                     .with_context(|| format!("stage `{name}`"))?;
-                call.set_api_base(&url);
-                server = Some(command);
+                call.set_api_base(&endpoint.url, endpoint.model.as_deref());
+                server = Some(endpoint.command);
             }
-            _ => self.servers.stop(),
+            _ => self.servers.idle(),
         }
         let command = match &work {
             Work::Seed(_) => vec!["(seed: resolve and merge the seed files)".to_string()],

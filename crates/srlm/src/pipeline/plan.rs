@@ -2,10 +2,10 @@
 //! call, the files it reads (hashed into the manifest) and writes, and what the run checks or
 //! records once it is done. The plan is a list, so its length is the run's stage count.
 
-use super::config::RunConfig;
-use super::external_trainer::{ExternalTrainer, Kind, Objective};
+use super::config::{Reload, RunConfig};
+use super::external_trainer::{ExternalLora, ExternalTrainer, Kind, Objective};
 use super::layout::Layout;
-use super::servers::Launch;
+use super::servers::{Launch, ServedAdapter};
 use super::stage_call::StageCall;
 use crate::backend::{BackendArgs, RemoteArgs};
 use crate::commands::eft::EftArgs;
@@ -339,16 +339,17 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
                         trl_pairs: it.pairs.with_file_name("pairs.trl.jsonl"),
                         beta: d.beta,
                     },
-                    model: current.clone(),
+                    model: lora_from(cfg, &current).0,
                     out: next.clone(),
                     lr: d.train.lr,
                     epochs: d.train.epochs,
                     max_len: d.train.max_len,
                     seed: cfg.seed,
+                    lora: external_lora(&d.train, lora_from(cfg, &current).1),
                     run_dir: layout.dir.clone(),
                     log: layout.trainer_log(&format!("dpo-m{}", t + 1)),
                 }),
-                inputs: vec![it.pairs.clone(), current.clone()],
+                inputs: dpo_inputs(cfg, &it.pairs, &current),
                 outputs: vec![next.join("config.json")],
             });
             current = next;
@@ -366,17 +367,53 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
                         .map_err(|e: String| anyhow::anyhow!("config key `dpo.loss`: {e}"))?,
                     label_smoothing: d.label_smoothing,
                     rpo_alpha: d.rpo_alpha,
-                    train: train_args(cfg, &d.train, &current, &next),
+                    train: dpo_train_args(cfg, &current, &next),
                 }),
                 Then::Nothing,
             ),
-            inputs: vec![it.pairs.clone(), current.clone()],
+            inputs: dpo_inputs(cfg, &it.pairs, &current),
             outputs: vec![next.join("config.json")],
         });
         current = next;
     }
     plan_evaluation(&mut plan, cfg, layout, base, &remotes.vs)?;
     Ok(plan)
+}
+
+/// DPO from `current` into `next`: with LoRA, M_(t+1) continues M_t's adapter over M1, so
+/// every model after M1 is one adapter over M1 (and M1's own DPO starts a new one over it).
+fn dpo_train_args(cfg: &RunConfig, current: &Path, next: &Path) -> TrainArgs {
+    let (model, adapter) = lora_from(cfg, current);
+    TrainArgs {
+        adapter,
+        ..train_args(cfg, &cfg.dpo.train, &model, next)
+    }
+}
+
+/// What DPO from `current` trains: `current`, or with LoRA after M1, M_t's adapter over M1.
+fn lora_from(cfg: &RunConfig, current: &Path) -> (PathBuf, Option<PathBuf>) {
+    match adapter_over_m1(cfg, current) {
+        Some((m1, adapter)) => (m1, Some(adapter.dir)),
+        None => (current.to_path_buf(), None),
+    }
+}
+
+/// DPO's inputs: the pairs and M_t, and M1 when M_t is trained as its adapter over M1.
+fn dpo_inputs(cfg: &RunConfig, pairs: &Path, current: &Path) -> Vec<PathBuf> {
+    let mut inputs = vec![pairs.to_path_buf(), current.to_path_buf()];
+    if let Some((m1, _)) = adapter_over_m1(cfg, current) {
+        inputs.push(m1);
+    }
+    inputs
+}
+
+/// An external trainer's LoRA (`{lora}`), continuing `adapter` if given.
+fn external_lora(train: &TrainSettings, adapter: Option<PathBuf>) -> Option<ExternalLora> {
+    (train.lora_rank > 0).then(|| ExternalLora {
+        rank: train.lora_rank,
+        alpha: train.lora_alpha.unwrap_or(2.0 * train.lora_rank as f64),
+        adapter,
+    })
 }
 
 fn call(call: StageCall, then: Then) -> Work {
@@ -489,6 +526,7 @@ fn sft_stage(
             epochs: train.epochs,
             max_len: train.max_len,
             seed: cfg.seed,
+            lora: external_lora(train, None),
             run_dir: layout.dir.clone(),
             log: layout.trainer_log(&format!("sft-{model}")),
         }),
@@ -692,18 +730,46 @@ fn role_backend(
     Ok((args, server))
 }
 
-/// The server srlm starts for `model` when the backend `name` has a `launch` command.
+/// The server srlm starts for `model` when the backend `name` has a `launch` command: on
+/// `model`, or, with `reload = "lora"`, on the base `model`'s adapter is over, the adapter
+/// loaded into it.
 fn launch(cfg: &RunConfig, name: &str, model: &Path) -> Option<Launch> {
     let b = cfg.backends.get(name).filter(|b| !b.launch.is_empty())?;
+    let over_m1 = match b.reload {
+        Reload::Lora => adapter_over_m1(cfg, model),
+        Reload::Restart => None,
+    };
+    let (model, adapter) = match over_m1 {
+        Some((m1, adapter)) => (m1, Some(adapter)),
+        None => (model.to_path_buf(), None),
+    };
     Some(Launch {
         backend: name.to_string(),
         command: b.launch.clone(),
         base_url: b.url(),
         api_key_env: b.api_key_env.clone(),
-        model: model.to_path_buf(),
+        model,
+        adapter,
+        keep_up: b.reload == Reload::Lora,
         startup_timeout: std::time::Duration::from_secs_f64(b.startup_timeout_s),
         stop_grace: std::time::Duration::from_secs_f64(b.stop_grace_s),
     })
+}
+
+/// With LoRA DPO, M_t for t >= 2 is one adapter over M1 (`models/mT/adapter`, each DPO
+/// continuing the last adapter over M1): M1's folder and the adapter, served as `mT`.
+fn adapter_over_m1(cfg: &RunConfig, model: &Path) -> Option<(PathBuf, ServedAdapter)> {
+    if cfg.dpo.train.lora_rank == 0 {
+        return None;
+    }
+    let t = Layout::model_number(model).filter(|&t| t >= 2)?;
+    Some((
+        model.with_file_name("m1"),
+        ServedAdapter {
+            name: format!("m{t}"),
+            dir: model.join("adapter"),
+        },
+    ))
 }
 
 /// `srlm sft` or `srlm dpo`'s training arguments: from `model` into `out` with `settings`.

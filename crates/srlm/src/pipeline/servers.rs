@@ -2,7 +2,9 @@
 //! when a stage needs it, with the stage's model (`{model}`) on a free port (`{port}`), waited
 //! for until its `/models` answers, and stopped when the next stage needs another model or no
 //! server, when the run ends, fails, or is interrupted. Consecutive stages on the same backend
-//! and model (sampling, then judging, by M_t) share one server.
+//! and model (sampling, then judging, by M_t) share one server. With `reload = "lora"` the
+//! server of M1 stays up for every M_t that is an adapter over M1, and each one's adapter is
+//! loaded into it (vLLM's `POST /v1/load_lora_adapter`) the first time a stage needs it.
 //!
 //! Nothing it starts outlives the run (`children.rs`: its own process group, a guardian that
 //! stops it when srlm ends however it ends, and a marker a rerun finds).
@@ -24,9 +26,31 @@ pub struct Launch {
     pub base_url: String,
     /// Sent as a bearer token when asking `/models`, if set.
     pub api_key_env: String,
+    /// The model the server is started on: the stage's, or the base its adapter is over.
     pub model: PathBuf,
+    /// The stage's model as an adapter to load into the server, when it is one.
+    pub adapter: Option<ServedAdapter>,
+    /// Left up through stages that need no server (`reload = "lora"`: the next iteration
+    /// loads its adapter into it), rather than stopped to give a trainer the machine.
+    pub keep_up: bool,
     pub startup_timeout: Duration,
     pub stop_grace: Duration,
+}
+
+/// A LoRA adapter a stage's model is, served under `name` by a server of its base.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedAdapter {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// Where a stage reaches its launched server.
+pub struct Endpoint {
+    pub url: String,
+    /// The command line the server was started with.
+    pub command: String,
+    /// The model name to ask for: the adapter's, when the stage's model is one.
+    pub model: Option<String>,
 }
 
 impl Launch {
@@ -42,6 +66,8 @@ struct Running {
     /// The command as started, `{model}` and `{port}` filled.
     command: String,
     url: String,
+    /// The adapters loaded into it so far, by name.
+    adapters: Vec<String>,
 }
 
 /// The one server (at most) a run has up, and where their logs go.
@@ -59,19 +85,52 @@ impl Servers {
         }
     }
 
-    /// The base URL of `launch`'s server, started now unless it is the one already up (another
-    /// server up is stopped first). Returns the URL and the command line as started.
-    pub fn ensure(&mut self, launch: &Launch) -> Result<(String, String)> {
-        if let Some(r) = &self.up {
-            if r.launch.same_server(launch) {
-                return Ok((r.url.clone(), r.command.clone()));
+    /// Where `launch`'s server answers, started now unless it is the one already up (another
+    /// server up is stopped first), with the stage's adapter loaded into it.
+    pub fn ensure(&mut self, launch: &Launch) -> Result<Endpoint> {
+        if !self
+            .up
+            .as_ref()
+            .is_some_and(|r| r.launch.same_server(launch))
+        {
+            self.stop();
+            self.up = Some(self.start(launch)?);
+        }
+        let log = self.log_path(&launch.backend);
+        let r = self.up.as_mut().expect("started above");
+        if let Some(a) = &launch.adapter {
+            if !r.adapters.contains(&a.name) {
+                load_adapter(&r.url, &launch.api_key_env, a).map_err(|why| {
+                    anyhow::anyhow!(
+                        "[backends.{}]: loading the adapter {} as `{}` {why}\n  last lines of {}:\n{}\n  hint: the server must load adapters at run time: vLLM with --enable-lora, a --max-lora-rank of at least the adapter's, and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; srlm serve with --enable-lora",
+                        launch.backend,
+                        a.dir.display(),
+                        a.name,
+                        log.display(),
+                        log_tail(&log, 0, 20),
+                    )
+                })?;
+                eprintln!(
+                    "srlm: [backends.{}] loaded the adapter `{}` ({})",
+                    launch.backend,
+                    a.name,
+                    a.dir.display()
+                );
+                r.adapters.push(a.name.clone());
             }
         }
-        self.stop();
-        let running = self.start(launch)?;
-        let out = (running.url.clone(), running.command.clone());
-        self.up = Some(running);
-        Ok(out)
+        Ok(Endpoint {
+            url: r.url.clone(),
+            command: r.command.clone(),
+            model: launch.adapter.as_ref().map(|a| a.name.clone()),
+        })
+    }
+
+    /// Before a stage that needs no server: stops the one up unless it is to be kept up.
+    pub fn idle(&mut self) {
+        if !self.up.as_ref().is_some_and(|r| r.launch.keep_up) {
+            self.stop();
+        }
     }
 
     /// Stops the server up now, if any.
@@ -126,6 +185,7 @@ impl Servers {
                     child,
                     command,
                     url,
+                    adapters: Vec::new(),
                 })
             }
             Err(why) => {
@@ -182,6 +242,44 @@ fn wait_until_up(
             ));
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Asks the server at `url` to load `adapter` (vLLM's runtime LoRA API; `srlm serve` answers
+/// it too). A name the server holds already counts as loaded only if this run loaded it, so a
+/// refusal is an error.
+fn load_adapter(
+    url: &str,
+    api_key_env: &str,
+    adapter: &ServedAdapter,
+) -> std::result::Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(600)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let body = serde_json::json!({
+        "lora_name": adapter.name,
+        // The server may not share srlm's working directory.
+        "lora_path": std::path::absolute(&adapter.dir)
+            .unwrap_or_else(|_| adapter.dir.clone())
+            .display()
+            .to_string(),
+    });
+    let mut req = agent
+        .post(format!("{url}/load_lora_adapter"))
+        .header("Content-Type", "application/json");
+    if let Ok(k) = std::env::var(api_key_env) {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    match req.send(body.to_string()) {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(mut resp) => Err(format!(
+            "was refused: HTTP {}: {}",
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap_or_default().trim()
+        )),
+        Err(e) => Err(format!("failed: {e}")),
     }
 }
 

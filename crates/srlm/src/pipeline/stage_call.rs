@@ -38,8 +38,9 @@ impl StageCall {
         }
     }
 
-    /// Points the stage's server role at `url` (a launched server's, once its port is known).
-    pub fn set_api_base(&mut self, url: &str) {
+    /// Points the stage's server role at `url` (a launched server's, once its port is known),
+    /// asking for `model` there when given (an adapter loaded into it).
+    pub fn set_api_base(&mut self, url: &str, model: Option<&str>) {
         let remote = match self {
             Self::Prompts(a) => &mut a.backend.remote,
             Self::Sample(a) => &mut a.backend.remote,
@@ -49,6 +50,9 @@ impl StageCall {
             Self::Pairs(_) | Self::Sft(_) | Self::Dpo(_) | Self::Eft(_) => return,
         };
         remote.api_base = Some(url.to_string());
+        if let Some(m) = model {
+            remote.api_model = Some(m.to_string());
+        }
     }
 
     pub fn run(self) -> Result<()> {
