@@ -266,6 +266,43 @@ fn eval_vs_compares_both_orders_and_resumes() {
     ok(&run());
     assert_eq!(lines(&out.join("judgements.jsonl")).len(), 4);
     assert_eq!(lines(&out.join("answers_a.jsonl")).len(), 2);
+
+    // The shipped questions by name, as README's commands give them.
+    let shipped = dir.path().join("vs-vicuna");
+    let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .env("SRLM_HOME", dir.path().join("home"))
+        .args([
+            "eval",
+            "vs",
+            "--a",
+            &m,
+            "--b",
+            &m,
+            "--judge",
+            &m,
+            "--prompts",
+            "builtin:vicuna",
+            "--limit",
+            "1",
+            "--out",
+        ])
+        .arg(&shipped)
+        .args([
+            "--weights",
+            "dense",
+            "--context-length",
+            "4096",
+            "--max-new-tokens",
+            "4",
+            "--judge-max-new-tokens",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    ok(&o);
+    let answers = lines(&shipped.join("answers_a.jsonl"));
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0]["id"], "1", "{:?}", answers[0]);
 }
 
 #[test]

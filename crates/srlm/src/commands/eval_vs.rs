@@ -199,7 +199,8 @@ fn answer(
 }
 
 pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
-    let mut prompts = load_prompts(&a.prompts)?;
+    let prompts_file = crate::builtin::resolve(&a.prompts)?;
+    let mut prompts = load_prompts(&prompts_file)?;
     if let Some(n) = a.limit {
         prompts.truncate(n);
     }
@@ -209,7 +210,7 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
         "judgements.jsonl",
         "summary.json",
     ] {
-        srlm_core::jsonl::refuse_input_as_output(&a.out.join(name), &[&a.prompts])?;
+        srlm_core::jsonl::refuse_input_as_output(&a.out.join(name), &[&prompts_file])?;
     }
     std::fs::create_dir_all(&a.out)?;
     let answers_a = answer(
