@@ -207,6 +207,17 @@ fn served_by(flags: &str) -> String {
     )
 }
 
+/// `config` with no bootstrap nor held-out judging, sampling and judging on the backend
+/// `serve` (a `[backends.srv]` section).
+fn on_served(config: &str, serve: &str) -> String {
+    config
+        .replace("[eft]\n", "[eft]\ndata = \"\"\n")
+        .replace("[sample]\n", "[sample]\nbackend = \"srv\"\n")
+        .replace("[judge]\n", "[judge]\nbackend = \"srv\"\n")
+        .replace("[eval]\n", "[eval]\njudge_data = \"\"\n")
+        + serve
+}
+
 /// `srlm run` of the config `text` in `dir/run`, with the environment `scripts/trl_venv.sh`
 /// makes first on PATH; the run directory and stderr, after checking that it succeeded.
 fn run_with_trl(dir: &Path, text: &str) -> (PathBuf, String) {
@@ -245,19 +256,14 @@ fn trl_trains_each_iteration_served_by_a_server_the_run_launches() {
     let d = dir.path();
     let model = tiny_model(d);
     let serve = served_by("");
-    let text = with_trainer(&model, "trl")
+    let config = with_trainer(&model, "trl")
         // TRL's rate decays to 0 where the fixture's stays at 0.003: three times the epochs
         // teach the random tiny model the judge's format (at the fixture's 20, TRL's loss
         // ends at 2.9 and its M1 writes no score; srlm's at 1.5). One SFT (no bootstrap):
         // the bootstrap's own test is srlm's, in run_cli.rs.
         .replace("[sft]\n", "[sft]\ntrainer = \"trl\"\n")
-        .replace("epochs = 20\n", "epochs = 60\n")
-        .replace("[eft]\n", "[eft]\ndata = \"\"\n")
-        .replace("[sample]\n", "[sample]\nbackend = \"srv\"\n")
-        .replace("[judge]\n", "[judge]\nbackend = \"srv\"\n")
-        .replace("[eval]\n", "[eval]\njudge_data = \"\"\n")
-        + &serve;
-    let (out, stderr) = run_with_trl(d, &text);
+        .replace("epochs = 20\n", "epochs = 60\n");
+    let (out, stderr) = run_with_trl(d, &on_served(&config, &serve));
     // TRL wrote M1, M2 and M3 (its training arguments and metrics beside the weights) ...
     for m in ["m1", "m2", "m3"] {
         let folder = out.join("models").join(m);
@@ -283,14 +289,8 @@ fn trl_trains_lora_adapters_that_one_launched_server_loads() {
     let serve = served_by("--enable-lora ") + "reload = \"lora\"\n";
     // M1 by srlm's SFT (no bootstrap); M2 and M3 by TRL's DPO with LoRA, M3 continuing M2's
     // adapter over M1; sampling and judging on one server of M1 that loads each adapter.
-    let text = with_trainer(&model, "trl")
-        .replace("[dpo]\n", "[dpo]\nlora_rank = 4\n")
-        .replace("[eft]\n", "[eft]\ndata = \"\"\n")
-        .replace("[sample]\n", "[sample]\nbackend = \"srv\"\n")
-        .replace("[judge]\n", "[judge]\nbackend = \"srv\"\n")
-        .replace("[eval]\n", "[eval]\njudge_data = \"\"\n")
-        + &serve;
-    let (out, stderr) = run_with_trl(d, &text);
+    let config = with_trainer(&model, "trl").replace("[dpo]\n", "[dpo]\nlora_rank = 4\n");
+    let (out, stderr) = run_with_trl(d, &on_served(&config, &serve));
     let m1 = out.join("models/m1");
     let command = |stage: &str| {
         manifest(&out)["stages"][stage]["command"][1]

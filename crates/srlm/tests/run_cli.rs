@@ -7,6 +7,7 @@ mod common;
 use common::tiny_run::{assert_same_outcome, config, fixtures, ok, srlm_run};
 use common::{lines, tiny_model};
 use serde_json::Value;
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -222,8 +223,9 @@ fn eval_vs_compares_both_orders_and_resumes() {
     .unwrap();
     let out = dir.path().join("vs");
     let m = model.display().to_string();
-    let run = || {
+    let vs = |prompts: &str, out: &Path, tokens: &str, extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_srlm"))
+            .env("SRLM_HOME", dir.path().join("home"))
             .args([
                 "eval",
                 "vs",
@@ -234,21 +236,17 @@ fn eval_vs_compares_both_orders_and_resumes() {
                 "--judge",
                 &m,
                 "--prompts",
-                &prompts.display().to_string(),
-                "--out",
-                &out.display().to_string(),
-                "--weights",
-                "dense",
-                "--context-length",
-                "4096",
-                "--max-new-tokens",
-                "8",
-                "--judge-max-new-tokens",
-                "8",
+                prompts,
             ])
+            .arg("--out")
+            .arg(out)
+            .args(["--weights", "dense", "--context-length", "4096"])
+            .args(["--max-new-tokens", tokens, "--judge-max-new-tokens", tokens])
+            .args(extra)
             .output()
             .unwrap()
     };
+    let run = || vs(&prompts.display().to_string(), &out, "8", &[]);
     ok(&run());
     let s: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -269,36 +267,7 @@ fn eval_vs_compares_both_orders_and_resumes() {
 
     // The shipped questions by name, as README's commands give them.
     let shipped = dir.path().join("vs-vicuna");
-    let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
-        .env("SRLM_HOME", dir.path().join("home"))
-        .args([
-            "eval",
-            "vs",
-            "--a",
-            &m,
-            "--b",
-            &m,
-            "--judge",
-            &m,
-            "--prompts",
-            "builtin:vicuna",
-            "--limit",
-            "1",
-            "--out",
-        ])
-        .arg(&shipped)
-        .args([
-            "--weights",
-            "dense",
-            "--context-length",
-            "4096",
-            "--max-new-tokens",
-            "4",
-            "--judge-max-new-tokens",
-            "4",
-        ])
-        .output()
-        .unwrap();
+    let o = vs("builtin:vicuna", &shipped, "4", &["--limit", "1"]);
     ok(&o);
     let answers = lines(&shipped.join("answers_a.jsonl"));
     assert_eq!(answers.len(), 1);

@@ -330,6 +330,7 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
 
         let d = &cfg.dpo;
         if let Some(template) = super::external_trainer::trainer_command(&d.trainer, Kind::Dpo) {
+            let (from, adapter) = lora_from(cfg, &current);
             plan.push(Planned {
                 name: format!("dpo m{}", t + 1),
                 work: Work::External(ExternalTrainer {
@@ -339,13 +340,13 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
                         trl_pairs: it.pairs.with_file_name("pairs.trl.jsonl"),
                         beta: d.beta,
                     },
-                    model: lora_from(cfg, &current).0,
+                    model: from,
                     out: next.clone(),
                     lr: d.train.lr,
                     epochs: d.train.epochs,
                     max_len: d.train.max_len,
                     seed: cfg.seed,
-                    lora: external_lora(&d.train, lora_from(cfg, &current).1),
+                    lora: external_lora(&d.train, adapter),
                     run_dir: layout.dir.clone(),
                     log: layout.trainer_log(&format!("dpo-m{}", t + 1)),
                 }),

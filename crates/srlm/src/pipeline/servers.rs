@@ -100,7 +100,8 @@ impl Servers {
         let r = self.up.as_mut().expect("started above");
         if let Some(a) = &launch.adapter {
             if !r.adapters.contains(&a.name) {
-                load_adapter(&r.url, &launch.api_key_env, a).map_err(|why| {
+                let key = std::env::var(&launch.api_key_env).ok();
+                load_adapter(&r.url, key.as_deref(), a).map_err(|why| {
                     anyhow::anyhow!(
                         "[backends.{}]: loading the adapter {} as `{}` {why}\n  last lines of {}:\n{}\n  hint: the server must load adapters at run time: vLLM with --enable-lora, a --max-lora-rank of at least the adapter's, and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; srlm serve with --enable-lora",
                         launch.backend,
@@ -216,11 +217,7 @@ fn wait_until_up(
     key: Option<&str>,
     timeout: Duration,
 ) -> std::result::Result<(), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent(Duration::from_secs(5));
     let start = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -250,14 +247,9 @@ fn wait_until_up(
 /// refusal is an error.
 fn load_adapter(
     url: &str,
-    api_key_env: &str,
+    key: Option<&str>,
     adapter: &ServedAdapter,
 ) -> std::result::Result<(), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(600)))
-        .http_status_as_error(false)
-        .build()
-        .into();
     let body = serde_json::json!({
         "lora_name": adapter.name,
         // The server may not share srlm's working directory.
@@ -266,10 +258,10 @@ fn load_adapter(
             .display()
             .to_string(),
     });
-    let mut req = agent
+    let mut req = agent(Duration::from_secs(600))
         .post(format!("{url}/load_lora_adapter"))
         .header("Content-Type", "application/json");
-    if let Ok(k) = std::env::var(api_key_env) {
+    if let Some(k) = key {
         req = req.header("Authorization", format!("Bearer {k}"));
     }
     match req.send(body.to_string()) {
@@ -281,6 +273,15 @@ fn load_adapter(
         )),
         Err(e) => Err(format!("failed: {e}")),
     }
+}
+
+/// An HTTP client for the server's own endpoints: every status is an answer, not an error.
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 /// A port free on 127.0.0.1 now (the server binds it a moment later).
