@@ -60,3 +60,54 @@ fn judges_ranked_replies_stores_raw_text_and_resumes() {
     let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(again, report);
 }
+
+#[test]
+fn a_rerun_goes_on_past_a_reply_too_long_for_the_context() {
+    // t1's replies fit a context of 1,024 tokens; t2's second reply (about 2,400 tokens) never
+    // will, so every rerun asks for it again and it fails again.
+    let long = "All work and no play makes Jack a dull boy. ".repeat(200);
+    let trees = format!(
+        "{}\n{}\n",
+        TREES.lines().next().unwrap(),
+        serde_json::json!({"message_tree_id": "t2", "prompt": {"text": "Write a line.", "role": "prompter", "replies": [
+            {"text": "A line.", "role": "assistant", "rank": 0},
+            {"text": long, "role": "assistant", "rank": 1}]}})
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("trees.jsonl");
+    std::fs::write(&data, trees).unwrap();
+    let out = dir.path().join("judge.jsonl");
+    let failures = dir.path().join("judge.failures.jsonl");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_srlm"))
+            .args(["eval", "judge", "--data", data.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--context-length", "1024"])
+            .args(["--k", "1", "--max-new-tokens", "16", "--seed", "5"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
+    let failed = std::fs::read_to_string(&failures).unwrap();
+    assert_eq!(failed.lines().count(), 1);
+    assert!(failed.contains("does not fit the context"), "{failed}");
+
+    // The rerun has only the long reply left and fails it again: a warning, not an error (it
+    // used to stop with "every one of the 1 requests failed", so a run killed at that point
+    // could never finish its evaluation), and the same report.
+    let again = run();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(stderr.contains("1 of 1 requests failed"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
+    assert_eq!(std::fs::read_to_string(&failures).unwrap(), failed);
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let report_again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(report_again, report);
+    assert_eq!(report["failed_requests"], 1);
+}

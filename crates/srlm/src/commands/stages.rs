@@ -123,6 +123,8 @@ pub(crate) fn failures_path(out: &Path) -> PathBuf {
 /// Generates `requests` (those not yet in `out`) through `backend`, appending `make(completion)`
 /// for each as it finishes. Requests that fail are listed in `OUT.failures.jsonl` (rewritten
 /// by every invocation) and left out of `out`, so rerunning the command asks for them again.
+/// It fails only when every request failed and `out` holds nothing, from this invocation or
+/// an earlier one.
 pub(crate) fn run_resumable<R: Serialize>(
     backend: &dyn Backend,
     requests: Vec<GenRequest>,
@@ -136,6 +138,9 @@ pub(crate) fn run_resumable<R: Serialize>(
         remove_failures(&failures_file)?;
         return Ok(GenerationSummary::default());
     }
+    // Records from an earlier invocation: the backend answered then, so requests that all fail
+    // now (a prompt too long for the context fails on every try) are not "nothing works".
+    let resumed = std::fs::metadata(out).is_ok_and(|m| m.len() > 0);
     let mut writer = JsonlWriter::append(out)?;
     let bar = ProgressBar::new(requests.len() as u64);
     bar.set_style(
@@ -173,7 +178,7 @@ pub(crate) fn run_resumable<R: Serialize>(
             })
             .collect();
         write_jsonl_atomic(&failures_file, &records)?;
-        if summary.done == 0 {
+        if summary.done == 0 && !resumed {
             let first = &failures[0].1;
             let check = if first.contains("HTTP 401") || first.contains("HTTP 403") {
                 "the server refused the API key: check the variable --api-key-env names".to_string()
