@@ -175,18 +175,28 @@ pub fn iteration_flags(its: &[Diagnostics], th: &Thresholds) -> Vec<Flag> {
 
 /// The flags of the evaluation: model `m`'s judge against held-out human rankings.
 pub fn evaluation_flags(m: usize, c: &JudgeComparison, reading: ScoreMode) -> Vec<Flag> {
-    let judge = match (reading, &c.expected) {
-        (ScoreMode::Expected, Some(e)) => e,
-        _ => &c.sampled,
+    // A summary written before the split existed has none for the expected reading.
+    let (judge, split) = match (reading, &c.expected) {
+        (ScoreMode::Expected, Some(e)) => (e, c.expected_by_length.as_ref()),
+        _ => (&c.sampled, Some(&c.sampled_by_length)),
     };
     if judge.pairs == 0 || judge.pairwise_accuracy > c.length.pairwise_accuracy {
         return Vec::new();
     }
+    // Where length is wrong is where a judge has to read something else to be right.
+    let against_length = match split.and_then(|s| Some((s, s.shorter_preferred_accuracy?))) {
+        Some((s, a)) => format!(
+            "; right on {a:.3} of the {} pairs where humans preferred the shorter reply, and orders {:.0}% of its pairs as length does",
+            s.shorter_preferred_pairs,
+            100.0 * s.agrees_with_length.unwrap_or(0.0)
+        ),
+        None => String::new(),
+    };
     vec![Flag {
         kind: FlagKind::BelowLengthBaseline,
         at: m,
         seen: format!(
-            "pairwise accuracy {:.3} ({} reading, ties {:.0}%) against {:.3} for \"the longer reply wins\" on the same {} pairs",
+            "pairwise accuracy {:.3} ({} reading, ties {:.0}%) against {:.3} for \"the longer reply wins\" on the same {} pairs{against_length}",
             judge.pairwise_accuracy,
             reading.name(),
             100.0 * judge.pairwise_ties,
@@ -321,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_judge_no_better_than_length_is_flagged() {
-        use crate::metrics::JudgeAgreement;
+        use crate::metrics::{JudgeAgreement, LengthSplit};
         let acc = |a: f64| JudgeAgreement {
             pairs: 100,
             pairwise_accuracy: a,
@@ -332,10 +342,20 @@ mod tests {
             expected: Some(acc(0.70)),
             length: acc(0.68),
             constant: acc(0.0),
+            sampled_by_length: LengthSplit {
+                shorter_preferred_pairs: 30,
+                shorter_preferred_accuracy: Some(0.6),
+                agrees_with_length: Some(0.45),
+                ..LengthSplit::default()
+            },
+            expected_by_length: None,
         };
-        assert_eq!(
-            kinds(&evaluation_flags(1, &c, ScoreMode::Sampled)),
-            vec![(FlagKind::BelowLengthBaseline, 1)]
+        let flags = evaluation_flags(1, &c, ScoreMode::Sampled);
+        assert_eq!(kinds(&flags), vec![(FlagKind::BelowLengthBaseline, 1)]);
+        assert!(
+            flags[0].seen.ends_with("right on 0.600 of the 30 pairs where humans preferred the shorter reply, and orders 45% of its pairs as length does"),
+            "{}",
+            flags[0].seen
         );
         assert!(evaluation_flags(1, &c, ScoreMode::Expected).is_empty());
     }

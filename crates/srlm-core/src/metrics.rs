@@ -228,6 +228,76 @@ pub struct JudgeComparison {
     pub expected: Option<JudgeAgreement>,
     pub length: JudgeAgreement,
     pub constant: JudgeAgreement,
+    /// Each reading's pairs split by what length says: whether its accuracy comes from reading
+    /// length or from something length misses.
+    #[serde(default)]
+    pub sampled_by_length: LengthSplit,
+    #[serde(default)]
+    pub expected_by_length: Option<LengthSplit>,
+}
+
+/// A judge's pairs (different human ranks, both replies scored, different lengths) split by
+/// whether the reply humans preferred is the longer or the shorter one. "The longer reply wins"
+/// scores 1 on the first part and 0 on the second; a judge at chance, 0.5 on both; a judge that
+/// reads content and not length, above 0.5 on both.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LengthSplit {
+    /// Pairs where humans preferred the longer reply, and the share the judge orders as they
+    /// do (a tie counts as a miss, as in `pairwise_accuracy`).
+    pub longer_preferred_pairs: usize,
+    pub longer_preferred_accuracy: Option<f64>,
+    /// Pairs where humans preferred the shorter reply, and the share the judge orders as they do.
+    pub shorter_preferred_pairs: usize,
+    pub shorter_preferred_accuracy: Option<f64>,
+    /// Of the pairs it does not tie, the share the judge orders as length does (the longer
+    /// reply higher): 1 for a judge that only reads length, about 0.5 for one blind to it.
+    pub agrees_with_length: Option<f64>,
+}
+
+/// The [`LengthSplit`] of one reading: `score` of each reply (None: not scored, left out).
+pub fn length_split(
+    prompts: &[Vec<JudgedReply>],
+    score: &dyn Fn(&JudgedReply) -> Option<f64>,
+) -> LengthSplit {
+    let (mut longer, mut longer_right, mut shorter, mut shorter_right) = (0, 0, 0, 0);
+    let (mut untied, mut as_length) = (0, 0);
+    for p in prompts {
+        let scored: Vec<(&JudgedReply, f64)> =
+            p.iter().filter_map(|r| score(r).map(|s| (r, s))).collect();
+        for (i, &(a, sa)) in scored.iter().enumerate() {
+            for &(b, sb) in &scored[i + 1..] {
+                if a.human_rank == b.human_rank || a.chars == b.chars {
+                    continue;
+                }
+                // (better, worse) by the humans' ranks: rank 0 is the best.
+                let ((better, s_better), (worse, s_worse)) = if a.human_rank < b.human_rank {
+                    ((a, sa), (b, sb))
+                } else {
+                    ((b, sb), (a, sa))
+                };
+                let right = s_better > s_worse;
+                if better.chars > worse.chars {
+                    longer += 1;
+                    longer_right += right as usize;
+                } else {
+                    shorter += 1;
+                    shorter_right += right as usize;
+                }
+                if sa != sb {
+                    untied += 1;
+                    as_length += ((sa > sb) == (a.chars > b.chars)) as usize;
+                }
+            }
+        }
+    }
+    let share = |n: usize, of: usize| (of > 0).then(|| n as f64 / of as f64);
+    LengthSplit {
+        longer_preferred_pairs: longer,
+        longer_preferred_accuracy: share(longer_right, longer),
+        shorter_preferred_pairs: shorter,
+        shorter_preferred_accuracy: share(shorter_right, shorter),
+        agrees_with_length: share(as_length, untied),
+    }
 }
 
 pub fn compare_judges(prompts: &[Vec<JudgedReply>], with_expected: bool) -> JudgeComparison {
@@ -240,11 +310,16 @@ pub fn compare_judges(prompts: &[Vec<JudgedReply>], with_expected: bool) -> Judg
             })
             .collect()
     };
+    // The baselines and the expected reading see the replies the written reading scored.
+    let sampled = |r: &JudgedReply| r.sampled;
+    let expected = |r: &JudgedReply| r.sampled.and(r.expected);
     JudgeComparison {
         sampled: judge_agreement(&rows(&|r| r.sampled)),
         expected: with_expected.then(|| judge_agreement(&rows(&|r| r.expected))),
         length: judge_agreement(&rows(&|r| Some(r.chars as f64))),
         constant: judge_agreement(&rows(&|_| Some(0.0))),
+        sampled_by_length: length_split(prompts, &sampled),
+        expected_by_length: with_expected.then(|| length_split(prompts, &expected)),
     }
 }
 
@@ -329,5 +404,64 @@ mod tests {
             (0.0, 1.0)
         );
         assert!(compare_judges(&prompts, false).expected.is_none());
+    }
+
+    #[test]
+    fn length_split_tells_reading_length_from_reading_content() {
+        let reply = |rank, chars, s: f64| JudgedReply {
+            human_rank: rank,
+            chars,
+            sampled: Some(s),
+            expected: Some(s),
+        };
+        // Humans prefer the longer reply in the first prompt's 3 pairs and in (1, 2) of the
+        // second, the shorter one in (0, 1) of the second; (0, 2) of the second, of equal
+        // length, is in neither part.
+        let by = |score: &dyn Fn(u32, usize) -> f64| {
+            vec![
+                vec![
+                    reply(0, 300, score(0, 300)),
+                    reply(1, 200, score(1, 200)),
+                    reply(2, 100, score(2, 100)),
+                ],
+                vec![
+                    reply(0, 50, score(0, 50)),
+                    reply(1, 80, score(1, 80)),
+                    reply(2, 50, score(2, 50)),
+                ],
+            ]
+        };
+        let split = |p: &[Vec<JudgedReply>]| length_split(p, &|r: &JudgedReply| r.expected);
+
+        let length_judge = split(&by(&|_, chars| chars as f64));
+        assert_eq!(
+            (
+                length_judge.longer_preferred_pairs,
+                length_judge.shorter_preferred_pairs
+            ),
+            (4, 1)
+        );
+        assert_eq!(length_judge.longer_preferred_accuracy, Some(1.0));
+        assert_eq!(length_judge.shorter_preferred_accuracy, Some(0.0));
+        assert_eq!(length_judge.agrees_with_length, Some(1.0));
+
+        let human_judge = split(&by(&|rank, _| -(rank as f64)));
+        assert_eq!(human_judge.longer_preferred_accuracy, Some(1.0));
+        assert_eq!(human_judge.shorter_preferred_accuracy, Some(1.0));
+        assert_eq!(human_judge.agrees_with_length, Some(4.0 / 5.0));
+
+        // A judge that ties everything is right nowhere and says nothing about length.
+        let tie_judge = split(&by(&|_, _| 2.0));
+        assert_eq!(tie_judge.shorter_preferred_accuracy, Some(0.0));
+        assert_eq!(tie_judge.agrees_with_length, None);
+
+        // Unscored replies are left out, as in every other metric.
+        let none = length_split(&by(&|_, _| 1.0), &|_| None);
+        assert_eq!(none, LengthSplit::default());
+
+        // compare_judges carries the split of each reading.
+        let c = compare_judges(&by(&|_, chars| chars as f64), true);
+        assert_eq!(c.sampled_by_length, length_judge);
+        assert_eq!(c.expected_by_length.as_ref(), Some(&length_judge));
     }
 }

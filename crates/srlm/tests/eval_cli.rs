@@ -49,6 +49,16 @@ fn judges_ranked_replies_stores_raw_text_and_resumes() {
     assert_eq!(report["prompts"], 2);
     assert_eq!(report["judgements"], 8);
     assert_eq!(report["agreement"]["replies"], 4);
+    // In both prompts the reply humans ranked higher is the longer one, so every scored pair
+    // falls in the split's "longer preferred" part.
+    let judges = &report["judges"];
+    let split = &judges["sampled_by_length"];
+    assert_eq!(split["longer_preferred_pairs"], judges["sampled"]["pairs"]);
+    assert_eq!(split["shorter_preferred_pairs"], 0);
+    assert_eq!(
+        judges["expected_by_length"]["longer_preferred_pairs"], judges["sampled"]["pairs"],
+        "the expected reading counts the pairs the written one does"
+    );
     let metrics = std::fs::read_to_string(dir.path().join("judge.jsonl.metrics.json")).unwrap();
     let saved: serde_json::Value = serde_json::from_str(&metrics).unwrap();
     assert_eq!(saved, report);

@@ -69,6 +69,22 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
         assert_eq!(s["compared"], 2, "{vs}");
     }
     let report = std::fs::read_to_string(a.join("report/report.md")).unwrap();
+    // The held-out pairs split by length, a row for every model whose judge scored such a pair.
+    for m in 1..=3 {
+        let metrics: Value = serde_json::from_str(
+            &std::fs::read_to_string(a.join(format!("eval/judge_m{m}.jsonl.metrics.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        let split = &metrics["judges"]["expected_by_length"];
+        let longer = split["longer_preferred_pairs"].as_u64().unwrap();
+        let shorter = split["shorter_preferred_pairs"].as_u64().unwrap();
+        assert_eq!(
+            report.contains(&format!("| M{m} | {longer}, ")),
+            longer + shorter > 0,
+            "M{m}'s length split in the report"
+        );
+    }
     for png in [
         "scores.png",
         "lengths.png",

@@ -491,6 +491,34 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             }
         }
         writeln!(md, "\nIn bold: the reading the run uses (`judge.score`).\n")?;
+        // Where length is wrong, a judge is right only by reading something else.
+        let mut split_rows = Vec::new();
+        for (m, e) in &judge_rows {
+            let j = &e.judges;
+            let split = match (e.score, &j.expected) {
+                (ScoreMode::Expected, Some(_)) => j.expected_by_length.as_ref(),
+                _ => Some(&j.sampled_by_length),
+            };
+            // Summaries written before the split existed have none.
+            if let Some(s) =
+                split.filter(|s| s.longer_preferred_pairs + s.shorter_preferred_pairs > 0)
+            {
+                split_rows.push(format!(
+                    "| M{m} | {}, {} | {}, {} | {} |",
+                    s.longer_preferred_pairs,
+                    f(s.longer_preferred_accuracy),
+                    s.shorter_preferred_pairs,
+                    f(s.shorter_preferred_accuracy),
+                    f(s.agrees_with_length),
+                ));
+            }
+        }
+        if !split_rows.is_empty() {
+            writeln!(md, "The same pairs split by length (pairs of equal length left out), under the reading the run uses: \"the longer reply wins\" is right on every pair of the first part and none of the second; a judge at chance, on half of each; a judge that reads content and not length, on more than half of both.\n")?;
+            writeln!(md, "| model | humans preferred the longer reply: pairs, judge right | humans preferred the shorter reply: pairs, judge right | judge orders pairs as length does |")?;
+            writeln!(md, "|---|---|---|---|")?;
+            writeln!(md, "{}\n", split_rows.join("\n"))?;
+        }
     }
 
     // Judge health: what in the run says the judge is not judging, and what to change.
