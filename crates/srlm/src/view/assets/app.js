@@ -180,7 +180,9 @@ function overviewOf(run, r) {
   const je = run.judge_eval.filter(j => j.summary);
   c.push(bars("Judge vs human ranks: pairwise accuracy", je.map(j => j.model.toUpperCase()), [
     { name: "judge (" + run.score_mode + ")", values: je.map(j => j.summary.agreement.pairwise_accuracy) },
-    { name: "longer reply wins", values: je.map(j => j.summary.judges.length.pairwise_accuracy) }], { max: 1, fmt: v => num(v, 3), empty: "no evaluation yet" }));
+    { name: "longer reply wins", values: je.map(j => j.summary.judges.length.pairwise_accuracy) },
+    // Where length is wrong: a judge that only reads length scores 0 here, one at chance 0.5.
+    { name: "judge, where humans preferred the shorter reply", values: je.map(j => { const s = j.summary.score === "expected" && j.summary.judges.expected ? j.summary.judges.expected_by_length : j.summary.judges.sampled_by_length; return s ? s.shorter_preferred_accuracy : null; }) }], { max: 1, fmt: v => num(v, 3), empty: "no evaluation yet" }));
   c.push(bars("Head-to-head win rate (95% CI in hover)", run.vs.map(v => v.name.replace("vs_", "").replace("_", " vs ")), [{ name: "", values: run.vs.map(v => v.summary.a_win_rate.score) }], { max: 1, refs: run.vs.length ? [{ name: "0.5", v: 0.5 }] : [], fmt: v => { const w = run.vs.find(x => x.summary.a_win_rate.score === v); return w ? `${num(v, 3)} (${num(w.summary.a_win_rate.ci95[0], 3)}-${num(w.summary.a_win_rate.ci95[1], 3)}), ${w.summary.a_win_rate.wins}-${w.summary.a_win_rate.ties}-${w.summary.a_win_rate.losses}` : num(v, 3); }, empty: "no head-to-head yet" }));
   const done = run.status.stages.filter(s => s.seconds != null);
   c.push(bars("Stage times (s)", done.map(s => s.name), [{ name: "", values: done.map(s => s.seconds) }], { yDigits: 0, rotate: true, fmt: v => num(v, 0) + " s" }));
