@@ -68,6 +68,16 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
         .unwrap();
         assert_eq!(s["compared"], 2, "{vs}");
     }
+    // M1's side of the second head-to-head is the first's, taken rather than made again.
+    assert!(stages["eval vs m3 m1"]["command"]
+        .as_array()
+        .unwrap()
+        .windows(2)
+        .any(|w| w[0] == "--b-from" && w[1].as_str().unwrap().ends_with("eval/vs_m2_m1")));
+    assert_eq!(
+        lines(&a.join("eval/vs_m3_m1/answers_b.jsonl")),
+        lines(&a.join("eval/vs_m2_m1/answers_b.jsonl"))
+    );
     let report = std::fs::read_to_string(a.join("report/report.md")).unwrap();
     // The held-out pairs split by length, a row for every model whose judge scored such a pair.
     for m in 1..=3 {
@@ -288,6 +298,91 @@ fn eval_vs_compares_both_orders_and_resumes() {
     let answers = lines(&shipped.join("answers_a.jsonl"));
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0]["id"], "1", "{:?}", answers[0]);
+}
+
+#[test]
+fn eval_vs_takes_b_side_from_an_earlier_head_to_head_with_the_same_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.display().to_string();
+    // B is a copy of the model in its own folder, so that it can be taken away below.
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, b.join(f.file_name().unwrap())).unwrap();
+    }
+    let prompts = dir.path().join("q.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"id\": \"1\", \"prompt\": \"Name a colour.\"}\n{\"id\": \"2\", \"prompt\": \"Say hello.\"}\n{\"id\": \"3\", \"prompt\": \"Count to three.\"}\n",
+    )
+    .unwrap();
+    let vs = |out: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_srlm"))
+            .args(["eval", "vs", "--a", &m, "--judge", &m, "--b"])
+            .arg(&b)
+            .arg("--prompts")
+            .arg(&prompts)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(["--mode", "scores", "--k", "2", "--weights", "dense"])
+            .args(["--max-new-tokens", "8", "--judge-max-new-tokens", "8"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let read = |out: &str, file: &str| lines(&dir.path().join(out).join(file));
+    let summary = |out: &str| -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(out).join("summary.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let b_side = |out: &str| -> Vec<Value> {
+        let mut j: Vec<Value> = read(out, "judgements.jsonl")
+            .into_iter()
+            .filter(|r| r["id"].as_str().unwrap().contains("/b/"))
+            .collect();
+        j.sort_by_key(|r| r["id"].as_str().unwrap().to_string());
+        j
+    };
+    ok(&vs("first", &[]));
+    ok(&vs("whole", &[]));
+
+    // B is gone: the head-to-head can only finish by taking B's side from the first.
+    std::fs::remove_dir_all(&b).unwrap();
+    ok(&vs(
+        "taken",
+        &["--b-from", dir.path().join("first").to_str().unwrap()],
+    ));
+    assert_eq!(
+        read("taken", "answers_b.jsonl"),
+        read("first", "answers_b.jsonl")
+    );
+    assert_eq!(b_side("taken").len(), 6, "3 prompts x k = 2");
+    assert_eq!(b_side("taken"), b_side("first"));
+    // The same outcome as the head-to-head that made everything itself.
+    assert_eq!(summary("taken"), summary("whole"));
+    assert_eq!(read("taken", "judgements.jsonl").len(), 12);
+
+    // Other settings (B's answers sampled with another seed): refused, naming them.
+    let o = vs(
+        "other",
+        &[
+            "--b-from",
+            dir.path().join("first").to_str().unwrap(),
+            "--seed",
+            "7",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("made with other settings (`sampling` differ)"),
+        "{err}"
+    );
+    assert!(!dir.path().join("other/answers_b.jsonl").exists());
 }
 
 #[test]

@@ -20,11 +20,11 @@ use serde_json::Value;
 use srlm_core::headtohead::{
     combine, length_check, pairwise_prompt, parse_verdict, win_rate, Outcome, Verdict,
 };
-use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_atomic};
+use srlm_core::jsonl::{read_jsonl, recover_jsonl, write_atomic, write_jsonl_atomic};
 use srlm_core::judge::{
     judge_prompt, Justification, ScoreDistribution, ScoreMode, JUDGE_TOP_LOGPROBS,
 };
-use srlm_core::summaries::{to_pretty_json, PromptOutcome, VsSummary};
+use srlm_core::summaries::{read_summary, to_pretty_json, PromptOutcome, VsSummary};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -80,6 +80,12 @@ pub struct EvalVsArgs {
     /// Use only the first N prompts.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// An earlier `srlm eval vs` output with the same B, judge, prompts and settings (its
+    /// `settings.json` must match this command's, A and OUT aside): B's answers, and in scores
+    /// mode the judge's scores of them, are taken from it instead of made again. A run's later
+    /// head-to-heads against M1 take M1's side from the first.
+    #[arg(long)]
+    pub b_from: Option<PathBuf>,
     /// The judge's temperature (0: greedy).
     #[arg(long, default_value_t = 0.0)]
     pub judge_temperature: f32,
@@ -120,6 +126,84 @@ struct JudgeRecord {
     /// What the judge wrote after srlm's `Score:` cue when `raw` had no score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     forced_verdict: Option<String>,
+}
+
+/// What B's answers and the judge's scores of them depend on: every setting but A, OUT and
+/// which prompts (`--limit`) and earlier output (`--b-from`) this invocation uses. Written to
+/// `OUT/settings.json`; `--b-from` compares it.
+fn b_side_settings(a: &EvalVsArgs) -> Result<Value> {
+    let mut v = serde_json::to_value(a)?;
+    if let Some(m) = v.as_object_mut() {
+        for key in ["a", "out", "limit", "b_from"] {
+            m.remove(key);
+        }
+    }
+    Ok(v)
+}
+
+/// Copies B's answers (and in scores mode the judgements of them, `<id>/b/<s>`) from `from`,
+/// an earlier output with the same `settings`, into `out`, where `out` has none yet. A
+/// judgement is taken only with the answer it judged: where `out` already has its own answer
+/// to a prompt, only a judgement of that same text is taken.
+fn take_b_side(from: &Path, out: &Path, settings: &Value, mode: VsMode) -> Result<()> {
+    let hint = "run it without --b-from (B's side is then made again), or give an output of `srlm eval vs` with the same B, judge, prompts and settings";
+    let theirs = from.join("settings.json");
+    let Some(their_settings) = read_summary::<Value>(&theirs) else {
+        // An older srlm's output (a run resumed with a newer one): B's side is made again.
+        eprintln!(
+            "srlm: warning: --b-from {}: no settings.json there (an older srlm's output, or not one of `srlm eval vs`): B's answers are made again",
+            from.display()
+        );
+        return Ok(());
+    };
+    if &their_settings != settings {
+        let differ: Vec<String> = match (settings.as_object(), their_settings.as_object()) {
+            (Some(ours), Some(their)) => ours
+                .keys()
+                .chain(their.keys())
+                .filter(|k| ours.get(*k) != their.get(*k))
+                .map(|k| format!("`{k}`"))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            _ => vec!["the whole file".into()],
+        };
+        bail!(
+            "--b-from {}: made with other settings ({} differ)\n  hint: {hint}",
+            from.display(),
+            differ.join(", ")
+        );
+    }
+    let answers_path = out.join("answers_b.jsonl");
+    if recover_jsonl::<Answer>(&answers_path)?.is_empty() {
+        let theirs: Vec<Answer> = recover_jsonl(&from.join("answers_b.jsonl"))?;
+        write_jsonl_atomic(&answers_path, &theirs)?;
+    }
+    let verdicts_path = out.join("judgements.jsonl");
+    if mode == VsMode::Scores && recover_jsonl::<JudgeRecord>(&verdicts_path)?.is_empty() {
+        let ours: HashMap<String, String> = recover_jsonl::<Answer>(&answers_path)?
+            .into_iter()
+            .map(|r| (r.id, r.response))
+            .collect();
+        let judged: HashMap<String, String> =
+            recover_jsonl::<Answer>(&from.join("answers_b.jsonl"))?
+                .into_iter()
+                .map(|r| (r.id, r.response))
+                .collect();
+        let same_answer = |prompt: &str| {
+            ours.get(prompt)
+                .is_some_and(|t| judged.get(prompt) == Some(t))
+        };
+        let taken: Vec<JudgeRecord> = recover_jsonl::<JudgeRecord>(&from.join("judgements.jsonl"))?
+            .into_iter()
+            .filter(|r| {
+                matches!(r.id.rsplitn(3, '/').collect::<Vec<_>>().as_slice(),
+                    [_, "b", prompt] if same_answer(prompt))
+            })
+            .collect();
+        write_jsonl_atomic(&verdicts_path, &taken)?;
+    }
+    Ok(())
 }
 
 /// Evaluation prompts from any of the usual files.
@@ -213,6 +297,14 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
         srlm_core::jsonl::refuse_input_as_output(&a.out.join(name), &[&prompts_file])?;
     }
     std::fs::create_dir_all(&a.out)?;
+    let settings = b_side_settings(&a)?;
+    write_atomic(
+        &a.out.join("settings.json"),
+        to_pretty_json(&settings)?.as_bytes(),
+    )?;
+    if let Some(from) = &a.b_from {
+        take_b_side(from, &a.out, &settings, a.mode)?;
+    }
     let answers_a = answer(
         &a,
         &a.a,

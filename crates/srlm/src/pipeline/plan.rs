@@ -606,6 +606,11 @@ fn plan_evaluation(
             if vs_remote.is_none() || server.is_some() {
                 inputs.push(judge.clone());
             }
+            // M1's side is the same in every head-to-head: made by the first, taken by the rest.
+            let b_from = (m > 2).then(|| eval.vs(2));
+            if let Some(first) = &b_from {
+                inputs.push(first.join("summary.json"));
+            }
             let summary = out.join("summary.json");
             plan.push(Planned {
                 name: format!("eval vs m{m} m1"),
@@ -622,6 +627,7 @@ fn plan_evaluation(
                         score: cfg.judge.score,
                         justification: cfg.judge.justification,
                         limit: (e.prompts_limit > 0).then_some(e.prompts_limit),
+                        b_from,
                         judge_temperature: cfg.judge.temperature,
                         judge_max_new_tokens: cfg.judge.max_new_tokens,
                         backend: BackendArgs {
