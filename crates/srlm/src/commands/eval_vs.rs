@@ -293,6 +293,7 @@ pub fn eval_vs(a: EvalVsArgs) -> Result<()> {
         "answers_b.jsonl",
         "judgements.jsonl",
         "summary.json",
+        "settings.json",
     ] {
         srlm_core::jsonl::refuse_input_as_output(&a.out.join(name), &[&prompts_file])?;
     }
