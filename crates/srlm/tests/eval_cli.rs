@@ -2,6 +2,7 @@
 //! Assistant-format fixture: every reply is judged k times, judgements are stored with their raw
 //! text, metrics are computed, and a rerun resumes without judging again.
 
+mod common;
 use std::process::Command;
 
 const TREES: &str = r#"{"message_tree_id": "t1", "prompt": {"text": "Say hello.", "role": "prompter", "replies": [{"text": "Hello there!", "role": "assistant", "rank": 0}, {"text": "No.", "role": "assistant", "rank": 1}]}}
@@ -120,4 +121,72 @@ fn a_rerun_goes_on_past_a_reply_too_long_for_the_context() {
     let report_again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(report_again, report);
     assert_eq!(report["failed_requests"], 1);
+}
+
+#[test]
+fn the_split_by_length_counts_where_the_judge_is_right_against_length() {
+    // A fake judge that writes "Score: 4" for a reply holding GOOD and "Score: 1" otherwise
+    // (the real model's judge writes no score on the scale, so it has no pairs to split).
+    let url = common::start(|stream, req| {
+        let score = if req.body.contains("GOOD") { 4 } else { 1 };
+        common::reply(
+            stream,
+            "200 OK",
+            "",
+            &common::chat_reply(1, &format!("Fine.\nScore: {score}")),
+        );
+    });
+    // t1: humans prefer the longer reply, and so does the judge. t2: they prefer the shorter,
+    // and so does the judge. t3: they prefer the shorter, the judge the longer.
+    let tree = |id: &str, best: &str, worse: &str| {
+        serde_json::json!({"message_tree_id": id, "prompt": {"text": "Answer me.", "role": "prompter",
+            "replies": [{"text": best, "role": "assistant", "rank": 0},
+                        {"text": worse, "role": "assistant", "rank": 1}]}})
+        .to_string()
+    };
+    let trees = [
+        tree("t1", "GOOD: a full and careful answer.", "No."),
+        tree(
+            "t2",
+            "GOOD: yes.",
+            "Well, it depends a great deal on what you mean.",
+        ),
+        tree("t3", "Yes.", "GOOD: well, it depends on what you mean."),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("trees.jsonl");
+    std::fs::write(&data, trees.join("\n") + "\n").unwrap();
+    let out = dir.path().join("judge.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_srlm"))
+        .args(["eval", "judge", "--data", data.to_str().unwrap()])
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--k",
+            "1",
+            "--score",
+            "sampled",
+        ])
+        .args(["--api-base", &url, "--api-model", "fake"])
+        .args([
+            "--api-key-env",
+            "SRLM_TEST_FAKE_KEY",
+            "--api-max-retries",
+            "0",
+        ])
+        .env("SRLM_TEST_FAKE_KEY", "")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let judges = &report["judges"];
+    assert_eq!(judges["sampled"]["pairs"], 3);
+    assert_eq!(judges["sampled"]["pairwise_accuracy"], 2.0 / 3.0);
+    assert_eq!(judges["length"]["pairwise_accuracy"], 1.0 / 3.0);
+    let split = &judges["sampled_by_length"];
+    assert_eq!(split["longer_preferred_pairs"], 1);
+    assert_eq!(split["longer_preferred_accuracy"], 1.0);
+    assert_eq!(split["shorter_preferred_pairs"], 2);
+    assert_eq!(split["shorter_preferred_accuracy"], 0.5);
+    assert_eq!(split["agrees_with_length"], 2.0 / 3.0);
 }
