@@ -8,7 +8,7 @@
 
 use crate::diagnostics::Diagnostics;
 use crate::judge::ScoreMode;
-use crate::metrics::JudgeComparison;
+use crate::metrics::{JudgeComparison, Reading};
 use serde::{Deserialize, Serialize};
 
 /// One warning about the judge.
@@ -175,11 +175,11 @@ pub fn iteration_flags(its: &[Diagnostics], th: &Thresholds) -> Vec<Flag> {
 
 /// The flags of the evaluation: model `m`'s judge against held-out human rankings.
 pub fn evaluation_flags(m: usize, c: &JudgeComparison, reading: ScoreMode) -> Vec<Flag> {
-    // A summary written before the split existed has none for the expected reading.
-    let (judge, split) = match (reading, &c.expected) {
-        (ScoreMode::Expected, Some(e)) => (e, c.expected_by_length.as_ref()),
-        _ => (&c.sampled, Some(&c.sampled_by_length)),
-    };
+    let Reading {
+        agreement: judge,
+        by_length: split,
+        ..
+    } = c.under(reading);
     if judge.pairs == 0 || judge.pairwise_accuracy > c.length.pairwise_accuracy {
         return Vec::new();
     }

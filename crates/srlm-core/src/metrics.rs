@@ -7,6 +7,7 @@
 //! full agreement. A reply the judge failed to score (`None`) is left out of its prompt's metrics
 //! and counted.
 
+use crate::judge::ScoreMode;
 use serde::{Deserialize, Serialize};
 
 /// Average ranks (1-based) of `x`, ties sharing the mean of their positions, as
@@ -234,6 +235,34 @@ pub struct JudgeComparison {
     pub sampled_by_length: LengthSplit,
     #[serde(default)]
     pub expected_by_length: Option<LengthSplit>,
+}
+
+/// One reading of a [`JudgeComparison`]: its agreement and its length split.
+pub struct Reading<'a> {
+    /// The reading these are of: the written score's where none carried a distribution.
+    pub mode: ScoreMode,
+    pub agreement: &'a JudgeAgreement,
+    /// None for an expected reading in a summary written before the split existed.
+    pub by_length: Option<&'a LengthSplit>,
+}
+
+impl JudgeComparison {
+    /// The figures under `mode`, falling back to the written score where no judgement carried
+    /// a distribution (what `srlm eval judge` reports as its `agreement`).
+    pub fn under(&self, mode: ScoreMode) -> Reading<'_> {
+        match (mode, &self.expected) {
+            (ScoreMode::Expected, Some(e)) => Reading {
+                mode,
+                agreement: e,
+                by_length: self.expected_by_length.as_ref(),
+            },
+            _ => Reading {
+                mode: ScoreMode::Sampled,
+                agreement: &self.sampled,
+                by_length: Some(&self.sampled_by_length),
+            },
+        }
+    }
 }
 
 /// A judge's pairs (different human ranks, both replies scored, different lengths) split by

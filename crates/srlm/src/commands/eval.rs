@@ -190,10 +190,7 @@ fn eval_judge(a: EvalJudgeArgs) -> Result<()> {
         replies.push(rr);
     }
     let judges = compare_judges(&replies, with_distribution > 0);
-    let agreement = match (a.score, &judges.expected) {
-        (ScoreMode::Expected, Some(e)) => e.clone(),
-        _ => judges.sampled.clone(),
-    };
+    let agreement = judges.under(a.score).agreement.clone();
     let scored = samples - failures;
     let share = |n: usize, of: usize| if of > 0 { n as f64 / of as f64 } else { 0.0 };
     let summary = JudgeEvalSummary {

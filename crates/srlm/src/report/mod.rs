@@ -445,9 +445,9 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             if let Some(x) = &j.expected {
                 rows.push(("expected score".into(), x));
             }
-            let used = match (e.score, &j.expected) {
-                (ScoreMode::Expected, Some(_)) => "expected score",
-                _ => "written score",
+            let used = match j.under(e.score).mode {
+                ScoreMode::Expected => "expected score",
+                ScoreMode::Sampled => "written score",
             };
             rows.push(("longer reply wins".into(), &j.length));
             rows.push(("same score for all".into(), &j.constant));
@@ -494,14 +494,12 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         // Where length is wrong, a judge is right only by reading something else.
         let mut split_rows = Vec::new();
         for (m, e) in &judge_rows {
-            let j = &e.judges;
-            let split = match (e.score, &j.expected) {
-                (ScoreMode::Expected, Some(_)) => j.expected_by_length.as_ref(),
-                _ => Some(&j.sampled_by_length),
-            };
             // Summaries written before the split existed have none.
-            if let Some(s) =
-                split.filter(|s| s.longer_preferred_pairs + s.shorter_preferred_pairs > 0)
+            if let Some(s) = e
+                .judges
+                .under(e.score)
+                .by_length
+                .filter(|s| s.longer_preferred_pairs + s.shorter_preferred_pairs > 0)
             {
                 split_rows.push(format!(
                     "| M{m} | {}, {} | {}, {} | {} |",
