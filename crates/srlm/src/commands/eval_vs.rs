@@ -174,22 +174,17 @@ fn take_b_side(from: &Path, out: &Path, settings: &Value, mode: VsMode) -> Resul
             differ.join(", ")
         );
     }
+    let theirs: Vec<Answer> = recover_jsonl(&from.join("answers_b.jsonl"))?;
     let answers_path = out.join("answers_b.jsonl");
     if recover_jsonl::<Answer>(&answers_path)?.is_empty() {
-        let theirs: Vec<Answer> = recover_jsonl(&from.join("answers_b.jsonl"))?;
         write_jsonl_atomic(&answers_path, &theirs)?;
     }
     let verdicts_path = out.join("judgements.jsonl");
     if mode == VsMode::Scores && recover_jsonl::<JudgeRecord>(&verdicts_path)?.is_empty() {
-        let ours: HashMap<String, String> = recover_jsonl::<Answer>(&answers_path)?
-            .into_iter()
-            .map(|r| (r.id, r.response))
-            .collect();
-        let judged: HashMap<String, String> =
-            recover_jsonl::<Answer>(&from.join("answers_b.jsonl"))?
-                .into_iter()
-                .map(|r| (r.id, r.response))
-                .collect();
+        let by_id = |answers: Vec<Answer>| -> HashMap<String, String> {
+            answers.into_iter().map(|r| (r.id, r.response)).collect()
+        };
+        let (ours, judged) = (by_id(recover_jsonl(&answers_path)?), by_id(theirs));
         let same_answer = |prompt: &str| {
             ours.get(prompt)
                 .is_some_and(|t| judged.get(prompt) == Some(t))
