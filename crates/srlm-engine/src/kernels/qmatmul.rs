@@ -2,7 +2,9 @@
 //! computes Q4_1 dot products in scalar code, and its Q8_0 matmul streams the whole weight once
 //! per activation row (16 times for 16 sequences, 30 MB each for SmolLM2's tied head); decoding
 //! is bound by memory traffic, so these kernels read each weight row once for up to
-//! `ROWS_PER_PASS` activation rows and unpack each block once for all of them.
+//! `ROWS_PER_PASS` activation rows and unpack each block once for all of them; with fewer
+//! activation rows (one sequence, the tail of a batch) the AVX-512 kernel takes up to
+//! `ROW_GROUP` weight rows at once instead, so each block of x is loaded once for them.
 //!
 //! Follows ggml's `ggml_vec_dot_q4_1_q8_1` and `ggml_vec_dot_q8_0_q8_0`: activations are
 //! quantized per block of 32 to 8 bits (scale d, and s = d * sum(q)).
@@ -300,62 +302,83 @@ unsafe fn dot_rows_q8_0_avx2<const N: usize>(row: &[u8], xs: &[XRow], out: &mut 
     }
 }
 
-/// One Q4_1 weight row against `N` activation rows, two blocks a 512-bit register: the codes
-/// (0..15, the unsigned operand) meet x's signed codes in `vpdpbusd`, each i32 lane summing 4
-/// products, 8 lanes a block, scaled by d_w d_x. The minimums' term, sum over blocks of
-/// m_w s_x, is a dot product of its own: m_w of 16 blocks gathered, then one FMA per row.
+/// `R` consecutive Q4_1 weight rows (`rows`, `R * row_bytes` bytes) against `N` activation
+/// rows, two blocks a 512-bit register: the codes (0..15, the unsigned operand) meet x's signed
+/// codes in `vpdpbusd`, each i32 lane summing 4 products, 8 lanes a block, scaled by d_w d_x.
+/// The minimums' term, sum over blocks of m_w s_x, is a dot product of its own: m_w of 16
+/// blocks gathered, then one FMA per row pair. Each block of x is loaded once for the `R`
+/// weight rows and each block of w unpacked once for the `N` activation rows; (R, N) are
+/// constants so the 2 R N accumulators stay in registers. Every (weight row, activation row)
+/// sum is formed in the same order whatever R and N are, so a product's bits do not depend on
+/// the batch.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_rows_q4_1_vnni<const N: usize>(row: &[u8], xs: &[XRow], out: &mut [f32]) {
+unsafe fn dot_rows_q4_1_vnni<const R: usize, const N: usize>(
+    rows: &[u8],
+    xs: &[XRow],
+    out: &mut [[f32; N]; R],
+) {
     use std::arch::x86_64::*;
-    debug_assert!(xs.len() == N && out.len() == N);
+    let row_bytes = rows.len() / R;
+    debug_assert!(xs.len() == N && row_bytes * R == rows.len());
     let mask = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm512_setzero_ps(); N];
-    let mut acc_min = [_mm512_setzero_ps(); N];
-    let blocks = row.len() / 20;
-    // m_w of the blocks from `group` on, flushed into `acc_min` every 16 blocks.
-    let mut mins = [0f32; 16];
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
+    let mut acc_min = [[_mm512_setzero_ps(); N]; R];
+    let blocks = row_bytes / 20;
+    // m_w of each row's blocks from `group` on, flushed into `acc_min` every 16 blocks.
+    let mut mins = [[0f32; 16]; R];
     let mut group = 0;
-    let flush = |mins: &mut [f32; 16], group: usize, upto: usize, acc_min: &mut [__m512; N]| {
-        let lanes: __mmask16 = ((1u32 << (upto - group)) - 1) as __mmask16;
-        let mw = _mm512_loadu_ps(mins.as_ptr());
-        for (i, am) in acc_min.iter_mut().enumerate() {
-            let sx = _mm512_maskz_loadu_ps(lanes, xs.get_unchecked(i).s.as_ptr().add(group));
-            *am = _mm512_fmadd_ps(mw, sx, *am);
-        }
-        *mins = [0f32; 16];
-    };
+    let flush =
+        |mins: &mut [[f32; 16]; R], group: usize, upto: usize, acc_min: &mut [[__m512; N]; R]| {
+            let lanes: __mmask16 = ((1u32 << (upto - group)) - 1) as __mmask16;
+            for i in 0..N {
+                let sx = _mm512_maskz_loadu_ps(lanes, xs.get_unchecked(i).s.as_ptr().add(group));
+                for r in 0..R {
+                    let mw = _mm512_loadu_ps(mins.get_unchecked(r).as_ptr());
+                    let am = acc_min.get_unchecked_mut(r).get_unchecked_mut(i);
+                    *am = _mm512_fmadd_ps(mw, sx, *am);
+                }
+            }
+            *mins = [[0f32; 16]; R];
+        };
     let mut bi = 0;
     while bi + 2 <= blocks {
-        let b0 = row.as_ptr().add(bi * 20);
-        let b1 = b0.add(20);
-        // (block 0's codes | block 1's codes) -> (lo 0 | lo 1), (hi 0 | hi 1) -> lo 0, hi 0, lo 1, hi 1
-        let codes = _mm256_set_m128i(
-            _mm_loadu_si128(b1.add(4) as *const __m128i),
-            _mm_loadu_si128(b0.add(4) as *const __m128i),
-        );
-        let lo = _mm256_and_si256(codes, mask);
-        let hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), mask);
-        let w = _mm512_shuffle_i64x2(
-            _mm512_castsi256_si512(lo),
-            _mm512_castsi256_si512(hi),
-            0b01_00_01_00,
-        ); // (lo 0, lo 1, hi 0, hi 1)
-        let w = _mm512_shuffle_i64x2(w, w, 0b11_01_10_00); // (lo 0, hi 0, lo 1, hi 1)
-        let dw = _mm512_mask_blend_ps(
-            0xFF00,
-            _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b0, 2))),
-            _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b1, 2))),
-        );
-        mins[bi - group] = f16_at_f16c(std::slice::from_raw_parts(b0.add(2), 2));
-        mins[bi + 1 - group] = f16_at_f16c(std::slice::from_raw_parts(b1.add(2), 2));
+        let mut w = [_mm512_setzero_si512(); R];
+        let mut dw = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            let b0 = rows.as_ptr().add(r * row_bytes + bi * 20);
+            let b1 = b0.add(20);
+            // (block 0's codes | block 1's codes) -> (lo 0 | lo 1), (hi 0 | hi 1) -> lo 0, hi 0, lo 1, hi 1
+            let codes = _mm256_set_m128i(
+                _mm_loadu_si128(b1.add(4) as *const __m128i),
+                _mm_loadu_si128(b0.add(4) as *const __m128i),
+            );
+            let lo = _mm256_and_si256(codes, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), mask);
+            let wr = _mm512_shuffle_i64x2(
+                _mm512_castsi256_si512(lo),
+                _mm512_castsi256_si512(hi),
+                0b01_00_01_00,
+            ); // (lo 0, lo 1, hi 0, hi 1)
+            w[r] = _mm512_shuffle_i64x2(wr, wr, 0b11_01_10_00); // (lo 0, hi 0, lo 1, hi 1)
+            dw[r] = _mm512_mask_blend_ps(
+                0xFF00,
+                _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b0, 2))),
+                _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b1, 2))),
+            );
+            let m = mins.get_unchecked_mut(r);
+            m[bi - group] = f16_at_f16c(std::slice::from_raw_parts(b0.add(2), 2));
+            m[bi + 1 - group] = f16_at_f16c(std::slice::from_raw_parts(b1.add(2), 2));
+        }
         for i in 0..N {
             let x = xs.get_unchecked(i);
             let xq = _mm512_loadu_si512(x.q.as_ptr().add(bi * BLOCK) as *const _);
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xq);
             let dx = _mm512_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
-            let a = acc.get_unchecked_mut(i);
-            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *a);
+            for r in 0..R {
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r], xq);
+                let a = acc.get_unchecked_mut(r).get_unchecked_mut(i);
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[r], dx), *a);
+            }
         }
         bi += 2;
         if bi - group == 16 {
@@ -363,141 +386,238 @@ unsafe fn dot_rows_q4_1_vnni<const N: usize>(row: &[u8], xs: &[XRow], out: &mut 
             group = bi;
         }
     }
-    let mut tail = [0f32; N];
+    let mut tail = [[0f32; N]; R];
     if bi < blocks {
         // An odd last block, 256 bits wide, the same arithmetic per lane.
-        let b = row.as_ptr().add(bi * 20);
-        let codes = _mm_loadu_si128(b.add(4) as *const __m128i);
         let mask = _mm256_castsi256_si128(mask);
-        let lo = _mm_and_si128(codes, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(codes, 4), mask);
-        let w = _mm256_set_m128i(hi, lo);
-        let dw = _mm256_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b, 2)));
-        mins[bi - group] = f16_at_f16c(std::slice::from_raw_parts(b.add(2), 2));
-        for (i, t) in tail.iter_mut().enumerate() {
-            let x = xs.get_unchecked(i);
-            let xq = _mm256_loadu_si256(x.q.as_ptr().add(bi * BLOCK) as *const __m256i);
-            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xq);
-            let dx = _mm256_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
-            *t = hsum(_mm256_mul_ps(
-                _mm256_cvtepi32_ps(dot),
-                _mm256_mul_ps(dw, dx),
-            ));
+        for r in 0..R {
+            let b = rows.as_ptr().add(r * row_bytes + bi * 20);
+            let codes = _mm_loadu_si128(b.add(4) as *const __m128i);
+            let lo = _mm_and_si128(codes, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(codes, 4), mask);
+            let w = _mm256_set_m128i(hi, lo);
+            let dw = _mm256_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b, 2)));
+            mins[r][bi - group] = f16_at_f16c(std::slice::from_raw_parts(b.add(2), 2));
+            for (i, t) in tail[r].iter_mut().enumerate() {
+                let x = xs.get_unchecked(i);
+                let xq = _mm256_loadu_si256(x.q.as_ptr().add(bi * BLOCK) as *const __m256i);
+                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xq);
+                let dx = _mm256_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
+                *t = hsum(_mm256_mul_ps(
+                    _mm256_cvtepi32_ps(dot),
+                    _mm256_mul_ps(dw, dx),
+                ));
+            }
         }
         bi += 1;
     }
     if bi > group {
         flush(&mut mins, group, bi, &mut acc_min);
     }
-    for i in 0..N {
-        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], acc_min[i])) + tail[i];
+    for r in 0..R {
+        for i in 0..N {
+            out[r][i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i], acc_min[r][i])) + tail[r][i];
+        }
     }
 }
 
-/// One Q8_0 weight row against `N` activation rows, two blocks a 512-bit register. `vpdpbusd`
-/// multiplies unsigned by signed bytes, so x enters as x + 128 (`XRow::u`) and each lane starts
-/// from -128 sum(w) of its 4 weights, computed once per block pair for all rows.
+/// `R` consecutive Q8_0 weight rows against `N` activation rows, two blocks a 512-bit register.
+/// `vpdpbusd` multiplies unsigned by signed bytes, so x enters as x + 128 (`XRow::u`) and each
+/// lane starts from -128 sum(w) of its 4 weights, computed once per block pair for all rows;
+/// as in the Q4_1 kernel, x is loaded once for the `R` weight rows and the bits of each
+/// product do not depend on (R, N).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_rows_q8_0_vnni<const N: usize>(row: &[u8], xs: &[XRow], out: &mut [f32]) {
+unsafe fn dot_rows_q8_0_vnni<const R: usize, const N: usize>(
+    rows: &[u8],
+    xs: &[XRow],
+    out: &mut [[f32; N]; R],
+) {
     use std::arch::x86_64::*;
-    debug_assert!(xs.len() == N && out.len() == N);
-    let mut acc = [_mm512_setzero_ps(); N];
-    let blocks = row.len() / 34;
+    let row_bytes = rows.len() / R;
+    debug_assert!(xs.len() == N && row_bytes * R == rows.len());
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
+    let blocks = row_bytes / 34;
     let mut bi = 0;
     while bi + 2 <= blocks {
-        let b0 = row.as_ptr().add(bi * 34);
-        let b1 = b0.add(34);
-        let w = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(2) as *const __m256i)),
-            _mm256_loadu_si256(b1.add(2) as *const __m256i),
-            1,
-        );
-        let start = _mm512_sub_epi32(
-            _mm512_setzero_si512(),
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w),
-        );
-        let dw = _mm512_mask_blend_ps(
-            0xFF00,
-            _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b0, 2))),
-            _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b1, 2))),
-        );
+        let mut w = [_mm512_setzero_si512(); R];
+        let mut start = [_mm512_setzero_si512(); R];
+        let mut dw = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            let b0 = rows.as_ptr().add(r * row_bytes + bi * 34);
+            let b1 = b0.add(34);
+            w[r] = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(2) as *const __m256i)),
+                _mm256_loadu_si256(b1.add(2) as *const __m256i),
+                1,
+            );
+            start[r] = _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w[r]),
+            );
+            dw[r] = _mm512_mask_blend_ps(
+                0xFF00,
+                _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b0, 2))),
+                _mm512_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b1, 2))),
+            );
+        }
         for i in 0..N {
             let x = xs.get_unchecked(i);
             let xu = _mm512_loadu_si512(x.u.as_ptr().add(bi * BLOCK) as *const _);
-            let dot = _mm512_dpbusd_epi32(start, xu, w);
             let dx = _mm512_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
-            let a = acc.get_unchecked_mut(i);
-            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *a);
+            for r in 0..R {
+                let dot = _mm512_dpbusd_epi32(start[r], xu, w[r]);
+                let a = acc.get_unchecked_mut(r).get_unchecked_mut(i);
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[r], dx), *a);
+            }
         }
         bi += 2;
     }
-    let mut tail = [0f32; N];
+    let mut tail = [[0f32; N]; R];
     if bi < blocks {
-        let b = row.as_ptr().add(bi * 34);
-        let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
-        let start = _mm256_sub_epi32(
-            _mm256_setzero_si256(),
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), w),
-        );
-        let dw = _mm256_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b, 2)));
-        for i in 0..N {
-            let x = xs.get_unchecked(i);
-            let xu = _mm256_loadu_si256(x.u.as_ptr().add(bi * BLOCK) as *const __m256i);
-            let dot = _mm256_dpbusd_epi32(start, xu, w);
-            let dx = _mm256_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
-            tail[i] = hsum(_mm256_mul_ps(
-                _mm256_cvtepi32_ps(dot),
-                _mm256_mul_ps(dw, dx),
-            ));
+        for (r, tail) in tail.iter_mut().enumerate() {
+            let b = rows.as_ptr().add(r * row_bytes + bi * 34);
+            let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+            let start = _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), w),
+            );
+            let dw = _mm256_set1_ps(f16_at_f16c(std::slice::from_raw_parts(b, 2)));
+            for (i, t) in tail.iter_mut().enumerate() {
+                let x = xs.get_unchecked(i);
+                let xu = _mm256_loadu_si256(x.u.as_ptr().add(bi * BLOCK) as *const __m256i);
+                let dot = _mm256_dpbusd_epi32(start, xu, w);
+                let dx = _mm256_loadu_ps(x.d_lanes.as_ptr().add(bi * 8));
+                *t = hsum(_mm256_mul_ps(
+                    _mm256_cvtepi32_ps(dot),
+                    _mm256_mul_ps(dw, dx),
+                ));
+            }
         }
     }
-    for i in 0..N {
-        out[i] = _mm512_reduce_add_ps(acc[i]) + tail[i];
+    for r in 0..R {
+        for i in 0..N {
+            out[r][i] = _mm512_reduce_add_ps(acc[r][i]) + tail[r][i];
+        }
     }
 }
 
-/// Dot products of one weight row with every activation row, into `out` (m,), on `kernel`
-/// (which the caller has checked this CPU runs).
-fn dot_rows(format: BlockFormat, row: &[u8], xs: &[XRow], out: &mut [f32], kernel: QKernel) {
+/// Weight rows a task takes together: the AVX-512 kernel reads each block of x once for up to
+/// this many of them when few sequences decode.
+const ROW_GROUP: usize = 4;
+
+/// Dot products of `g` consecutive weight rows (`rows`, `g` rows of equal length) with every
+/// activation row, into `out` ((g, m) row-major), on `kernel` (which the caller has checked
+/// this CPU runs).
+fn dot_rows(
+    format: BlockFormat,
+    rows: &[u8],
+    g: usize,
+    xs: &[XRow],
+    out: &mut [f32],
+    kernel: QKernel,
+) {
+    let m = xs.len();
+    let row_bytes = rows.len() / g;
     #[cfg(target_arch = "x86_64")]
-    if kernel != QKernel::Portable {
-        // SAFETY (every call): `kernel` is one of `QKernel::available()`, which `best()` bounds: on this CPU and OS;
-        // every activation row has as many blocks as the weight row (and, for the AVX-512
-        // kernel, its lanes); slice lengths equal N.
-        let pass = |x: &[XRow], o: &mut [f32]| unsafe {
-            use BlockFormat::*;
-            use QKernel::*;
-            const P: usize = ROWS_PER_PASS;
-            match (kernel, format, x.len()) {
-                (Avx512Vnni, Q4_1, P) => dot_rows_q4_1_vnni::<P>(row, x, o),
-                (Avx512Vnni, Q4_1, _) => dot_rows_q4_1_vnni::<1>(row, x, o),
-                (Avx512Vnni, Q8_0, P) => dot_rows_q8_0_vnni::<P>(row, x, o),
-                (Avx512Vnni, Q8_0, _) => dot_rows_q8_0_vnni::<1>(row, x, o),
-                (_, Q4_1, P) => dot_rows_q4_1_avx2::<P>(row, x, o),
-                (_, Q4_1, _) => dot_rows_q4_1_avx2::<1>(row, x, o),
-                (_, Q8_0, P) => dot_rows_q8_0_avx2::<P>(row, x, o),
-                (_, Q8_0, _) => dot_rows_q8_0_avx2::<1>(row, x, o),
+    if kernel == QKernel::Avx512Vnni {
+        // Passes of 8 activation rows, then what is left as 4, 2 and 1.
+        let mut i0 = 0;
+        while i0 < m {
+            let n = [ROWS_PER_PASS, 4, 2, 1]
+                .into_iter()
+                .find(|&n| n <= m - i0)
+                .unwrap();
+            let x = &xs[i0..i0 + n];
+            // Weight rows at once for n activation rows: R n accumulators (twice that for
+            // Q4_1's minimums) and R unpacked blocks within the 32 vector registers.
+            let r = if g < ROW_GROUP {
+                1
+            } else {
+                (ROW_GROUP * 2 / n).clamp(1, ROW_GROUP)
+            };
+            let mut first = 0;
+            while first < g {
+                let r = if first + r <= g { r } else { 1 };
+                let w = &rows[first * row_bytes..(first + r) * row_bytes];
+                let o = &mut out[first * m..];
+                // SAFETY: `kernel` is one of `QKernel::available()`, on this CPU and OS; every
+                // activation row has as many blocks as a weight row, and its lanes.
+                unsafe {
+                    match (r, n) {
+                        (1, 8) => vnni_pass::<1, 8>(format, w, x, o, m, i0),
+                        (1, 4) => vnni_pass::<1, 4>(format, w, x, o, m, i0),
+                        (2, 4) => vnni_pass::<2, 4>(format, w, x, o, m, i0),
+                        (1, 2) => vnni_pass::<1, 2>(format, w, x, o, m, i0),
+                        (4, 2) => vnni_pass::<4, 2>(format, w, x, o, m, i0),
+                        (1, 1) => vnni_pass::<1, 1>(format, w, x, o, m, i0),
+                        (4, 1) => vnni_pass::<4, 1>(format, w, x, o, m, i0),
+                        _ => unreachable!("no AVX-512 pass of {r} weight rows by {n}"),
+                    }
+                }
+                first += r;
             }
-        };
-        let full = xs.len() / ROWS_PER_PASS * ROWS_PER_PASS;
-        for (x, o) in xs[..full]
-            .chunks(ROWS_PER_PASS)
-            .zip(out[..full].chunks_mut(ROWS_PER_PASS))
-        {
-            pass(x, o);
-        }
-        for (x, o) in xs[full..].chunks(1).zip(out[full..].chunks_mut(1)) {
-            pass(x, o);
+            i0 += n;
         }
         return;
     }
-    let dot = match format {
-        BlockFormat::Q4_1 => dot_scalar_q4_1,
-        BlockFormat::Q8_0 => dot_scalar_q8_0,
-    };
-    for (o, x) in out.iter_mut().zip(xs) {
-        *o = dot(row, x);
+    for (j, row) in rows.chunks_exact(row_bytes).enumerate() {
+        let out = &mut out[j * m..(j + 1) * m];
+        #[cfg(target_arch = "x86_64")]
+        if kernel == QKernel::Avx2 {
+            // SAFETY (every call): AVX2 is available on this CPU and OS; every activation row
+            // has as many blocks as the weight row; slice lengths equal N.
+            let pass = |x: &[XRow], o: &mut [f32]| unsafe {
+                use BlockFormat::*;
+                const P: usize = ROWS_PER_PASS;
+                match (format, x.len()) {
+                    (Q4_1, P) => dot_rows_q4_1_avx2::<P>(row, x, o),
+                    (Q4_1, _) => dot_rows_q4_1_avx2::<1>(row, x, o),
+                    (Q8_0, P) => dot_rows_q8_0_avx2::<P>(row, x, o),
+                    (Q8_0, _) => dot_rows_q8_0_avx2::<1>(row, x, o),
+                }
+            };
+            let full = m / ROWS_PER_PASS * ROWS_PER_PASS;
+            for (x, o) in xs[..full]
+                .chunks(ROWS_PER_PASS)
+                .zip(out[..full].chunks_mut(ROWS_PER_PASS))
+            {
+                pass(x, o);
+            }
+            for (x, o) in xs[full..].chunks(1).zip(out[full..].chunks_mut(1)) {
+                pass(x, o);
+            }
+            continue;
+        }
+        let dot = match format {
+            BlockFormat::Q4_1 => dot_scalar_q4_1,
+            BlockFormat::Q8_0 => dot_scalar_q8_0,
+        };
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = dot(row, x);
+        }
+    }
+}
+
+/// One AVX-512 pass: `R` weight rows (`rows`) by the `N` activation rows `xs`, written into
+/// `out` ((R, m) row-major) at columns `i0..i0 + N`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn vnni_pass<const R: usize, const N: usize>(
+    format: BlockFormat,
+    rows: &[u8],
+    xs: &[XRow],
+    out: &mut [f32],
+    m: usize,
+    i0: usize,
+) {
+    let mut o = [[0f32; N]; R];
+    match format {
+        BlockFormat::Q4_1 => dot_rows_q4_1_vnni::<R, N>(rows, xs, &mut o),
+        BlockFormat::Q8_0 => dot_rows_q8_0_vnni::<R, N>(rows, xs, &mut o),
+    }
+    for (r, o) in o.iter().enumerate() {
+        out[r * m + i0..r * m + i0 + N].copy_from_slice(o);
     }
 }
 
@@ -550,12 +670,15 @@ impl QuantMatrix {
         // candle's own worker pool, so our kernel and candle's never compete for the cores.
         candle_core::utils::barrier_pool().execute_chunked(self.n, |rows| {
             let out_ptr = &out_ptr;
-            for row in rows {
-                let w = &self.data[row * row_bytes..(row + 1) * row_bytes];
+            let mut row = rows.start;
+            while row < rows.end {
+                let g = ROW_GROUP.min(rows.end - row);
+                let w = &self.data[row * row_bytes..(row + g) * row_bytes];
                 // SAFETY: ranges of rows are disjoint across tasks, so each (row, ..) slice of
                 // `out_t` is written by exactly one thread; `out_t` outlives the call.
-                let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * m), m) };
-                dot_rows(self.format, w, &xq, out, kernel);
+                let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * m), g * m) };
+                dot_rows(self.format, w, g, &xq, out, kernel);
+                row += g;
             }
         });
         // (n, m) -> (m, n)
@@ -621,15 +744,17 @@ mod tests {
         have
     }
 
-    /// Both formats, every kernel, for one row and for a full pass of 8 plus 3, on an odd and
-    /// an even number of blocks (the AVX-512 kernel takes blocks in pairs, and Q4_1's minimums
+    /// Both formats, every kernel, for 1, 2, 3 and 5 rows and for a full pass of 8 plus 3
+    /// (every pass shape: 8, 4, 2 and 1 activation rows by 1, 2 and 4 weight rows, and a
+    /// group of fewer than 4 weight rows at the end of 41), on an odd and an even number of
+    /// blocks (the AVX-512 kernel takes blocks in pairs, and Q4_1's minimums
     /// 16 blocks at a time: 35 blocks is two groups and a last odd block), against candle's
     /// dequantized weights times the activations as the kernel quantizes them (q * d), in
     /// f64; what remains is f32 rounding.
     #[test]
     fn every_kernel_equals_the_dequantized_product() {
         let dev = Device::Cpu;
-        let (n, m) = (40, 11);
+        let (n, m) = (41, 11);
         for k in [96, 128, 35 * BLOCK] {
             let w = Tensor::from_vec(values(n * k, 1), (n, k), &dev).unwrap();
             let xs = values(m * k, 2);
@@ -650,7 +775,7 @@ mod tests {
                 let wd = q.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
                 let mat = QuantMatrix::new(format, q.data().unwrap().into_owned(), n, k).unwrap();
                 for kernel in kernels() {
-                    for rows in [1, m] {
+                    for rows in [1, 2, 3, 5, m] {
                         let got = mat.compute(&xs[..rows * k], rows, kernel);
                         for i in 0..rows {
                             for j in 0..n {
@@ -670,12 +795,12 @@ mod tests {
         }
     }
 
-    /// A row's product does not depend on the rows beside it (passes of 8 against single
-    /// rows), bit for bit: what keeps batched generation equal to one sequence's.
+    /// A row's product does not depend on the rows beside it (passes of 8, 4, 2 and 1, by 1, 2
+    /// or 4 weight rows), bit for bit: what keeps batched generation equal to one sequence's.
     #[test]
     fn a_row_gives_the_same_bits_in_any_batch() {
         let dev = Device::Cpu;
-        let (n, m) = (24, 11);
+        let (n, m) = (26, 11);
         for k in [64, 96, 35 * BLOCK] {
             let w = Tensor::from_vec(values(n * k, 3), (n, k), &dev).unwrap();
             let xs = values(m * k, 4);
@@ -690,6 +815,15 @@ mod tests {
                             one,
                             all[i * n..(i + 1) * n],
                             "{dtype:?} {} k={k} row {i}",
+                            kernel.name()
+                        );
+                    }
+                    for rows in [2, 3, 6] {
+                        let some = mat.compute(&xs[..rows * k], rows, kernel);
+                        assert_eq!(
+                            some,
+                            all[..rows * n],
+                            "{dtype:?} {} k={k} first {rows} rows",
                             kernel.name()
                         );
                     }
