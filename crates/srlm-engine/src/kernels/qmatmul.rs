@@ -660,35 +660,105 @@ impl QuantMatrix {
     }
 
     fn compute(&self, x: &[f32], m: usize, kernel: QKernel) -> Vec<f32> {
-        let row_bytes = self.k / BLOCK * self.format.block_bytes();
-        let xq: Vec<XRow> = x
-            .chunks_exact(self.k)
-            .map(|r| quantize_row(r, kernel))
-            .collect();
-        let mut out_t = vec![0f32; self.n * m]; // (n, m): each range of weight rows is one task's
-        let out_ptr = SendPtr(out_t.as_mut_ptr());
-        // candle's own worker pool, so our kernel and candle's never compete for the cores.
-        candle_core::utils::barrier_pool().execute_chunked(self.n, |rows| {
-            let out_ptr = &out_ptr;
-            let mut row = rows.start;
-            while row < rows.end {
-                let g = ROW_GROUP.min(rows.end - row);
-                let w = &self.data[row * row_bytes..(row + g) * row_bytes];
+        product(std::slice::from_ref(self), x, m, kernel)
+    }
+}
+
+/// `x` (m, k) times every part's (n_j, k) weights, side by side: (m, sum n_j). The activations
+/// are quantized once, and the parts' rows are shared among the threads as one range (in
+/// groups of up to `ROW_GROUP` rows of one part), in one dispatch of the pool.
+fn product(parts: &[QuantMatrix], x: &[f32], m: usize, kernel: QKernel) -> Vec<f32> {
+    let (format, k) = (parts[0].format, parts[0].k);
+    debug_assert!(parts.iter().all(|p| p.format == format && p.k == k));
+    let row_bytes = k / BLOCK * format.block_bytes();
+    let n: usize = parts.iter().map(|p| p.n).sum();
+    let xq: Vec<XRow> = x.chunks_exact(k).map(|r| quantize_row(r, kernel)).collect();
+    let mut out_t = vec![0f32; n * m]; // (n, m): each range of weight rows is one task's
+    let out_ptr = SendPtr(out_t.as_mut_ptr());
+    // candle's own worker pool, so our kernel and candle's never compete for the cores.
+    candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
+        let out_ptr = &out_ptr;
+        let mut first = 0; // the part's first row in (n, m)
+        for part in parts {
+            let (lo, hi) = (rows.start.max(first), rows.end.min(first + part.n));
+            let mut row = lo;
+            while row < hi {
+                let g = ROW_GROUP.min(hi - row);
+                let w = &part.data[(row - first) * row_bytes..(row - first + g) * row_bytes];
                 // SAFETY: ranges of rows are disjoint across tasks, so each (row, ..) slice of
                 // `out_t` is written by exactly one thread; `out_t` outlives the call.
                 let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * m), g * m) };
-                dot_rows(self.format, w, g, &xq, out, kernel);
+                dot_rows(format, w, g, &xq, out, kernel);
                 row += g;
             }
-        });
-        // (n, m) -> (m, n)
-        let mut out = vec![0f32; m * self.n];
-        for (r, col) in out_t.chunks_exact(m).enumerate() {
-            for (i, &v) in col.iter().enumerate() {
-                out[i * self.n + r] = v;
-            }
+            first += part.n;
         }
-        out
+    });
+    // (n, m) -> (m, n)
+    let mut out = vec![0f32; m * n];
+    for (r, col) in out_t.chunks_exact(m).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            out[i * n + r] = v;
+        }
+    }
+    out
+}
+
+/// Matrices of one format and width that multiply the same activations (a layer's q, k and v
+/// projections; its gate and up), as one product: one quantization of x and one dispatch of
+/// the pool instead of one each, which is what a decode step of a small model spends much of
+/// its time on. Each part's result is the bits its own `QuantMatrix::forward` gives.
+#[derive(Debug, Clone)]
+pub struct QuantMatrices(Vec<QuantMatrix>);
+
+impl QuantMatrices {
+    /// The parts (each shares its blocks, no copy), or `None` unless there are some and all
+    /// have the same format and width.
+    pub fn new(parts: Vec<QuantMatrix>) -> Option<Self> {
+        let first = parts.first()?;
+        let same = parts
+            .iter()
+            .all(|p| p.format == first.format && p.k == first.k);
+        same.then_some(Self(parts))
+    }
+
+    /// `x`: (m, k) -> one (m, n_j) per part
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let y = x.contiguous()?.apply_op1_no_bwd(self)?; // (m, sum n_j)
+        let mut first = 0;
+        self.0
+            .iter()
+            .map(|p| {
+                let part = y.narrow(1, first, p.n)?.contiguous();
+                first += p.n;
+                part
+            })
+            .collect()
+    }
+}
+
+impl CustomOp1 for QuantMatrices {
+    fn name(&self) -> &'static str {
+        "quant-matmuls"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = layout.shape().dims2()?;
+        let (want, n) = (self.0[0].k, self.0.iter().map(|p| p.n).sum::<usize>());
+        if k != want {
+            candle_core::bail!(
+                "{}: input has {k} columns, the matrices {want}",
+                self.name()
+            );
+        }
+        let x = match storage {
+            CpuStorage::F32(v) => &v[layout.start_offset()..layout.start_offset() + m * k],
+            _ => candle_core::bail!("{} takes f32 input", self.name()),
+        };
+        Ok((
+            CpuStorage::F32(product(&self.0, x, m, QKernel::chosen())),
+            Shape::from((m, n)),
+        ))
     }
 }
 
@@ -830,6 +900,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Matrices multiplied together (`QuantMatrices`: one range of rows over all of them, groups
+    /// cut at each part's end) give each part's own product, bit for bit, for one sequence and
+    /// for a batch; parts that differ in format or width are refused.
+    #[test]
+    fn matrices_together_give_each_ones_bits() {
+        let dev = Device::Cpu;
+        let k = 3 * BLOCK;
+        let xs = values(11 * k, 5);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let parts: Vec<QuantMatrix> = [(37, 6), (10, 7), (3, 8)]
+                .into_iter()
+                .map(|(n, seed)| {
+                    let w = Tensor::from_vec(values(n * k, seed), (n, k), &dev).unwrap();
+                    let q = QTensor::quantize(&w, dtype).unwrap();
+                    QuantMatrix::from_qtensor(&q).unwrap().unwrap()
+                })
+                .collect();
+            let group = QuantMatrices::new(parts.clone()).unwrap();
+            for m in [1, 3, 11] {
+                let x = Tensor::from_vec(xs[..m * k].to_vec(), (m, k), &dev).unwrap();
+                let together = group.forward(&x).unwrap();
+                for (p, t) in parts.iter().zip(&together) {
+                    let alone = p.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+                    assert_eq!(t.to_vec2::<f32>().unwrap(), alone, "{dtype:?} m={m}");
+                }
+            }
+        }
+        let w = Tensor::from_vec(values(4 * 2 * BLOCK, 9), (4, 2 * BLOCK), &dev).unwrap();
+        let narrow = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let narrow = QuantMatrix::from_qtensor(&narrow).unwrap().unwrap();
+        let w = Tensor::from_vec(values(4 * k, 9), (4, k), &dev).unwrap();
+        let q8 = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let q4 = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let (q8, q4) = (
+            QuantMatrix::from_qtensor(&q8).unwrap().unwrap(),
+            QuantMatrix::from_qtensor(&q4).unwrap().unwrap(),
+        );
+        assert!(QuantMatrices::new(vec![q4.clone(), q8]).is_none());
+        assert!(QuantMatrices::new(vec![q4, narrow]).is_none());
+        assert!(QuantMatrices::new(vec![]).is_none());
     }
 
     /// A weight of -128 (|w| = 128 as an unsigned byte) against activations of ±127: the

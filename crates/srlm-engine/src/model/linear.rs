@@ -178,6 +178,63 @@ impl Linear {
         }
     }
 
+    /// `forward_split` of several projections of the same `x` (a layer's q, k and v; its gate
+    /// and up). Where all of them read srlm's quantized blocks for the rows that take those,
+    /// the rows go through one `QuantMatrices` product (one quantization of x, one dispatch of
+    /// the thread pool); each result is the bits its own `forward_split` gives.
+    pub fn forward_split_many(
+        linears: &[&Linear],
+        x: &Tensor,
+        q_rows: Option<usize>,
+    ) -> Result<Vec<Tensor>> {
+        let n = x.dim(0)?;
+        let blocks = |l: &Linear| match l {
+            Linear::Quant {
+                w: Quantized::Blocks(m),
+                ..
+            } => Some((m.clone(), n)),
+            Linear::Mixed {
+                q: Quantized::Blocks(m),
+                ..
+            } => q_rows.map(|r| (m.clone(), r.min(n))),
+            _ => None,
+        };
+        let parts: Option<Vec<_>> = linears.iter().map(|l| blocks(l)).collect();
+        let fused = parts.and_then(|parts| {
+            let top = parts[0].1;
+            let same_top = parts.iter().all(|(_, t)| *t == top);
+            let group =
+                crate::qmatmul::QuantMatrices::new(parts.into_iter().map(|p| p.0).collect());
+            group.filter(|_| same_top && top > 0).map(|g| (g, top))
+        });
+        let Some((group, top)) = fused else {
+            return linears.iter().map(|l| l.forward_split(x, q_rows)).collect();
+        };
+        let tops = group.forward(&x.narrow(0, 0, top)?)?;
+        linears
+            .iter()
+            .zip(tops)
+            .map(|(l, y)| {
+                let (dense, b) = match l {
+                    Linear::Mixed { dense, b, .. } => (Some(dense), b),
+                    Linear::Quant { b, .. } => (None, b),
+                    _ => unreachable!("only quantized projections are fused"),
+                };
+                let y = match dense {
+                    Some(dense) if top < n => {
+                        let rest = dense.matmul_t(&x.narrow(0, top, n - top)?)?;
+                        Tensor::cat(&[y, rest], 0)?
+                    }
+                    _ => y,
+                };
+                match b {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            })
+            .collect()
+    }
+
     /// `x`: (n, in) -> (n, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Linear::Lora {

@@ -101,18 +101,13 @@ impl Attention {
         q_rows: Option<usize>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let n = x.dim(0)?;
-        let q = self
-            .q_proj
-            .forward_split(x, q_rows)?
-            .reshape((n, self.n_heads, self.head_dim))?;
-        let k =
-            self.k_proj
-                .forward_split(x, q_rows)?
-                .reshape((n, self.n_kv_heads, self.head_dim))?;
-        let v =
-            self.v_proj
-                .forward_split(x, q_rows)?
-                .reshape((n, self.n_kv_heads, self.head_dim))?;
+        let [q, k, v]: [Tensor; 3] =
+            Linear::forward_split_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x, q_rows)?
+                .try_into()
+                .expect("three projections");
+        let q = q.reshape((n, self.n_heads, self.head_dim))?;
+        let k = k.reshape((n, self.n_kv_heads, self.head_dim))?;
+        let v = v.reshape((n, self.n_kv_heads, self.head_dim))?;
         let q = rope.apply(&q, positions, ops)?;
         let k = rope.apply(&k, positions, ops)?;
         Ok((q, k, v))
@@ -304,8 +299,10 @@ struct Mlp {
 impl Mlp {
     /// `x`: (n, hidden) -> (n, hidden) (`q_rows`: see `Linear::forward_split`)
     fn forward(&self, x: &Tensor, ops: Ops, q_rows: Option<usize>) -> Result<Tensor> {
-        let gate = self.gate_proj.forward_split(x, q_rows)?;
-        let up = self.up_proj.forward_split(x, q_rows)?;
+        let [gate, up]: [Tensor; 2] =
+            Linear::forward_split_many(&[&self.gate_proj, &self.up_proj], x, q_rows)?
+                .try_into()
+                .expect("two projections");
         let h = match ops {
             Ops::Fused => (gate.silu()? * up)?,
             Ops::Differentiable => crate::autograd::swiglu(&gate, &up)?,
