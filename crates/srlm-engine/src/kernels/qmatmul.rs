@@ -3,8 +3,8 @@
 //! per activation row (16 times for 16 sequences, 30 MB each for SmolLM2's tied head); decoding
 //! is bound by memory traffic, so these kernels read each weight row once for up to
 //! `ROWS_PER_PASS` activation rows and unpack each block once for all of them; with fewer
-//! activation rows (one sequence, the tail of a batch) the AVX-512 kernel takes up to
-//! `ROW_GROUP` weight rows at once instead, so each block of x is loaded once for them.
+//! activation rows (one sequence, the tail of a batch) they take up to `ROW_GROUP` weight rows
+//! at once instead, so each block of x is loaded once for them.
 //!
 //! Follows ggml's `ggml_vec_dot_q4_1_q8_1` and `ggml_vec_dot_q8_0_q8_0`: activations are
 //! quantized per block of 32 to 8 bits (scale d, and s = d * sum(q)).
@@ -232,73 +232,100 @@ unsafe fn hsum(a: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// One Q4_1 weight row against `N` activation rows: each block's codes are unpacked once for
-/// all of them. `N` is a constant so the accumulators stay in registers (N = 1 for the decode
-/// of one sequence).
+/// `R` consecutive Q4_1 weight rows (`rows`, `R * row_bytes` bytes) against `N` activation
+/// rows: each block's codes are unpacked once for the `N` activation rows and each block of x
+/// loaded once for the `R` weight rows. (R, N) are constants so the accumulators stay in
+/// registers; every (weight row, activation row) sum is formed in the same order whatever they
+/// are, so a product's bits do not depend on the batch.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_q4_1_avx2<const N: usize>(row: &[u8], xs: &[XRow], out: &mut [f32]) {
+unsafe fn dot_rows_q4_1_avx2<const R: usize, const N: usize>(
+    rows: &[u8],
+    xs: &[XRow],
+    out: &mut [[f32; N]; R],
+) {
     use std::arch::x86_64::*;
+    let row_bytes = rows.len() / R;
+    debug_assert!(xs.len() == N && row_bytes * R == rows.len());
     let mask = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    debug_assert!(xs.len() == N && out.len() == N);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut mins = [0f32; N];
-    for (bi, b) in row.chunks_exact(20).enumerate() {
-        let d = f16_at_f16c(b);
-        let mn = f16_at_f16c(&b[2..]);
-        let codes = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
-        let lo = _mm_and_si128(codes, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(codes, 4), mask);
-        let w = _mm256_set_m128i(hi, lo);
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let mut mins = [[0f32; N]; R];
+    for bi in 0..row_bytes / 20 {
+        let mut w = [_mm256_setzero_si256(); R];
+        let mut d = [0f32; R];
+        let mut mn = [0f32; R];
+        for r in 0..R {
+            let b = rows.as_ptr().add(r * row_bytes + bi * 20);
+            d[r] = f16_at_f16c(std::slice::from_raw_parts(b, 2));
+            mn[r] = f16_at_f16c(std::slice::from_raw_parts(b.add(2), 2));
+            let codes = _mm_loadu_si128(b.add(4) as *const __m128i);
+            let lo = _mm_and_si128(codes, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(codes, 4), mask);
+            w[r] = _mm256_set_m128i(hi, lo);
+        }
         for i in 0..N {
             let x = xs.get_unchecked(i);
             let xq = _mm256_loadu_si256(x.q.as_ptr().add(bi * BLOCK) as *const __m256i);
-            let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
-            let a = acc.get_unchecked_mut(i);
-            *a = _mm256_fmadd_ps(
-                _mm256_set1_ps(d * *x.d.get_unchecked(bi)),
-                _mm256_cvtepi32_ps(p32),
-                *a,
-            );
-            *mins.get_unchecked_mut(i) += mn * *x.s.get_unchecked(bi);
+            let (xd, xs_) = (*x.d.get_unchecked(bi), *x.s.get_unchecked(bi));
+            for r in 0..R {
+                let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w[r], xq), ones);
+                let a = acc.get_unchecked_mut(r).get_unchecked_mut(i);
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(d[r] * xd), _mm256_cvtepi32_ps(p32), *a);
+                *mins.get_unchecked_mut(r).get_unchecked_mut(i) += mn[r] * xs_;
+            }
         }
     }
-    for i in 0..N {
-        out[i] = hsum(acc[i]) + mins[i];
+    for r in 0..R {
+        for i in 0..N {
+            out[r][i] = hsum(acc[r][i]) + mins[r][i];
+        }
     }
 }
 
-/// One Q8_0 weight row against `N` activation rows: |q_w| and q_w's signs are taken once per
-/// block for all of them.
+/// `R` consecutive Q8_0 weight rows against `N` activation rows: |q_w| and q_w's signs are
+/// taken once per block for the `N` activation rows, x loaded once for the `R` weight rows;
+/// the bits of each product do not depend on (R, N).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_q8_0_avx2<const N: usize>(row: &[u8], xs: &[XRow], out: &mut [f32]) {
+unsafe fn dot_rows_q8_0_avx2<const R: usize, const N: usize>(
+    rows: &[u8],
+    xs: &[XRow],
+    out: &mut [[f32; N]; R],
+) {
     use std::arch::x86_64::*;
+    let row_bytes = rows.len() / R;
+    debug_assert!(xs.len() == N && row_bytes * R == rows.len());
     let ones = _mm256_set1_epi16(1);
-    debug_assert!(xs.len() == N && out.len() == N);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (bi, b) in row.chunks_exact(34).enumerate() {
-        let d = f16_at_f16c(b);
-        let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
-        let abs_w = _mm256_sign_epi8(w, w);
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    for bi in 0..row_bytes / 34 {
+        let mut w = [_mm256_setzero_si256(); R];
+        let mut abs_w = [_mm256_setzero_si256(); R];
+        let mut d = [0f32; R];
+        for r in 0..R {
+            let b = rows.as_ptr().add(r * row_bytes + bi * 34);
+            d[r] = f16_at_f16c(std::slice::from_raw_parts(b, 2));
+            w[r] = _mm256_loadu_si256(b.add(2) as *const __m256i);
+            abs_w[r] = _mm256_sign_epi8(w[r], w[r]);
+        }
         for i in 0..N {
             let x = xs.get_unchecked(i);
             let xq = _mm256_loadu_si256(x.q.as_ptr().add(bi * BLOCK) as *const __m256i);
-            // |w| (unsigned, at most 128) times x with w's sign: pairs sum to at most
-            // 2 * 128 * 127, within i16.
-            let p16 = _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(xq, w));
-            let p32 = _mm256_madd_epi16(p16, ones);
-            let a = acc.get_unchecked_mut(i);
-            *a = _mm256_fmadd_ps(
-                _mm256_set1_ps(d * *x.d.get_unchecked(bi)),
-                _mm256_cvtepi32_ps(p32),
-                *a,
-            );
+            let xd = *x.d.get_unchecked(bi);
+            for r in 0..R {
+                // |w| (unsigned, at most 128) times x with w's sign: pairs sum to at most
+                // 2 * 128 * 127, within i16.
+                let p16 = _mm256_maddubs_epi16(abs_w[r], _mm256_sign_epi8(xq, w[r]));
+                let p32 = _mm256_madd_epi16(p16, ones);
+                let a = acc.get_unchecked_mut(r).get_unchecked_mut(i);
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(d[r] * xd), _mm256_cvtepi32_ps(p32), *a);
+            }
         }
     }
-    for i in 0..N {
-        out[i] = hsum(acc[i]);
+    for r in 0..R {
+        for i in 0..N {
+            out[r][i] = hsum(acc[r][i]);
+        }
     }
 }
 
@@ -502,7 +529,7 @@ unsafe fn dot_rows_q8_0_vnni<const R: usize, const N: usize>(
     }
 }
 
-/// Weight rows a task takes together: the AVX-512 kernel reads each block of x once for up to
+/// Weight rows a task takes together: the SIMD kernels read each block of x once for up to
 /// this many of them when few sequences decode.
 const ROW_GROUP: usize = 4;
 
@@ -520,7 +547,7 @@ fn dot_rows(
     let m = xs.len();
     let row_bytes = rows.len() / g;
     #[cfg(target_arch = "x86_64")]
-    if kernel == QKernel::Avx512Vnni {
+    if kernel != QKernel::Portable {
         // Passes of 8 activation rows, then what is left as 4, 2 and 1.
         let mut i0 = 0;
         while i0 < m {
@@ -529,8 +556,8 @@ fn dot_rows(
                 .find(|&n| n <= m - i0)
                 .unwrap();
             let x = &xs[i0..i0 + n];
-            // Weight rows at once for n activation rows: R n accumulators (twice that for
-            // Q4_1's minimums) and R unpacked blocks within the 32 vector registers.
+            // Weight rows at once for n activation rows: R n accumulators and R unpacked
+            // blocks, within the vector registers.
             let r = if g < ROW_GROUP {
                 1
             } else {
@@ -542,17 +569,18 @@ fn dot_rows(
                 let w = &rows[first * row_bytes..(first + r) * row_bytes];
                 let o = &mut out[first * m..];
                 // SAFETY: `kernel` is one of `QKernel::available()`, on this CPU and OS; every
-                // activation row has as many blocks as a weight row, and its lanes.
+                // activation row has as many blocks as a weight row (and, for the AVX-512
+                // kernel, its lanes).
                 unsafe {
                     match (r, n) {
-                        (1, 8) => vnni_pass::<1, 8>(format, w, x, o, m, i0),
-                        (1, 4) => vnni_pass::<1, 4>(format, w, x, o, m, i0),
-                        (2, 4) => vnni_pass::<2, 4>(format, w, x, o, m, i0),
-                        (1, 2) => vnni_pass::<1, 2>(format, w, x, o, m, i0),
-                        (4, 2) => vnni_pass::<4, 2>(format, w, x, o, m, i0),
-                        (1, 1) => vnni_pass::<1, 1>(format, w, x, o, m, i0),
-                        (4, 1) => vnni_pass::<4, 1>(format, w, x, o, m, i0),
-                        _ => unreachable!("no AVX-512 pass of {r} weight rows by {n}"),
+                        (1, 8) => pass::<1, 8>(kernel, format, w, x, o, m, i0),
+                        (1, 4) => pass::<1, 4>(kernel, format, w, x, o, m, i0),
+                        (2, 4) => pass::<2, 4>(kernel, format, w, x, o, m, i0),
+                        (1, 2) => pass::<1, 2>(kernel, format, w, x, o, m, i0),
+                        (4, 2) => pass::<4, 2>(kernel, format, w, x, o, m, i0),
+                        (1, 1) => pass::<1, 1>(kernel, format, w, x, o, m, i0),
+                        (4, 1) => pass::<4, 1>(kernel, format, w, x, o, m, i0),
+                        _ => unreachable!("no pass of {r} weight rows by {n}"),
                     }
                 }
                 first += r;
@@ -561,49 +589,23 @@ fn dot_rows(
         }
         return;
     }
+    let dot = match format {
+        BlockFormat::Q4_1 => dot_scalar_q4_1,
+        BlockFormat::Q8_0 => dot_scalar_q8_0,
+    };
     for (j, row) in rows.chunks_exact(row_bytes).enumerate() {
-        let out = &mut out[j * m..(j + 1) * m];
-        #[cfg(target_arch = "x86_64")]
-        if kernel == QKernel::Avx2 {
-            // SAFETY (every call): AVX2 is available on this CPU and OS; every activation row
-            // has as many blocks as the weight row; slice lengths equal N.
-            let pass = |x: &[XRow], o: &mut [f32]| unsafe {
-                use BlockFormat::*;
-                const P: usize = ROWS_PER_PASS;
-                match (format, x.len()) {
-                    (Q4_1, P) => dot_rows_q4_1_avx2::<P>(row, x, o),
-                    (Q4_1, _) => dot_rows_q4_1_avx2::<1>(row, x, o),
-                    (Q8_0, P) => dot_rows_q8_0_avx2::<P>(row, x, o),
-                    (Q8_0, _) => dot_rows_q8_0_avx2::<1>(row, x, o),
-                }
-            };
-            let full = m / ROWS_PER_PASS * ROWS_PER_PASS;
-            for (x, o) in xs[..full]
-                .chunks(ROWS_PER_PASS)
-                .zip(out[..full].chunks_mut(ROWS_PER_PASS))
-            {
-                pass(x, o);
-            }
-            for (x, o) in xs[full..].chunks(1).zip(out[full..].chunks_mut(1)) {
-                pass(x, o);
-            }
-            continue;
-        }
-        let dot = match format {
-            BlockFormat::Q4_1 => dot_scalar_q4_1,
-            BlockFormat::Q8_0 => dot_scalar_q8_0,
-        };
-        for (o, x) in out.iter_mut().zip(xs) {
+        for (o, x) in out[j * m..(j + 1) * m].iter_mut().zip(xs) {
             *o = dot(row, x);
         }
     }
 }
 
-/// One AVX-512 pass: `R` weight rows (`rows`) by the `N` activation rows `xs`, written into
-/// `out` ((R, m) row-major) at columns `i0..i0 + N`.
+/// One pass of a SIMD kernel: `R` weight rows (`rows`) by the `N` activation rows `xs`, written
+/// into `out` ((R, m) row-major) at columns `i0..i0 + N`. The caller checks that this CPU runs
+/// `kernel` (AVX2 or AVX-512 VNNI).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn vnni_pass<const R: usize, const N: usize>(
+unsafe fn pass<const R: usize, const N: usize>(
+    kernel: QKernel,
     format: BlockFormat,
     rows: &[u8],
     xs: &[XRow],
@@ -611,10 +613,13 @@ unsafe fn vnni_pass<const R: usize, const N: usize>(
     m: usize,
     i0: usize,
 ) {
+    use BlockFormat::*;
     let mut o = [[0f32; N]; R];
-    match format {
-        BlockFormat::Q4_1 => dot_rows_q4_1_vnni::<R, N>(rows, xs, &mut o),
-        BlockFormat::Q8_0 => dot_rows_q8_0_vnni::<R, N>(rows, xs, &mut o),
+    match (kernel, format) {
+        (QKernel::Avx512Vnni, Q4_1) => dot_rows_q4_1_vnni::<R, N>(rows, xs, &mut o),
+        (QKernel::Avx512Vnni, Q8_0) => dot_rows_q8_0_vnni::<R, N>(rows, xs, &mut o),
+        (_, Q4_1) => dot_rows_q4_1_avx2::<R, N>(rows, xs, &mut o),
+        (_, Q8_0) => dot_rows_q8_0_avx2::<R, N>(rows, xs, &mut o),
     }
     for (r, o) in o.iter().enumerate() {
         out[r * m + i0..r * m + i0 + N].copy_from_slice(o);
