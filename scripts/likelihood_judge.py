@@ -57,9 +57,10 @@ def reply_logps(model_dir, turns):
     return out
 
 
-def pairwise_accuracy(turns, score):
-    """Share of reply pairs with different human ranks that `score` orders as humans do (a tie
-    counts as a miss, as in `srlm eval judge`), and the number of pairs."""
+def pair_accuracy(turns, prefer):
+    """Share of reply pairs with different human ranks where `prefer(turn, a, b)` (> 0: a is
+    better, < 0: b is, 0: a tie, which counts as a miss, as in `srlm eval judge`) agrees with
+    humans, and the number of pairs."""
     right = total = 0
     for tid, (_, rs) in turns.items():
         for a in range(len(rs)):
@@ -67,10 +68,19 @@ def pairwise_accuracy(turns, score):
                 if rs[a]["rank"] == rs[b]["rank"]:
                     continue
                 total += 1
-                sa, sb = score(tid, a), score(tid, b)
-                if sa != sb and (sa > sb) == (rs[a]["rank"] < rs[b]["rank"]):
+                p = prefer(tid, a, b)
+                if p != 0 and (p > 0) == (rs[a]["rank"] < rs[b]["rank"]):
                     right += 1
     return right / total, total
+
+
+def pairwise_accuracy(turns, score):
+    """`pair_accuracy` of a score per reply: the higher-scored reply is preferred."""
+    def prefer(t, a, b):
+        sa, sb = score(t, a), score(t, b)
+        return (sa > sb) - (sa < sb)
+
+    return pair_accuracy(turns, prefer)
 
 
 def main():

@@ -18,7 +18,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from likelihood_judge import pairwise_accuracy, ranked_turns
+from likelihood_judge import pair_accuracy, pairwise_accuracy, ranked_turns
 
 PROMPT = """Compare two responses to the user's question below and decide which one is better.
 
@@ -70,24 +70,9 @@ def main():
     print(f"{n} pairs; the longer reply wins: {acc:.3f}")
     for m in models:
         mg = verdict_margins(m, turns)
-
-        def judged(order):
-            """Accuracy where `order(t, a, b)` > 0 means a is better."""
-            right = total = 0
-            for t, (_, rs) in turns.items():
-                for a in range(len(rs)):
-                    for b in range(a + 1, len(rs)):
-                        if rs[a]["rank"] == rs[b]["rank"]:
-                            continue
-                        total += 1
-                        s = order(t, a, b)
-                        if s != 0 and (s > 0) == (rs[a]["rank"] < rs[b]["rank"]):
-                            right += 1
-            return right / total
-
-        both = judged(lambda t, a, b: mg[(t, a, b)] - mg[(t, b, a)])
-        first = judged(lambda t, a, b: mg[(t, a, b)])
-        second = judged(lambda t, a, b: -mg[(t, b, a)])
+        both, _ = pair_accuracy(turns, lambda t, a, b: mg[(t, a, b)] - mg[(t, b, a)])
+        first, _ = pair_accuracy(turns, lambda t, a, b: mg[(t, a, b)])
+        second, _ = pair_accuracy(turns, lambda t, a, b: -mg[(t, b, a)])
         says_a = sum(v > 0 for v in mg.values()) / len(mg)
         print(f"{m}: both orders {both:.3f}; a shown first {first:.3f}, b shown first "
               f"{second:.3f}; verdict A (first position) in {says_a:.0%} of {len(mg)} prompts")

@@ -664,6 +664,8 @@ impl QuantMatrix {
         x.contiguous()?.apply_op1_no_bwd(self)
     }
 
+    /// The product on a kernel the caller names (the tests check each against the others).
+    #[cfg(test)]
     fn compute(&self, x: &[f32], m: usize, kernel: QKernel) -> Vec<f32> {
         product(std::slice::from_ref(self), x, m, kernel)
     }
@@ -748,22 +750,7 @@ impl CustomOp1 for QuantMatrices {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = layout.shape().dims2()?;
-        let (want, n) = (self.0[0].k, self.0.iter().map(|p| p.n).sum::<usize>());
-        if k != want {
-            candle_core::bail!(
-                "{}: input has {k} columns, the matrices {want}",
-                self.name()
-            );
-        }
-        let x = match storage {
-            CpuStorage::F32(v) => &v[layout.start_offset()..layout.start_offset() + m * k],
-            _ => candle_core::bail!("{} takes f32 input", self.name()),
-        };
-        Ok((
-            CpuStorage::F32(product(&self.0, x, m, QKernel::chosen())),
-            Shape::from((m, n)),
-        ))
+        product_op(self.name(), &self.0, storage, layout)
     }
 }
 
@@ -776,23 +763,30 @@ impl CustomOp1 for QuantMatrix {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = layout.shape().dims2()?;
-        if k != self.k {
-            candle_core::bail!(
-                "{}: input has {k} columns, the matrix {}",
-                self.name(),
-                self.k
-            );
-        }
-        let x = match storage {
-            CpuStorage::F32(v) => &v[layout.start_offset()..layout.start_offset() + m * k],
-            _ => candle_core::bail!("{} takes f32 input", self.name()),
-        };
-        Ok((
-            CpuStorage::F32(self.compute(x, m, QKernel::chosen())),
-            Shape::from((m, self.n)),
-        ))
+        product_op(self.name(), std::slice::from_ref(self), storage, layout)
     }
+}
+
+/// The custom op of one matrix or of several side by side: `storage` (m, k) f32 -> (m, sum n_j).
+fn product_op(
+    name: &str,
+    parts: &[QuantMatrix],
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (m, k) = layout.shape().dims2()?;
+    let (want, n) = (parts[0].k, parts.iter().map(|p| p.n).sum::<usize>());
+    if k != want {
+        candle_core::bail!("{name}: input has {k} columns, the weights {want}");
+    }
+    let x = match storage {
+        CpuStorage::F32(v) => &v[layout.start_offset()..layout.start_offset() + m * k],
+        _ => candle_core::bail!("{name} takes f32 input"),
+    };
+    Ok((
+        CpuStorage::F32(product(parts, x, m, QKernel::chosen())),
+        Shape::from((m, n)),
+    ))
 }
 
 #[cfg(test)]
