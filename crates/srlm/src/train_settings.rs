@@ -160,7 +160,7 @@ pub struct TrainFlags {
     /// [SFT: 2, DPO: 0]
     #[arg(long)]
     pub warmup_steps: Option<u64>,
-    /// [SFT: 1, DPO: 2]
+    /// [SFT: 1, DPO: 4]
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Stop after this many optimizer steps (overrides epochs).
@@ -284,6 +284,40 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         flags: TrainFlags,
+    }
+
+    /// The defaults the help states for both stages are the defaults (they are written in the
+    /// flags' doc comments, so a changed default must change its line too).
+    #[test]
+    fn help_states_each_stages_defaults() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        let (sft, dpo) = (TrainSettings::sft(), TrainSettings::dpo());
+        let stated = [
+            ("lr", format!("[SFT: {:e}, DPO: {:e}", sft.lr, dpo.lr)),
+            ("min-lr", format!("[SFT: {:e}, DPO: {:e}]", sft.min_lr, dpo.min_lr)),
+            ("warmup-steps", format!("[SFT: {}, DPO: {}]", sft.warmup_steps, dpo.warmup_steps)),
+            ("epochs", format!("[SFT: {}, DPO: {}]", sft.epochs, dpo.epochs)),
+            ("micro-batch", format!("[SFT: {}, DPO: {}]", sft.micro_batch, dpo.micro_batch)),
+        ];
+        let lines: Vec<&str> = help.lines().collect();
+        for (flag, text) in stated {
+            let at = lines
+                .iter()
+                .position(|l| l.trim_start().starts_with(&format!("--{flag} <")))
+                .unwrap_or_else(|| panic!("no --{flag} in\n{help}"));
+            // The flag's line and its description, up to the next flag.
+            let entry: Vec<&str> = std::iter::once(lines[at])
+                .chain(
+                    lines[at + 1..]
+                        .iter()
+                        .copied()
+                        .take_while(|l| !l.trim_start().starts_with('-')),
+                )
+                .collect();
+            let entry = entry.join(" ");
+            assert!(entry.contains(&text), "--{flag} should state {text}:\n{entry}");
+        }
     }
 
     /// Settings in which every value differs from both stages' defaults.
