@@ -20,6 +20,11 @@ pub struct StageEntry {
     pub inputs: BTreeMap<String, String>,
     pub outputs: Vec<String>,
     pub seconds: f64,
+    /// Peak resident memory of srlm's process while the stage ran, in MiB (Linux; a server
+    /// or an external trainer the stage drove is not in it). Absent in runs made before
+    /// it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<serde_json::Value>,
     /// The command that started the server the stage ran on, when `srlm run` launched one.

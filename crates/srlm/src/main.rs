@@ -5,6 +5,7 @@ mod bench;
 mod builtin;
 mod commands;
 mod faults;
+mod memory;
 mod model_args;
 mod pipeline;
 mod report;

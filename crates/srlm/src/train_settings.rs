@@ -295,10 +295,22 @@ mod tests {
         let (sft, dpo) = (TrainSettings::sft(), TrainSettings::dpo());
         let stated = [
             ("lr", format!("[SFT: {:e}, DPO: {:e}", sft.lr, dpo.lr)),
-            ("min-lr", format!("[SFT: {:e}, DPO: {:e}]", sft.min_lr, dpo.min_lr)),
-            ("warmup-steps", format!("[SFT: {}, DPO: {}]", sft.warmup_steps, dpo.warmup_steps)),
-            ("epochs", format!("[SFT: {}, DPO: {}]", sft.epochs, dpo.epochs)),
-            ("micro-batch", format!("[SFT: {}, DPO: {}]", sft.micro_batch, dpo.micro_batch)),
+            (
+                "min-lr",
+                format!("[SFT: {:e}, DPO: {:e}]", sft.min_lr, dpo.min_lr),
+            ),
+            (
+                "warmup-steps",
+                format!("[SFT: {}, DPO: {}]", sft.warmup_steps, dpo.warmup_steps),
+            ),
+            (
+                "epochs",
+                format!("[SFT: {}, DPO: {}]", sft.epochs, dpo.epochs),
+            ),
+            (
+                "micro-batch",
+                format!("[SFT: {}, DPO: {}]", sft.micro_batch, dpo.micro_batch),
+            ),
         ];
         let lines: Vec<&str> = help.lines().collect();
         for (flag, text) in stated {
@@ -316,7 +328,10 @@ mod tests {
                 )
                 .collect();
             let entry = entry.join(" ");
-            assert!(entry.contains(&text), "--{flag} should state {text}:\n{entry}");
+            assert!(
+                entry.contains(&text),
+                "--{flag} should state {text}:\n{entry}"
+            );
         }
     }
 

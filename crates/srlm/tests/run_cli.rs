@@ -27,6 +27,14 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
     // judge, pairs, dpo), 3 x eval judge, 2 x eval vs (M2 and M3 against M1), on the
     // held-out data srlm ships (the default).
     assert_eq!(stages.len(), 20, "{:?}", stages.keys().collect::<Vec<_>>());
+    // Each stage's peak memory is recorded (every stage runs in srlm's process, whose peak
+    // is reset at the stage's start: `memory::tests` checks the reset).
+    if cfg!(target_os = "linux") {
+        let peak = |name: &str| stages[name]["peak_rss_mib"].as_f64().unwrap_or(0.0);
+        for name in stages.keys() {
+            assert!(peak(name) > 1.0, "stage `{name}`: peak {}", peak(name));
+        }
+    }
     // The bootstrap judged the shipped training split with the seed SFT and trained M1 on
     // the judgements that follow the human order.
     let eft_judge: Value = serde_json::from_str(
@@ -79,6 +87,7 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
         lines(&a.join("eval/vs_m2_m1/answers_b.jsonl"))
     );
     let report = std::fs::read_to_string(a.join("report/report.md")).unwrap();
+    assert!(report.contains("| stage | seconds | peak memory (MiB) | stats |"));
     // The held-out pairs split by length, a row for every model whose judge scored such a pair.
     for m in 1..=3 {
         let metrics: Value = serde_json::from_str(

@@ -140,14 +140,6 @@ pub fn cpu_line() -> String {
     )
 }
 
-/// Peak resident memory of this process, in MiB (Linux `VmHWM`).
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     let engine = a.model.load()?;
     let model = &engine.model;
@@ -208,7 +200,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
     };
     let decode_1 = decode(1)?;
     let decode_n = decode(a.sequences)?;
-    let peak = peak_rss_mib().unwrap_or(f64::NAN);
+    let peak = crate::memory::peak_rss_mib().unwrap_or(f64::NAN);
     let qkernel = srlm_engine::qmatmul::QKernel::chosen().name();
 
     println!("cpu          {}", cpu_line());
@@ -431,7 +423,7 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     } else {
         None
     };
-    let peak = peak_rss_mib().unwrap_or(f64::NAN);
+    let peak = crate::memory::peak_rss_mib().unwrap_or(f64::NAN);
     let tokens = (a.batch * a.seq_len) as f64;
     let threads = candle_core::utils::get_num_threads();
     println!("cpu          {}", cpu_line());
@@ -551,7 +543,7 @@ fn bench_judge(a: BenchJudgeArgs) -> Result<()> {
         a.n,
         a.k,
         threads,
-        peak_rss_mib().unwrap_or(f64::NAN)
+        crate::memory::peak_rss_mib().unwrap_or(f64::NAN)
     );
     Ok(())
 }

@@ -146,6 +146,7 @@ pub fn write_fixture(dir: &Path, prompts: usize, n: usize, k: usize) -> Result<(
                 inputs: Default::default(),
                 outputs: Vec::new(),
                 seconds: 10.0 * (i + 1) as f64,
+                peak_rss_mib: Some(100.0 * (i + 1) as f64),
                 stats: None,
                 server: None,
             },

@@ -72,7 +72,7 @@ impl Run {
 
     /// Runs `stage` (number `no` of `total`) unless the manifest holds it finished with the
     /// same inputs; the manifest then records its command line, inputs' hashes, outputs,
-    /// seconds and stats.
+    /// seconds, peak memory and stats.
     fn stage(&mut self, stage: Planned, no: usize, total: usize) -> Result<()> {
         let Planned {
             name,
@@ -122,12 +122,16 @@ impl Run {
         };
         eprintln!("[{no}/{total}] {name}: srlm {}", command.join(" "));
         let t = Instant::now();
+        // Every stage runs in this process: its peak is measured from the memory resident
+        // at its start.
+        let measured = crate::memory::reset_peak_rss();
         let stats = self.work(work).with_context(|| format!("stage `{name}`"))?;
         let entry = StageEntry {
             command,
             inputs: hashes,
             outputs: outputs.iter().map(|o| self.rel(o)).collect(),
             seconds: t.elapsed().as_secs_f64(),
+            peak_rss_mib: measured.then(crate::memory::peak_rss_mib).flatten(),
             stats,
             server,
         };

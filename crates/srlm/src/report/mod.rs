@@ -621,7 +621,7 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
     if !manifest.stages.is_empty() {
         writeln!(
             md,
-            "## Stages\n\n| stage | seconds | stats |\n|---|---|---|"
+            "## Stages\n\n| stage | seconds | peak memory (MiB) | stats |\n|---|---|---|---|"
         )?;
         let mut stages: Vec<(&String, &crate::pipeline::manifest::StageEntry)> =
             manifest.stages.iter().collect();
@@ -632,10 +632,21 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
                 .as_ref()
                 .map(|s| format!("`{s}`"))
                 .unwrap_or_default();
-            writeln!(md, "| {name} | {:.0} | {stats} |", e.seconds)?;
+            let peak = e
+                .peak_rss_mib
+                .map(|m| format!("{m:.0}"))
+                .unwrap_or_default();
+            writeln!(md, "| {name} | {:.0} | {peak} | {stats} |", e.seconds)?;
         }
         let total: f64 = manifest.stages.values().map(|e| e.seconds).sum();
-        writeln!(md, "| total | {total:.0} | |\n")?;
+        let peak = manifest
+            .stages
+            .values()
+            .filter_map(|e| e.peak_rss_mib)
+            .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))))
+            .map(|m| format!("{m:.0}"))
+            .unwrap_or_default();
+        writeln!(md, "| total | {total:.0} | {peak} | |\n")?;
     }
     writeln!(md, "Config:\n\n```toml\n{}```", cfg_text)?;
     let path = out.join("report.md");

@@ -105,6 +105,8 @@ pub struct StageStatus {
     /// (that stage, when nothing was written for a while) or "pending".
     pub state: String,
     pub seconds: Option<f64>,
+    /// Peak resident memory of srlm's process during the stage, MiB (`StageEntry`).
+    pub peak_rss_mib: Option<f64>,
     pub stats: Option<serde_json::Value>,
     /// Of an unfinished stage: what it has written so far, as "N of M unit".
     pub progress: Option<String>,
@@ -754,6 +756,7 @@ fn status(layout: &Layout, cfg: Option<&RunConfig>, manifest: &Manifest) -> Stat
                 name: name.clone(),
                 state: "done".into(),
                 seconds: Some(e.seconds),
+                peak_rss_mib: e.peak_rss_mib,
                 stats: e.stats.clone(),
                 progress: None,
             },
@@ -771,6 +774,7 @@ fn status(layout: &Layout, cfg: Option<&RunConfig>, manifest: &Manifest) -> Stat
                     }
                     .into(),
                     seconds: None,
+                    peak_rss_mib: None,
                     stats: None,
                     progress: if first {
                         progress(layout, cfg, name)
@@ -844,6 +848,7 @@ mod tests {
             inputs: BTreeMap::new(),
             outputs: vec![],
             seconds: s,
+            peak_rss_mib: None,
             stats: None,
             server: None,
         };

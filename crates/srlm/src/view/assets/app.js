@@ -217,9 +217,9 @@ function overviewOf(run, r) {
     h += `</table>`;
   }
   // Stages.
-  h += `<h3>Stages</h3><div class="wide"><table class="stages"><tr><th>stage</th><th>state</th><th class="num">seconds</th><th>progress / stats</th></tr>`;
+  h += `<h3>Stages</h3><div class="wide"><table class="stages"><tr><th>stage</th><th>state</th><th class="num">seconds</th><th class="num">peak MiB</th><th>progress / stats</th></tr>`;
   for (const s of run.status.stages)
-    h += `<tr><td>${esc(s.name)}</td><td>${esc(s.state)}</td><td class="num">${num(s.seconds, 0)}</td><td>${esc(s.progress || statsText(s.stats))}</td></tr>`;
+    h += `<tr><td>${esc(s.name)}</td><td>${esc(s.state)}</td><td class="num">${num(s.seconds, 0)}</td><td class="num">${num(s.peak_rss_mib, 0)}</td><td>${esc(s.progress || statsText(s.stats))}</td></tr>`;
   h += `</table></div>`;
   return h;
 }
