@@ -122,8 +122,9 @@ impl Run {
         };
         eprintln!("[{no}/{total}] {name}: srlm {}", command.join(" "));
         let t = Instant::now();
-        // Every stage runs in this process: its peak is measured from the memory resident
-        // at its start.
+        // Every stage runs in this process: what the stages before it freed is given back,
+        // and its peak is measured from the memory resident at its start.
+        crate::memory::release_freed_memory();
         let measured = crate::memory::reset_peak_rss();
         let stats = self.work(work).with_context(|| format!("stage `{name}`"))?;
         let entry = StageEntry {
