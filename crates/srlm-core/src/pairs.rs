@@ -1,6 +1,9 @@
 //! Preference pairs from judged candidates: the highest mean score against the lowest, ties
 //! dropped (the paper), with an optional minimum margin and optional length control (among the
 //! near-top candidates prefer the shortest, as Meta-Rewarding does against length hacking).
+//! "Near the top" is a tolerance in score points, or a share of the prompt's score range
+//! (best − worst), so that a judge that barely separates a prompt's candidates does not hand
+//! every pair to length.
 //! A judgement counts as its written score or as its expected score (`ScoreMode`); expected
 //! scores are rarely exactly equal, so `min_margin` is the tie tolerance there.
 
@@ -13,6 +16,9 @@ pub struct PairOptions {
     pub min_margin: f64,
     /// With Some(δ): among candidates scoring within δ of the best, choose the shortest.
     pub length_control: Option<f64>,
+    /// What δ is measured in.
+    #[serde(default)]
+    pub length_control_unit: ToleranceUnit,
     /// What a judgement counts as.
     #[serde(default)]
     pub score_mode: ScoreMode,
@@ -23,7 +29,30 @@ impl Default for PairOptions {
         Self {
             min_margin: f64::MIN_POSITIVE,
             length_control: None,
+            length_control_unit: ToleranceUnit::Points,
             score_mode: ScoreMode::Sampled,
+        }
+    }
+}
+
+/// The unit of length control's tolerance δ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToleranceUnit {
+    /// δ in score points: within δ of the best score.
+    #[default]
+    Points,
+    /// δ as a share of the prompt's range: within δ × (best − worst) of the best score.
+    Range,
+}
+
+impl std::str::FromStr for ToleranceUnit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "points" => Ok(Self::Points),
+            "range" => Ok(Self::Range),
+            _ => Err(format!("`{s}` is not a tolerance unit: points or range")),
         }
     }
 }
@@ -64,11 +93,17 @@ pub fn select_pair(candidates: &[Scored], opts: &PairOptions) -> Result<(usize, 
         return Err(NoPair::Tie);
     }
     let chosen = match opts.length_control {
-        Some(delta) => scored
-            .iter()
-            .filter(|c| c.1 >= best - delta && c.1 > worst)
-            .min_by_key(|c| c.2)
-            .expect("the best candidate qualifies"),
+        Some(delta) => {
+            let tolerance = match opts.length_control_unit {
+                ToleranceUnit::Points => delta,
+                ToleranceUnit::Range => delta * (best - worst),
+            };
+            scored
+                .iter()
+                .filter(|c| c.1 >= best - tolerance && c.1 > worst)
+                .min_by_key(|c| c.2)
+                .expect("the best candidate qualifies")
+        }
         None => scored.iter().find(|c| c.1 == best).expect("best exists"),
     };
     let rejected = scored.iter().find(|c| c.1 == worst).expect("worst exists");
@@ -304,6 +339,36 @@ mod tests {
             ..PairOptions::default()
         };
         assert_eq!(select_pair(&cands, &lc), Ok((1, 2)));
+    }
+
+    #[test]
+    fn a_tolerance_of_the_range_follows_how_far_apart_the_judge_puts_the_candidates() {
+        // Range 5.0 - 2.0 = 3: a quarter of it is 0.75, so 4.4 (0.6 below the best) is near
+        // the top and, being shortest, chosen.
+        let wide = [c(Some(5.0), 400), c(Some(4.4), 120), c(Some(2.0), 90)];
+        // Range 3.2 - 3.0 = 0.2: a quarter is 0.05, so 3.1 is not near the top, though a
+        // tolerance of 0.25 points would take it (and the pair would be length's choice).
+        let narrow = [c(Some(3.2), 400), c(Some(3.1), 120), c(Some(3.0), 90)];
+        let range = PairOptions {
+            length_control: Some(0.25),
+            length_control_unit: ToleranceUnit::Range,
+            ..PairOptions::default()
+        };
+        let points = PairOptions {
+            length_control_unit: ToleranceUnit::Points,
+            ..range
+        };
+        assert_eq!(select_pair(&wide, &range), Ok((1, 2)));
+        assert_eq!(select_pair(&narrow, &range), Ok((0, 2)));
+        assert_eq!(select_pair(&narrow, &points), Ok((1, 2)));
+        // A share of 1 or more lets every candidate above the worst be chosen, never the worst.
+        let all = PairOptions {
+            length_control: Some(1.0),
+            ..range
+        };
+        assert_eq!(select_pair(&narrow, &all), Ok((1, 2)));
+        let shortest_is_worst = [c(Some(3.2), 400), c(Some(3.0), 10)];
+        assert_eq!(select_pair(&shortest_is_worst, &all), Ok((0, 1)));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use srlm_core::jsonl::{
     JsonlWriter, Lined,
 };
 use srlm_core::judge::{judge_prompt, JudgeSample, Justification, ScoreMode, JUDGE_TOP_LOGPROBS};
-use srlm_core::pairs::{build_pairs, PairOptions};
+use srlm_core::pairs::{build_pairs, PairOptions, ToleranceUnit};
 use srlm_core::stages::{
     CandidateRecord, JudgementRecord, PromptRecord, CANDIDATE_HINT, JUDGEMENT_HINT, PROMPT_HINT,
 };
@@ -82,6 +82,10 @@ pub struct PairsArgs {
     /// Among candidates within this of the best score, choose the shortest (length control).
     #[arg(long)]
     pub length_control: Option<f64>,
+    /// What `--length-control` is measured in: "points" of score, or "range", a share of the
+    /// prompt's best-minus-worst (0.25: within a quarter of the range of the best).
+    #[arg(long, default_value = "points")]
+    pub length_control_unit: ToleranceUnit,
     /// What a judgement counts as: its written score, or the expected score at its score
     /// token (judgements without a distribution count their written score).
     #[arg(long, default_value = "sampled")]
@@ -402,6 +406,7 @@ pub fn pairs(a: PairsArgs) -> Result<()> {
     let opts = PairOptions {
         min_margin: a.min_margin.max(f64::MIN_POSITIVE),
         length_control: a.length_control,
+        length_control_unit: a.length_control_unit,
         score_mode: a.score,
     };
     let (pairs, stats) = build_pairs(&candidates, &judgements, &opts);

@@ -6,6 +6,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use srlm_core::eft::Select;
 use srlm_core::judge::{Justification, ScoreMode};
+use srlm_core::pairs::{PairOptions, ToleranceUnit};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,6 +258,21 @@ pub struct PairsSection {
     pub min_margin: f64,
     /// Among candidates within this of the best score, prefer the shortest; negative is off.
     pub length_control: f64,
+    /// What `length_control` is measured in: "points" of score, or "range", a share of the
+    /// prompt's best-minus-worst score.
+    pub length_control_unit: ToleranceUnit,
+}
+
+impl PairsSection {
+    /// The options `srlm pairs` and the report build pairs with, under the judge's score mode.
+    pub fn options(&self, score_mode: ScoreMode) -> PairOptions {
+        PairOptions {
+            min_margin: self.min_margin.max(f64::MIN_POSITIVE),
+            length_control: (self.length_control >= 0.0).then_some(self.length_control),
+            length_control_unit: self.length_control_unit,
+            score_mode,
+        }
+    }
 }
 
 /// `[dpo]`: DPO's own settings and the training settings, keys set here over
@@ -457,6 +473,7 @@ impl Default for PairsSection {
         Self {
             min_margin: 0.0,
             length_control: 0.25,
+            length_control_unit: ToleranceUnit::Points,
         }
     }
 }

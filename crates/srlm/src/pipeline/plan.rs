@@ -315,6 +315,7 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
                     min_margin: cfg.pairs.min_margin,
                     length_control: (cfg.pairs.length_control >= 0.0)
                         .then_some(cfg.pairs.length_control),
+                    length_control_unit: cfg.pairs.length_control_unit,
                     score: cfg.judge.score,
                     diagnostics: Some(it.diagnostics.clone()),
                 }),
@@ -857,7 +858,7 @@ mod tests {
     fn full_config() -> RunConfig {
         toml::from_str(
             "[model]\nthreads = 2\n[judge]\nbackend = \"big\"\n[eval]\nvs_backend = \"big\"\n\
-             [pairs]\nlength_control = 0.25\n[prompts]\nblocklist = [\"image\", \"map\"]\n\
+             [pairs]\nlength_control = 0.25\nlength_control_unit = \"range\"\n[prompts]\nblocklist = [\"image\", \"map\"]\n\
              [dpo]\nlora_rank = 4\nmax_steps = 3\n\
              [backends.big]\nbase_url = \"http://h:8000/v1\"\nmodel = \"llama-70b\"\n",
         )
@@ -917,6 +918,14 @@ mod tests {
         assert!(!judge.inputs.contains(&layout.model(1)));
         let sample = plan.iter().find(|p| p.name == "sample 1").unwrap();
         assert!(sample.inputs.contains(&layout.model(1)));
+        // The config's tolerance unit reaches the pairs stage's command line.
+        let pairs = plan.iter().find(|p| p.name == "pairs 1").unwrap();
+        let Work::Call { call, .. } = &pairs.work else {
+            panic!("pairs is a call");
+        };
+        let argv = call.argv();
+        let at = argv.iter().position(|a| a == "--length-control-unit").unwrap();
+        assert_eq!(argv[at + 1], "range");
     }
 
     #[test]

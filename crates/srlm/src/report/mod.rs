@@ -15,7 +15,7 @@ use srlm_core::health::{evaluation_flags, iteration_flags, FlagKind, Thresholds}
 use srlm_core::jsonl::{read_jsonl, write_atomic};
 use srlm_core::judge::ScoreMode;
 use srlm_core::metrics::JudgeAgreement;
-use srlm_core::pairs::{build_pairs, PairOptions};
+use srlm_core::pairs::build_pairs;
 use srlm_core::stages::{CandidateRecord, JudgementRecord};
 use srlm_core::summaries::{read_summary, JudgeEvalSummary, VsSummary};
 use std::fmt::Write as _;
@@ -53,11 +53,7 @@ struct Iteration {
 }
 
 fn iterations(run: &Path, cfg: &RunConfig) -> Result<Vec<Iteration>> {
-    let opts = PairOptions {
-        min_margin: cfg.pairs.min_margin.max(f64::MIN_POSITIVE),
-        length_control: (cfg.pairs.length_control >= 0.0).then_some(cfg.pairs.length_control),
-        score_mode: cfg.judge.score,
-    };
+    let opts = cfg.pairs.options(cfg.judge.score);
     let mut out = Vec::new();
     for t in 1.. {
         let it = run.join(format!("iter{t}"));
