@@ -79,6 +79,14 @@ pub struct Diagnostics {
     /// Spearman correlation of a candidate's length with its mean score (None: too few, or no
     /// variation).
     pub length_score_spearman: Option<f64>,
+    /// Best minus worst mean score over each prompt's scored candidates (prompts with two or
+    /// more): how far apart the judge puts a prompt's answers.
+    #[serde(default)]
+    pub prompt_score_range: Summary,
+    /// Of the pairs, the share whose chosen answer is not the prompt's top-scored candidate:
+    /// length control, not the judge, picked it (None: no pairs).
+    #[serde(default)]
+    pub chosen_not_top: Option<f64>,
 }
 
 fn label(score: f64) -> String {
@@ -158,6 +166,39 @@ pub fn diagnose(
             scores.push(s.iter().sum::<f64>() / s.len() as f64);
         }
     }
+    // Each prompt's best and worst mean score, for the range and for how pairs were chosen.
+    let mut prompt_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for c in candidates {
+        prompt_of.insert(c.id.as_str(), c.prompt_id.as_str());
+    }
+    let mut extremes: BTreeMap<&str, (f64, f64, usize)> = BTreeMap::new();
+    for (cid, s) in &by_candidate {
+        let Some(pid) = prompt_of.get(cid) else {
+            continue;
+        };
+        let mean = s.iter().sum::<f64>() / s.len() as f64;
+        let e = extremes
+            .entry(pid)
+            .or_insert((f64::NEG_INFINITY, f64::INFINITY, 0));
+        *e = (e.0.max(mean), e.1.min(mean), e.2 + 1);
+    }
+    let ranges: Vec<f64> = extremes
+        .values()
+        .filter(|e| e.2 >= 2)
+        .map(|e| e.0 - e.1)
+        .collect();
+    d.prompt_score_range = summarize(&ranges);
+    // A candidate's mean here may differ from the pairs' in its last bits (other order of
+    // summation), hence the tolerance.
+    let not_top = pairs
+        .iter()
+        .filter(|p| {
+            extremes
+                .get(p.prompt_id.as_str())
+                .is_some_and(|e| p.chosen_score < e.0 - 1e-9)
+        })
+        .count();
+    d.chosen_not_top = (!pairs.is_empty()).then(|| not_top as f64 / pairs.len() as f64);
     d.response_chars = summarize(&all_lens);
     d.candidate_scores = summarize(&scores);
     d.length_score_spearman = if lens.len() >= 3 {
@@ -238,5 +279,42 @@ mod tests {
         let d = diagnose(&candidates, &judgements, &pairs, &stats, ScoreMode::Sampled);
         assert_eq!((d.judge_samples_agree, d.judge_sample_std), (None, None));
         assert_eq!(d.pairs, 1);
+    }
+
+    #[test]
+    fn how_often_length_control_rather_than_the_judge_chose() {
+        // p: scores 3.0 / 2.9 / 1.0, the 2.9 the shortest; q: 4.0 / 3.0, the 4.0 the shortest.
+        let candidates = vec![
+            cand("p", 0, "a long top answer"),
+            cand("p", 1, "short"),
+            cand("p", 2, "the worst one"),
+            cand("q", 0, "top"),
+            cand("q", 1, "a longer answer"),
+        ];
+        let judgements = vec![
+            judged("p/0", 0, Some(3.0)),
+            judged("p/1", 0, Some(2.9)),
+            judged("p/2", 0, Some(1.0)),
+            judged("q/0", 0, Some(4.0)),
+            judged("q/1", 0, Some(3.0)),
+        ];
+        let lc = PairOptions {
+            length_control: Some(0.25),
+            ..PairOptions::default()
+        };
+        let (pairs, stats) = build_pairs(&candidates, &judgements, &lc);
+        let d = diagnose(&candidates, &judgements, &pairs, &stats, ScoreMode::Sampled);
+        assert_eq!(d.chosen_not_top, Some(0.5), "p's chosen is its 2.9");
+        assert_eq!(
+            (d.prompt_score_range.min, d.prompt_score_range.max),
+            (1.0, 2.0)
+        );
+        // Without length control the judge's top answer is always the chosen one.
+        let (pairs, stats) = build_pairs(&candidates, &judgements, &PairOptions::default());
+        let d = diagnose(&candidates, &judgements, &pairs, &stats, ScoreMode::Sampled);
+        assert_eq!(d.chosen_not_top, Some(0.0));
+        // No pairs, no share.
+        let d = diagnose(&candidates, &judgements, &[], &stats, ScoreMode::Sampled);
+        assert_eq!(d.chosen_not_top, None);
     }
 }

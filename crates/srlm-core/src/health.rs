@@ -38,6 +38,8 @@ pub enum FlagKind {
     LengthScoreCorrelation,
     /// Chosen answers are longer than rejected ones, iteration after iteration.
     ChosenLonger,
+    /// Length control, not the judge, picked most chosen answers.
+    LengthDecides,
     /// On held-out human rankings, the judge does no better than "the longer reply wins".
     BelowLengthBaseline,
 }
@@ -59,6 +61,8 @@ pub struct Thresholds {
     pub growth: f64,
     /// Chosen over rejected mean length above this ratio in consecutive iterations.
     pub chosen_ratio: f64,
+    /// Share of pairs whose chosen answer is not the top-scored one (length control's pick).
+    pub length_decides: f64,
 }
 
 impl Default for Thresholds {
@@ -72,6 +76,7 @@ impl Default for Thresholds {
             length_spearman: 0.3,
             growth: 0.1,
             chosen_ratio: 1.2,
+            length_decides: 0.5,
         }
     }
 }
@@ -166,6 +171,19 @@ pub fn iteration_flags(its: &[Diagnostics], th: &Thresholds) -> Vec<Flag> {
                         ratio(p)
                     ),
                     "each iteration trains the model to write longer: pairs.length_control, or dpo.rpo_alpha to anchor the chosen answers",
+                );
+            }
+        }
+        if let Some(share) = d.chosen_not_top {
+            if d.pairs >= 10 && share > th.length_decides {
+                flag(
+                    FlagKind::LengthDecides,
+                    format!(
+                        "length control, not the judge, chose {:.0}% of the chosen answers; the judge puts a prompt's answers a median {:.2} apart",
+                        100.0 * share,
+                        d.prompt_score_range.median
+                    ),
+                    "with scores this close, a tolerance in score points hands the pair to the shortest answer and DPO learns brevity: pairs.length_control_unit = \"range\" (a share of each prompt's range), or a smaller pairs.length_control",
                 );
             }
         }
@@ -327,6 +345,38 @@ mod tests {
             kinds(&iteration_flags(&[a, b], &th)),
             vec![(FlagKind::LengthScoreCorrelation, 1)]
         );
+    }
+
+    #[test]
+    fn length_control_choosing_most_pairs_is_flagged_with_the_range_unit_as_the_fix() {
+        let th = Thresholds::default();
+        let mut d = diag(
+            &[("2", 10), ("3", 12), ("4", 9), ("5", 5)],
+            0.6,
+            0.4,
+            Some(0.1),
+            (300.0, 290.0),
+        );
+        d.pairs = 64;
+        d.prompt_score_range.median = 0.19;
+        d.chosen_not_top = Some(0.45);
+        assert!(iteration_flags(&[d.clone()], &th).is_empty());
+        d.chosen_not_top = Some(0.66);
+        let f = iteration_flags(&[d.clone()], &th);
+        assert_eq!(kinds(&f), vec![(FlagKind::LengthDecides, 1)]);
+        assert!(
+            f[0].seen.contains("66%") && f[0].seen.contains("0.19"),
+            "{}",
+            f[0].seen
+        );
+        assert!(
+            f[0].fix.contains("length_control_unit = \"range\""),
+            "{}",
+            f[0].fix
+        );
+        // Too few pairs to say.
+        d.pairs = 5;
+        assert!(iteration_flags(&[d], &th).is_empty());
     }
 
     #[test]

@@ -88,6 +88,16 @@ fn the_loop_runs_two_iterations_and_resumes_after_crashes() {
     );
     let report = std::fs::read_to_string(a.join("report/report.md")).unwrap();
     assert!(report.contains("| stage | seconds | peak memory (MiB) | stats |"));
+    // How far apart the judge put each prompt's answers, and how often length control chose.
+    assert!(report.contains("| median score range | chosen by length control |"));
+    let diag: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("iter1/diagnostics.json")).unwrap())
+            .unwrap();
+    assert!(diag["prompt_score_range"]["median"].is_number(), "{diag}");
+    assert!(
+        diag["chosen_not_top"].is_number() || diag["pairs"] == 0,
+        "{diag}"
+    );
     // The held-out pairs split by length, a row for every model whose judge scored such a pair.
     for m in 1..=3 {
         let metrics: Value = serde_json::from_str(

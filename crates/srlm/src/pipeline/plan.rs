@@ -924,7 +924,10 @@ mod tests {
             panic!("pairs is a call");
         };
         let argv = call.argv();
-        let at = argv.iter().position(|a| a == "--length-control-unit").unwrap();
+        let at = argv
+            .iter()
+            .position(|a| a == "--length-control-unit")
+            .unwrap();
         assert_eq!(argv[at + 1], "range");
     }
 

@@ -356,24 +356,25 @@ pub fn write_report(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         .map_err(plot_err)?;
         writeln!(md, "## Judging and pairs, per iteration\n")?;
         writeln!(md, "![scores](scores.png)\n\n![lengths](lengths.png)\n")?;
-        writeln!(md, "| iteration | prompts | candidates | judgements | parse failures | verdicts asked | mean score | k samples agree (k > 1) | sample std | tied prompts | unscored prompts | pairs | mean margin | mean length | chosen length | rejected length | length-score Spearman |")?;
+        writeln!(md, "| iteration | prompts | candidates | judgements | parse failures | verdicts asked | mean score | k samples agree (k > 1) | sample std | tied prompts | unscored prompts | pairs | mean margin | median score range | chosen by length control | mean length | chosen length | rejected length | length-score Spearman |")?;
         writeln!(
             md,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         )?;
         for it in &its {
             let d = &it.diagnostics;
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {} ({:.0}%) | {} | {:.2} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
+                "| {} | {} | {} | {} | {} ({:.0}%) | {} | {:.2} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {} |",
                 it.t, d.prompts, d.candidates, d.judgements, d.parse_failures, 100.0 * d.parse_failure_rate,
                 d.forced_verdicts, d.candidate_scores.mean, percent(d.judge_samples_agree), f(d.judge_sample_std), d.prompts_tied,
-                d.prompts_unscored, d.pairs, d.pair_margins.mean, d.response_chars.mean, d.chosen_chars.mean,
+                d.prompts_unscored, d.pairs, d.pair_margins.mean, d.prompt_score_range.median, percent(d.chosen_not_top),
+                d.response_chars.mean, d.chosen_chars.mean,
                 d.rejected_chars.mean, f(d.length_score_spearman)
             )?;
         }
         writeln!(md, "\nParse failures are judgements left without a score; verdicts asked are those that wrote none and were asked for it after `Score:` (a judge caught in a repetition loop), scored from that continuation.\n")?;
-        writeln!(md, "A positive length-score correlation that grows over iterations, or chosen answers that keep getting longer than rejected ones, is the length bias the paper observed; `pairs.length_control` counters it.\n")?;
+        writeln!(md, "A positive length-score correlation that grows over iterations, or chosen answers that keep getting longer than rejected ones, is the length bias the paper observed; `pairs.length_control` counters it. \"Chosen by length control\" is the share of pairs whose chosen answer is not the prompt's top-scored one: where the judge puts a prompt's answers close together (the score range), a tolerance in score points lets length pick most pairs.\n")?;
     }
 
     // The judge against human rankings, per model.
