@@ -105,6 +105,10 @@ pub struct TrainConfig {
     /// The matmuls' arithmetic (master weights, gradients and optimizer state stay f32).
     #[serde(default)]
     pub precision: Precision,
+    /// Keep only each block's input in the forward and recompute the rest in the backward
+    /// (srlm-engine's `recompute.rs`): less memory, one more forward of the blocks a step.
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 impl Default for TrainConfig {
@@ -131,6 +135,7 @@ impl Default for TrainConfig {
             // The library's tests compare against f32 references; srlm's commands default
             // to `auto` (train_settings.rs).
             precision: Precision::F32,
+            recompute: false,
         }
     }
 }
@@ -150,6 +155,15 @@ impl TrainConfig {
         }
         if self.max_len < 2 {
             return Err(TrainError::Config("--max-len must be at least 2".into()));
+        }
+        let lora_dropout = match &self.method {
+            Method::Lora(l) => l.dropout,
+            Method::Full => 0.0,
+        };
+        if self.recompute && (self.attention_dropout > 0.0 || lora_dropout > 0.0) {
+            return Err(TrainError::Config(
+                "--recompute needs --dropout 0 and --lora-dropout 0: a recomputed block would draw other dropout masks".into(),
+            ));
         }
         Ok(())
     }
@@ -246,6 +260,23 @@ pub struct Trainer {
     /// bf16 matmuls for as long as the trainer lives (its reference log-probabilities, steps
     /// and evaluations alike), when `cfg.precision` chooses them on this CPU.
     _autocast: Option<srlm_engine::gemm_bf16::AutocastGuard>,
+}
+
+/// Activation recomputation on for as long as it lives (one `accumulate`), and off, its tapes
+/// dropped, however that ends.
+struct Recomputing<'a>(&'a Llama);
+
+impl<'a> Recomputing<'a> {
+    fn on(model: &'a Llama, on: bool) -> Self {
+        model.set_recompute(on);
+        Self(model)
+    }
+}
+
+impl Drop for Recomputing<'_> {
+    fn drop(&mut self) {
+        self.0.set_recompute(false);
+    }
 }
 
 /// The outcome of `Trainer::run`.
@@ -352,6 +383,8 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut sums = BTreeMap::new();
         let chunks = micro_batches(examples, self.cfg.micro_batch, |i| objective.padded_len(i));
+        let model = &self.engine.model;
+        let _recompute = Recomputing::on(model, self.cfg.recompute);
         for (mi, chunk) in chunks.iter().enumerate() {
             for d in self.dropouts() {
                 d.reseed(
@@ -371,7 +404,8 @@ impl Trainer {
             for (k, v) in out.sums {
                 *sums.entry(k).or_insert(0.0) += v;
             }
-            let g = out.loss.backward()?;
+            let mut g = out.loss.backward()?;
+            model.backward_recomputed(&mut g)?;
             let mut these = Vec::with_capacity(vars.len());
             for (_, v) in &vars {
                 these.push(match g.get(v.as_tensor()) {

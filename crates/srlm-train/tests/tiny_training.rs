@@ -214,6 +214,75 @@ fn length_grouped_micro_batches_give_the_whole_batch_gradient() {
     }
 }
 
+/// The largest difference between two gradient lists, and the largest magnitude in `b`.
+fn gradient_gap(a: &[Tensor], b: &[Tensor]) -> (f32, f32) {
+    let (mut d, mut m) = (0f32, 0f32);
+    for (a, b) in a.iter().zip(b) {
+        let da = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        d = d.max(da.to_scalar::<f32>().unwrap());
+        m = m.max(
+            b.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        );
+    }
+    (d, m)
+}
+
+#[test]
+fn recomputed_activations_give_the_plain_gradients() {
+    for method in [
+        Method::Full,
+        Method::Lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: ALL_LINEAR.iter().map(|s| s.to_string()).collect(),
+            init: None,
+        }),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = TrainConfig {
+            method: method.clone(),
+            ..cfg(1e-3, 1)
+        };
+        let (mut trainer, sft) = load(c, dir.path());
+        let examples: Vec<usize> = (0..8).collect();
+        let (loss, _, plain) = trainer.accumulate(&sft, &examples, 0).unwrap();
+        trainer.cfg.recompute = true;
+        let (loss_r, _, recomputed) = trainer.accumulate(&sft, &examples, 0).unwrap();
+        assert_eq!(plain.len(), recomputed.len());
+        assert!(
+            (loss - loss_r).abs() <= 1e-6 * loss.abs(),
+            "{loss} vs {loss_r}"
+        );
+        let (d, m) = gradient_gap(&recomputed, &plain);
+        assert!(m > 0.0, "no gradient at all");
+        // The same ops on the same inputs; only the tied embedding's two gradients add in
+        // another order.
+        assert!(
+            d <= 1e-5 * m,
+            "{method:?}: gradients differ by {d} (largest {m})"
+        );
+        // Nothing is left recorded once the step is done: a plain step after it is plain.
+        trainer.cfg.recompute = false;
+        let (_, _, again) = trainer.accumulate(&sft, &examples, 0).unwrap();
+        assert_eq!(gradient_gap(&again, &plain).0, 0.0);
+    }
+    // Dropout would draw other masks in the recomputed forward.
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig {
+        recompute: true,
+        attention_dropout: 0.1,
+        ..cfg(1e-3, 1)
+    };
+    let err = Trainer::load(&tiny_model(), c, dir.path()).err().unwrap();
+    assert!(err.to_string().contains("--recompute needs"), "{err}");
+}
+
 #[test]
 fn micro_batch_1x8_equals_8x1() {
     let run_with = |micro: usize, accum: usize| {

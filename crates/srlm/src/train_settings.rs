@@ -57,6 +57,10 @@ pub struct TrainSettings {
     /// elsewhere), "f32", "bf16".
     #[serde(default)]
     pub precision: Precision,
+    /// Keep only each block's input in the forward and recompute the rest in the backward:
+    /// less memory for one more forward a step.
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 impl TrainSettings {
@@ -85,6 +89,7 @@ impl TrainSettings {
             lora_dropout: 0.0,
             lora_targets: "all-linear".into(),
             precision: Precision::Auto,
+            recompute: false,
         }
     }
 
@@ -141,6 +146,7 @@ impl TrainSettings {
             eval_every: self.eval_every,
             save_every: self.save_every,
             precision: self.precision,
+            recompute: self.recompute,
         }
     }
 }
@@ -214,6 +220,10 @@ pub struct TrainFlags {
     /// The matmuls' arithmetic: auto (bf16 where its kernel beats f32 here: AMX, or AVX512-BF16 on AMD), f32 or bf16 [auto].
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// Recompute each block's activations in the backward instead of keeping them: training's
+    /// activation memory becomes one block's, for one more forward a step (needs dropout 0) [false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub recompute: Option<bool>,
 }
 
 impl TrainFlags {
@@ -242,6 +252,7 @@ impl TrainFlags {
             lora_dropout: self.lora_dropout.unwrap_or(d.lora_dropout),
             lora_targets: self.lora_targets.clone().unwrap_or(d.lora_targets),
             precision: self.precision.unwrap_or(d.precision),
+            recompute: self.recompute.unwrap_or(d.recompute),
         }
     }
 }
@@ -271,6 +282,9 @@ impl From<TrainSettings> for TrainFlags {
             lora_dropout: Some(s.lora_dropout),
             lora_targets: Some(s.lora_targets),
             precision: Some(s.precision),
+            // A command line holds a true bool as its bare flag and a false one as nothing, so
+            // off is unset here; both stages' default is off.
+            recompute: s.recompute.then_some(true),
         }
     }
 }
@@ -359,6 +373,7 @@ mod tests {
             lora_dropout: 0.05,
             lora_targets: "q_proj,v_proj".into(),
             precision: Precision::F32,
+            recompute: true,
         }
     }
 
@@ -417,6 +432,7 @@ mod tests {
         );
         assert_eq!((c.max_len, c.attention_dropout), (333, 0.1));
         assert_eq!((c.eval_every, c.save_every), (9, 13));
+        assert!(c.recompute);
         match c.method {
             Method::Lora(l) => {
                 assert_eq!((l.rank, l.alpha, l.dropout), (8, 4.0, 0.05));

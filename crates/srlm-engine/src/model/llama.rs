@@ -14,7 +14,8 @@
 
 use crate::config::LlamaConfig;
 use candle_core::{DType, Device, Result, Tensor};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 pub use super::kv_cache::KvCache;
 use super::linear::load_linear;
@@ -311,7 +312,7 @@ impl Mlp {
     }
 }
 
-struct Block {
+pub(crate) struct Block {
     input_layernorm: Tensor,
     self_attn: Attention,
     post_attention_layernorm: Tensor,
@@ -330,8 +331,8 @@ impl Block {
 /// The decoder with its LM head.
 pub struct Llama {
     cfg: LlamaConfig,
-    embed_tokens: Tensor, // (vocab, hidden)
-    layers: Vec<Block>,
+    pub(crate) embed_tokens: Tensor, // (vocab, hidden)
+    pub(crate) layers: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
     rope: RopeTables,
@@ -340,6 +341,10 @@ pub struct Llama {
     max_positions: usize,
     /// Dropout on attention probabilities (transformers' `attention_dropout`), training only.
     attention_dropout: Option<Arc<Dropout>>,
+    /// Activation recomputation on (`recompute.rs`), and the kept inputs of the forwards
+    /// whose backward has not run yet.
+    pub(crate) recompute: AtomicBool,
+    pub(crate) tapes: Mutex<Vec<super::recompute::Tape>>,
 }
 
 impl Llama {
@@ -384,6 +389,8 @@ impl Llama {
             device: device.clone(),
             max_positions,
             attention_dropout: None,
+            recompute: AtomicBool::new(false),
+            tapes: Mutex::new(Vec::new()),
         })
     }
 
@@ -406,6 +413,10 @@ impl Llama {
 
     pub fn set_attention_dropout(&mut self, dropout: Option<Arc<Dropout>>) {
         self.attention_dropout = dropout;
+    }
+
+    pub(crate) fn attention_dropout(&self) -> Option<&Dropout> {
+        self.attention_dropout.as_deref()
     }
 
     /// Logits for every position of a right-padded batch. `ids`: (b, t) -> (b, t, vocab)
@@ -448,16 +459,35 @@ impl Llama {
             );
         }
         let positions = Tensor::arange(0u32, t as u32, &self.device)?.repeat(b)?; // (b*t,)
-        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?; // (b*t, hidden)
-        let dropout = self.attention_dropout.as_deref();
-        for block in &self.layers {
-            let h = rms_norm(&x, &block.input_layernorm, self.cfg.rms_norm_eps, self.ops)?;
-            x = (x + block
-                .self_attn
-                .forward_batch(&h, b, t, &self.rope, &positions, self.ops, dropout)?)?;
-            x = block.mlp_residual(x, self.cfg.rms_norm_eps, self.ops, None)?;
+        let flat = ids.flatten_all()?;
+        let mut x = self.embed_tokens.index_select(&flat, 0)?; // (b*t, hidden)
+        if self.recomputing() {
+            return self.trunk_recorded(flat, b, t, positions, x.detach());
+        }
+        for l in 0..self.layers.len() {
+            x = self.block_forward(l, &x, b, t, &positions)?;
         }
         Ok(x)
+    }
+
+    /// Block `l` on the residual stream of a right-padded batch: `x + attn(rms_norm(x))`, then
+    /// `+ mlp(rms_norm(.))`. `x`: (b*t, hidden) -> (b*t, hidden)
+    pub(crate) fn block_forward(
+        &self,
+        l: usize,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        positions: &Tensor,
+    ) -> Result<Tensor> {
+        let block = &self.layers[l];
+        let eps = self.cfg.rms_norm_eps;
+        let h = rms_norm(x, &block.input_layernorm, eps, self.ops)?;
+        let dropout = self.attention_dropout.as_deref();
+        let a = block
+            .self_attn
+            .forward_batch(&h, b, t, &self.rope, positions, self.ops, dropout)?;
+        block.mlp_residual((x + a)?, eps, self.ops, None)
     }
 
     /// Final norm and LM head. `x`: (n, hidden) -> (n, vocab)

@@ -5,4 +5,5 @@
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
+mod recompute;
 pub mod rope;

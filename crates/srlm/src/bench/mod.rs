@@ -90,6 +90,10 @@ pub struct BenchTrainArgs {
     /// this CPU: AMX, or AVX512-BF16 on AMD), `f32`, `bf16`.
     #[arg(long, default_value = "auto")]
     pub precision: srlm_train::trainer::Precision,
+    /// Recompute each block's activations in the backward instead of keeping them (the
+    /// training setting `recompute`).
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 #[derive(Args, Debug)]
@@ -333,6 +337,7 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         max_len: a.seq_len + 1,
         micro_batch: a.batch,
         grad_accum: 1,
+        recompute: a.recompute,
         ..crate::train_settings::TrainSettings::sft()
     }
     .config(42);
@@ -382,10 +387,14 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         let examples: Vec<usize> = (0..obj.len()).collect();
         let norm = obj.normalizers(&examples);
         let t0 = Instant::now();
-        let out = obj.micro_batch(&trainer.engine.model, &examples, &norm)?;
+        let model = &trainer.engine.model;
+        model.set_recompute(cfg.recompute);
+        let out = obj.micro_batch(model, &examples, &norm)?;
         let _ = out.loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
-        let g = out.loss.backward()?;
+        let mut g = out.loss.backward()?;
+        model.backward_recomputed(&mut g)?;
+        model.set_recompute(false);
         let grads = vars
             .iter()
             .map(|(_, v)| {
@@ -429,12 +438,13 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     println!("cpu          {}", cpu_line());
     println!("model        {}", trainer.engine.path.display());
     println!(
-        "setup        {}, {} matmuls, {} trainable parameters, batch {} x {} tokens, {threads} threads",
+        "setup        {}{}, {} matmuls, {} trainable parameters, batch {} x {} tokens, {threads} threads",
         if a.lora_rank > 0 {
             format!("LoRA r={}", a.lora_rank)
         } else {
             "full fine-tuning".into()
         },
+        if a.recompute { ", activations recomputed" } else { "" },
         if bf16 { "bf16" } else { "f32" },
         trainer.store.trainable_count(),
         a.batch,
@@ -456,7 +466,7 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
     println!("peak memory  {peak:8.1} MiB");
     let json = serde_json::json!({
         "bench": "train", "cpu": cpu_line(), "precision": if bf16 { "bf16" } else { "f32" }, "model": trainer.engine.path.display().to_string(), "threads": threads,
-        "lora_rank": a.lora_rank, "batch": a.batch, "seq_len": a.seq_len,
+        "lora_rank": a.lora_rank, "recompute": a.recompute, "batch": a.batch, "seq_len": a.seq_len,
         "sft_tok_s": tokens / s.total(), "sft_forward_s": s.forward, "sft_backward_s": s.backward, "sft_optimizer_s": s.optimizer,
         "dpo_tok_s": d.map(|d| tokens / d.total()), "peak_rss_mib": peak,
     });
