@@ -252,8 +252,12 @@ pub struct JudgeSection {
     pub backend: String,
 }
 
+/// `[pairs]`, read through [`PairsFile`]: a `length_control` written without its unit is in
+/// score points, the only unit before there was a choice (configs and run directories written
+/// until 2026-12-07 mean points), while a section that sets neither takes the default share of
+/// the range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "PairsFile")]
 pub struct PairsSection {
     pub min_margin: f64,
     /// Among candidates within this of the best score, prefer the shortest; negative is off.
@@ -261,6 +265,31 @@ pub struct PairsSection {
     /// What `length_control` is measured in: "points" of score, or "range", a share of the
     /// prompt's best-minus-worst score.
     pub length_control_unit: ToleranceUnit,
+}
+
+/// `[pairs]` as written: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairsFile {
+    min_margin: Option<f64>,
+    length_control: Option<f64>,
+    length_control_unit: Option<ToleranceUnit>,
+}
+
+impl From<PairsFile> for PairsSection {
+    fn from(f: PairsFile) -> Self {
+        let d = Self::default();
+        let unit = match (f.length_control_unit, f.length_control) {
+            (Some(unit), _) => unit,
+            (None, Some(_)) => ToleranceUnit::Points,
+            (None, None) => d.length_control_unit,
+        };
+        Self {
+            min_margin: f.min_margin.unwrap_or(d.min_margin),
+            length_control: f.length_control.unwrap_or(d.length_control),
+            length_control_unit: unit,
+        }
+    }
 }
 
 impl PairsSection {
@@ -525,6 +554,31 @@ mod tests {
         );
         // Keys left out take their section's defaults, not zero.
         assert_eq!(partial.eft, EftSection::default());
+    }
+
+    #[test]
+    fn a_length_control_written_without_its_unit_is_in_score_points() {
+        let read = |text: &str| toml::from_str::<RunConfig>(text).unwrap().pairs;
+        // Nothing set: the default, a share of the range.
+        assert_eq!(read(""), PairsSection::default());
+        assert_eq!(
+            read("[pairs]\nmin_margin = 0.1\n").length_control_unit,
+            ToleranceUnit::Range
+        );
+        // A tolerance from before the unit existed keeps its meaning.
+        let old = read("[pairs]\nmin_margin = 0.0\nlength_control = 0.25\n");
+        assert_eq!(
+            (old.length_control, old.length_control_unit),
+            (0.25, ToleranceUnit::Points)
+        );
+        let new = read("[pairs]\nlength_control = 0.3\nlength_control_unit = \"range\"\n");
+        assert_eq!(
+            (new.length_control, new.length_control_unit),
+            (0.3, ToleranceUnit::Range)
+        );
+        assert!(
+            toml::from_str::<RunConfig>("[pairs]\nlength_control_units = \"range\"\n").is_err()
+        );
     }
 
     #[test]

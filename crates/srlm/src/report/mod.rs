@@ -65,13 +65,24 @@ fn iterations(run: &Path, cfg: &RunConfig) -> Result<Vec<Iteration>> {
             read_jsonl(&c, "")?.into_iter().map(|l| l.record).collect();
         let judgements: Vec<JudgementRecord> =
             read_jsonl(&j, "")?.into_iter().map(|l| l.record).collect();
-        // The pairs stage wrote them; a run from before it did is diagnosed here, in memory.
+        // The pairs stage wrote them; a run from before it did is diagnosed here, in memory,
+        // as are the figures a stage of an older srlm did not write (the score range, and how
+        // often length control chose).
+        let fresh = || {
+            let (pairs, stats) = build_pairs(&candidates, &judgements, &opts);
+            diagnose(&candidates, &judgements, &pairs, &stats, cfg.judge.score)
+        };
         let d = match read_summary::<Diagnostics>(&it.join("diagnostics.json")) {
-            Some(d) => d,
-            None => {
-                let (pairs, stats) = build_pairs(&candidates, &judgements, &opts);
-                diagnose(&candidates, &judgements, &pairs, &stats, cfg.judge.score)
+            Some(d) if d.pairs > 0 && d.chosen_not_top.is_none() => {
+                let f = fresh();
+                Diagnostics {
+                    prompt_score_range: f.prompt_score_range,
+                    chosen_not_top: f.chosen_not_top,
+                    ..d
+                }
             }
+            Some(d) => d,
+            None => fresh(),
         };
         out.push(Iteration { t, diagnostics: d });
     }
