@@ -183,7 +183,7 @@ pub fn iteration_flags(its: &[Diagnostics], th: &Thresholds) -> Vec<Flag> {
                         100.0 * share,
                         d.prompt_score_range.median
                     ),
-                    "with scores this close, a tolerance in score points hands the pair to the shortest answer and DPO learns brevity: pairs.length_control_unit = \"range\" (a share of each prompt's range), or a smaller pairs.length_control",
+                    "the pairs teach brevity more than the judge's taste: with pairs.length_control_unit = \"points\", set it to \"range\" (a share of each prompt's range, the default), which shrinks the tolerance where the judge's scores are close; with \"range\" already, a smaller pairs.length_control",
                 );
             }
         }
@@ -370,7 +370,8 @@ mod tests {
             f[0].seen
         );
         assert!(
-            f[0].fix.contains("length_control_unit = \"range\""),
+            f[0].fix
+                .contains("pairs.length_control_unit = \"points\", set it to \"range\""),
             "{}",
             f[0].fix
         );
