@@ -305,6 +305,8 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
             outputs: vec![it.judgements.clone()],
         });
 
+        // One reading of `[pairs]` (negative length control is off) for the stage and the report.
+        let pair_options = cfg.pairs.options(cfg.judge.score);
         plan.push(Planned {
             name: format!("pairs {t}"),
             work: call(
@@ -313,9 +315,8 @@ pub fn plan(cfg: &RunConfig, layout: &Layout, base: &Path) -> Result<Vec<Planned
                     judgements: it.judgements.clone(),
                     out: it.pairs.clone(),
                     min_margin: cfg.pairs.min_margin,
-                    length_control: (cfg.pairs.length_control >= 0.0)
-                        .then_some(cfg.pairs.length_control),
-                    length_control_unit: cfg.pairs.length_control_unit,
+                    length_control: pair_options.length_control,
+                    length_control_unit: pair_options.length_control_unit,
                     score: cfg.judge.score,
                     diagnostics: Some(it.diagnostics.clone()),
                 }),
